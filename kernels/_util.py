@@ -1,0 +1,102 @@
+"""Host-side helpers shared by the Triton launchers: argument checks, interpreter detection, configs."""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional
+
+import torch
+
+ELEMENTS = {"E2M1": 0, "INT4": 1}
+SCALE_KINDS = {"E4M3": 0, "E8M0": 1, "F32": 2}
+_SCALE_DTYPES = {"E4M3": torch.float8_e4m3fn, "E8M0": torch.uint8, "F32": torch.float32}
+ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def interpreting() -> bool:
+    """True when Triton kernels are decorated for the CPU interpreter (TRITON_INTERPRET=1).
+
+    The variable is read when `@triton.jit` runs, i.e. at kernel-module import; launchers use this
+    to skip autotuning (the interpreter would execute every config) and to allow CPU tensors.
+    """
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def check_device(*tensors: Optional[torch.Tensor]) -> None:
+    """Kernels run on CUDA tensors, or on CPU tensors only under the interpreter."""
+    devs = {t.device for t in tensors if t is not None}
+    if len(devs) != 1:
+        raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devs))}")
+    dev = devs.pop()
+    if dev.type == "cpu" and not interpreting():
+        raise RuntimeError(
+            "motensor Triton kernels need CUDA tensors; CPU tensors work only under the Triton "
+            "interpreter (set TRITON_INTERPRET=1 before importing motensor.kernels). The ops in "
+            "motensor.ops run the pure-torch reference on CPU.")
+
+
+def element_id(element: str) -> int:
+    try:
+        return ELEMENTS[element]
+    except KeyError:
+        raise ValueError(f"element must be one of {sorted(ELEMENTS)}, got {element!r}") from None
+
+
+def scale_kind_id(scale_kind: str) -> int:
+    try:
+        return SCALE_KINDS[scale_kind]
+    except KeyError:
+        raise ValueError(f"scale_kind must be one of {sorted(SCALE_KINDS)}, got {scale_kind!r}") from None
+
+
+def check_w4_layout(qweight: torch.Tensor, scales: torch.Tensor, scale_kind: str, group_size: int) -> tuple[int, int]:
+    """Validate the 4-bit contract (qweight uint8 [N, K//2], scales [K//G, N]); return (N, K)."""
+    if qweight.dtype != torch.uint8 or qweight.dim() != 2:
+        raise ValueError(f"qweight must be uint8 [N, K//2], got {qweight.dtype} {tuple(qweight.shape)}")
+    n, k = qweight.shape[0], qweight.shape[1] * 2
+    if group_size <= 0 or group_size % 8 or k % group_size:
+        raise ValueError(f"group_size {group_size} must be a positive multiple of 8 dividing K={k}")
+    want = _SCALE_DTYPES[scale_kind]
+    if scales.dtype != want or tuple(scales.shape) != (k // group_size, n):
+        raise ValueError(f"{scale_kind} scales must be {want} [K//G, N] = [{k // group_size}, {n}], "
+                         f"got {scales.dtype} {tuple(scales.shape)}")
+    return n, k
+
+
+def as_scalar(t: Optional[torch.Tensor], name: str) -> Optional[torch.Tensor]:
+    """0-d or [1] float tensor -> contiguous fp32 [1] view for a kernel pointer (no host sync)."""
+    if t is None:
+        return None
+    if t.numel() != 1:
+        raise ValueError(f"{name} must be a scalar tensor, got shape {tuple(t.shape)}")
+    return t.reshape(1).to(torch.float32)
+
+
+def flatten_rows(x: torch.Tensor, k: int) -> torch.Tensor:
+    """[..., K] activation -> 2-D [M, K] with unit stride along K (a view when possible)."""
+    if x.shape[-1] != k:
+        raise ValueError(f"x has K={x.shape[-1]}, weight expects K={k}")
+    if x.dtype not in ACT_DTYPES:
+        raise ValueError(f"x dtype must be fp16/bf16/fp32, got {x.dtype}")
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    return x2
+
+
+def m_bucket(m: int) -> int:
+    """Autotune key bucket for M: next power of two, capped (large M all tune alike)."""
+    b = 1
+    while b < m and b < 4096:
+        b *= 2
+    return b
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def dummy(t: torch.Tensor) -> torch.Tensor:
+    """Placeholder pointer for an absent optional argument (guarded by a constexpr flag)."""
+    return t

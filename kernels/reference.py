@@ -1,0 +1,231 @@
+"""Pure-torch references for every motensor kernel (FORMATS.md §2, §4, §8). Device-agnostic.
+
+These are the semantics the Triton/CuPy kernels must reproduce, and they are what the custom ops
+run on CPU. Rules: dequantize to fp32, emulate activation quantization exactly (same fp32
+operations in the same order as the kernels, so quantizers match bit for bit), matmul in fp32,
+add the bias in fp32, cast to the activation dtype.
+
+Weight layouts (the loader's contract with the kernels):
+  4-bit  qweight uint8 [N, K//2], element k=2j in the low nibble, 2j+1 in the high nibble;
+         element E2M1 (code, table below) or INT4 (nibble = q + 8).
+         scales [K//G, N] (transposed): E4M3 float8_e4m3fn (x global_scale), E8M0 uint8, F32.
+  FP8    qweight float8_e4m3fn [N, K]; F32_BLOCK scales fp32 [ceil(N/B), ceil(K/B)] (FP8_PB_WO,
+         B = 128) or E8M0 uint8 [K//32, N] (MXFP8, transposed).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+FP8_MAX = 448.0
+E2M1_MAX = 6.0
+
+
+def scalar(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """[] or [1] scale of any float dtype -> 0-d fp32 (FORMATS §3.3)."""
+    return None if t is None else t.float().reshape(())
+
+
+# ----------------------------------------------------------------------------- weights
+def unpack_4bit(qweight: torch.Tensor, element: str) -> torch.Tensor:
+    """uint8 [N, K//2] -> fp32 [N, K] element values (low nibble = even k)."""
+    b = qweight.to(torch.int32)
+    codes = torch.stack([b & 0xF, b >> 4], dim=-1).flatten(-2)
+    if element == "E2M1":
+        table = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=qweight.device)
+        return table[codes.long()]
+    if element == "INT4":
+        return (codes - 8).float()
+    raise ValueError(f"unknown element kind {element!r}")
+
+
+def decode_scales(scales: torch.Tensor, scale_kind: str) -> torch.Tensor:
+    """Raw scales -> fp32 values (same shape). E8M0: 2^(e-127) (e = 0 -> 2^-127)."""
+    if scale_kind == "E4M3":
+        return scales.float()
+    if scale_kind == "E8M0":
+        return torch.exp2(scales.float() - 127.0)
+    if scale_kind == "F32":
+        return scales.float()
+    raise ValueError(f"unknown scale kind {scale_kind!r}")
+
+
+def dequant_w4(qweight, scales, global_scale=None, *, element: str, scale_kind: str, group_size: int):
+    """4-bit packed weight -> fp32 W [N, K]: W[n,k] = v[n,k] * (s[k//G, n] * global_scale)."""
+    v = unpack_4bit(qweight, element)
+    s = decode_scales(scales, scale_kind)
+    gs = scalar(global_scale)
+    if gs is not None:
+        s = s * gs
+    return v * s.t().repeat_interleave(group_size, dim=1)
+
+
+def dequant_fp8_block(qweight, scales, block: int = 128):
+    """FP8_PB_WO: W[n,k] = w[n,k] * s[n//B, k//B]; scales [ceil(N/B), ceil(K/B)] (4-D form accepted)."""
+    n, k = qweight.shape
+    s = scales.float().reshape(scales.shape[0], -1)
+    s = s.repeat_interleave(block, 0)[:n].repeat_interleave(block, 1)[:, :k]
+    return qweight.float() * s
+
+
+def dequant_mxfp8(qweight, scales, group_size: int = 32):
+    """MXFP8 with transposed E8M0 scales [K//G, N]: W[n,k] = w[n,k] * 2^(e[k//G, n] - 127)."""
+    s = decode_scales(scales, "E8M0").t().repeat_interleave(group_size, dim=1)
+    return qweight.float() * s
+
+
+def dequant_w8(qweight, scales, *, scale_kind: str, block_size: int):
+    if scale_kind == "F32_BLOCK":
+        return dequant_fp8_block(qweight, scales, block_size)
+    if scale_kind == "E8M0":
+        return dequant_mxfp8(qweight, scales, block_size)
+    raise ValueError(f"unknown FP8 weight scale kind {scale_kind!r}")
+
+
+def int4_awq_from_modelopt(weight: torch.Tensor, weight_scale: torch.Tensor):
+    """ModelOpt W4A16_AWQ/W4A8_AWQ tensors -> the kernel layout.
+
+    ModelOpt (FORMATS §4.7): weight [N/2, K] uint8 (or int8), signed nibbles packed along N (row
+    2r low, 2r+1 high); weight_scale fp32 [N, K/G]. Kernel layout: qweight [N, K/2] uint8,
+    nibble = q + 8, packed along K (even k low); scales [K/G, N] fp32.
+    """
+    b = weight.view(torch.uint8).to(torch.int32)
+    q = torch.stack([b & 0xF, b >> 4], dim=1).reshape(-1, weight.shape[-1])      # [N, K] signed nibbles
+    u = ((q ^ 8) & 0xF)                                                           # two's complement -> +8
+    packed = (u[:, 0::2] | (u[:, 1::2] << 4)).to(torch.uint8)
+    return packed.contiguous(), weight_scale.float().t().contiguous()
+
+
+def pack_4bit(codes: torch.Tensor) -> torch.Tensor:
+    """[N, K] nibble codes (0..15) -> uint8 [N, K//2], even k in the low nibble."""
+    c = codes.to(torch.uint8)
+    return (c[:, 0::2] | (c[:, 1::2] << 4)).contiguous()
+
+
+# ----------------------------------------------------------------------------- rounding
+def round_e4m3(t: torch.Tensor) -> torch.Tensor:
+    """fp32 -> nearest float8_e4m3fn value (RNE), saturated to +-448, returned as fp32."""
+    return t.float().clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float()
+
+
+def round_e2m1(t: torch.Tensor) -> torch.Tensor:
+    """fp32 -> nearest E2M1 value, ties to even mantissa (ModelOpt `_cast_fp4`), saturated to +-6."""
+    a = t.abs()
+    code = ((a > 0.25).int() + (a >= 0.75).int() + (a > 1.25).int() + (a >= 1.75).int()
+            + (a > 2.5).int() + (a >= 3.5).int() + (a > 5.0).int())
+    mag = torch.tensor(E2M1_VALUES[:8], dtype=torch.float32, device=t.device)[code.long()]
+    return torch.where(t < 0, -mag, mag)
+
+
+def ceil_log2_clamped(r: torch.Tensor) -> torch.Tensor:
+    """Exact ceil(log2(r)) for fp32 r >= 0, clamped to [-127, 127]; r = 0 -> -127 (int32)."""
+    bits = r.float().contiguous().view(torch.int32)
+    efield = (bits >> 23) & 0xFF
+    mant = bits & 0x7FFFFF
+    normal = efield - 127 + (mant != 0).int()
+    sub = torch.where(mant > 0x400000, -126, -127).int()
+    return torch.where(efield == 0, sub, normal).clamp(-127, 127)
+
+
+# ----------------------------------------------------------------------------- activation quantizers
+def fp8_quant_static(x: torch.Tensor, input_scale: torch.Tensor) -> torch.Tensor:
+    """x_q = fp8(clamp(x / input_scale, +-448)) (FORMATS §4.1), float8_e4m3fn, same shape."""
+    return round_e4m3(x.float() / scalar(input_scale)).to(torch.float8_e4m3fn)
+
+
+def fp8_quant_per_token(x: torch.Tensor):
+    """Dynamic per-row FP8: s = amax(|x[m, :]|) / 448, x_q = fp8(clamp(x / s, +-448)).
+
+    Returns (x_q float8_e4m3fn [..., K], s fp32 [..., 1]); an all-zero row gives s = 0, x_q = 0.
+    """
+    xf = x.float()
+    s = xf.abs().amax(dim=-1, keepdim=True) / FP8_MAX
+    q = torch.where(s == 0, torch.zeros_like(xf), round_e4m3(xf / s))
+    return q.to(torch.float8_e4m3fn), s
+
+
+def nvfp4_fake_quant(x: torch.Tensor, input_scale: torch.Tensor, out_dtype: Optional[torch.dtype] = None,
+                     block: int = 16) -> torch.Tensor:
+    """NVFP4 dynamic activation fake-quant (FORMATS §4.4), per 16-block along K, global input_scale.
+
+    s_b = e4m3(amax_b / (6 * input_scale)); x_q = e2m1(clamp(x / (s_b * input_scale), +-6));
+    returns x_q * s_b * input_scale (fp32 math) in `out_dtype` (default x.dtype). A block whose
+    s_b * input_scale is 0 quantizes to 0 (vLLM's `get_reciprocal` convention).
+    """
+    k = x.shape[-1]
+    if k % block:
+        raise ValueError(f"K={k} must be a multiple of {block}")
+    gs = scalar(input_scale)
+    xb = x.float().reshape(*x.shape[:-1], k // block, block)
+    amax = xb.abs().amax(dim=-1, keepdim=True)
+    sb = round_e4m3(amax / (6.0 * gs))
+    denom = sb * gs
+    safe = torch.where(denom == 0, torch.ones_like(denom), denom)
+    q = torch.where(denom == 0, torch.zeros_like(xb), round_e2m1((xb / safe).clamp(-E2M1_MAX, E2M1_MAX)))
+    y = (q * sb) * gs
+    return y.reshape(x.shape).to(out_dtype or x.dtype)
+
+
+def mxfp8_fake_quant(x: torch.Tensor, out_dtype: Optional[torch.dtype] = None, block: int = 32) -> torch.Tensor:
+    """MXFP8 dynamic activation fake-quant (FORMATS §4.10), per 32-block along K.
+
+    e = clamp(ceil(log2(amax_b / 448)), -127, 127) computed exactly from the fp32 bits;
+    x_q = fp8(clamp(x * 2^-e, +-448)); returns x_q * 2^e in `out_dtype` (default x.dtype).
+    """
+    k = x.shape[-1]
+    if k % block:
+        raise ValueError(f"K={k} must be a multiple of {block}")
+    xb = x.float().reshape(*x.shape[:-1], k // block, block)
+    e = ceil_log2_clamped(xb.abs().amax(dim=-1, keepdim=True) / FP8_MAX).float()
+    q = round_e4m3(xb * torch.exp2(-e))
+    return (q * torch.exp2(e)).reshape(x.shape).to(out_dtype or x.dtype)
+
+
+# ----------------------------------------------------------------------------- GEMMs
+def _linear(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], post_scale=None) -> torch.Tensor:
+    """fp32 x[..., K] @ w[N, K]^T (* post_scale) (+ bias) -> fp32."""
+    y = x.float() @ w.t()
+    if post_scale is not None:
+        y = y * post_scale
+    if bias is not None:
+        y = y + bias.float()
+    return y
+
+
+def w4a16_gemm(x, qweight, scales, global_scale=None, *, element: str, scale_kind: str, group_size: int,
+               bias=None) -> torch.Tensor:
+    """y = x @ dequant_w4(...)^T (+ bias), fp32 math, output in x.dtype."""
+    w = dequant_w4(qweight, scales, global_scale, element=element, scale_kind=scale_kind, group_size=group_size)
+    return _linear(x, w, bias).to(x.dtype)
+
+
+def w8a16_gemm(x, qweight, scales, *, scale_kind: str, block_size: int, bias=None) -> torch.Tensor:
+    """y = x @ dequant_w8(...)^T (+ bias), fp32 math, output in x.dtype."""
+    w = dequant_w8(qweight, scales, scale_kind=scale_kind, block_size=block_size)
+    return _linear(x, w, bias).to(x.dtype)
+
+
+def w4a8_weight_fp8(qweight, scales, weight_scale_2, *, element: str, scale_kind: str, group_size: int):
+    """The FP8 weight operand of the W4A8 GEMMs (fp32 holding E4M3 values) [N, K].
+
+    W4A8_AWQ (INT4, F32):        e4m3(q * (weight_scale[g, n] / weight_scale_2))   (FORMATS §4.8)
+    W4A8_NVFP4_FP8 (E2M1, E4M3): e4m3(e2m1 * weight_scale[g, n])                   (FORMATS §4.6b)
+    """
+    v = unpack_4bit(qweight, element)
+    s = decode_scales(scales, scale_kind)
+    if (element, scale_kind) == ("INT4", "F32"):
+        s = s / scalar(weight_scale_2)
+    elif (element, scale_kind) != ("E2M1", "E4M3"):
+        raise ValueError(f"W4A8 supports (INT4, F32) and (E2M1, E4M3), got ({element}, {scale_kind})")
+    return round_e4m3(v * s.t().repeat_interleave(group_size, dim=1))
+
+
+def w4a8_gemm(x, qweight, scales, weight_scale_2, input_scale, *, element: str, scale_kind: str,
+              group_size: int, bias=None) -> torch.Tensor:
+    """y = (fp8(x / input_scale) @ w_fp8^T) * (input_scale * weight_scale_2) (+ bias), output x.dtype."""
+    xq = fp8_quant_static(x, input_scale).float()
+    w = w4a8_weight_fp8(qweight, scales, weight_scale_2, element=element, scale_kind=scale_kind,
+                        group_size=group_size)
+    return _linear(xq, w, bias, scalar(input_scale) * scalar(weight_scale_2)).to(x.dtype)

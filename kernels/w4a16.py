@@ -1,0 +1,315 @@
+"""W4A16 GEMM: y[M, N] = x[M, K] @ W^T (+ bias) with a 4-bit packed W dequantized in the main loop.
+
+Weights: qweight uint8 [N, K//2] (even k in the low nibble), element E2M1 or INT4 (q + 8);
+scales [K//G, N] (one row per K-group, contiguous along N) of kind E4M3 (x global_scale), E8M0
+or F32. See kernels/README.md for the layouts and the design notes.
+
+Paths (dispatch.py picks one; `path=` forces it):
+  "gemv"    M <= 4: FMA GEMV, split-K. Weight read as int32 words (8 nibbles; contiguous words
+            per row so loads vectorize), each nibble decoded to a float by bit tricks (no table, no
+            interleave: nibble i of word j multiplies x[8j + i]), one group scale per word applied
+            to the 8-element partial sum, fp32 atomics across K splits.
+  "splitk"  M <= 16: tensor-core `tl.dot` with BLOCK_M = 16 and split-K.
+  "tiled"   larger M: tensor-core `tl.dot`, grouped tile order for L2 reuse, no split.
+  "dequant_cublas"  large M: CuPy kernel dequantizes W to x.dtype once, then cuBLAS (torch).
+The two dot paths share one kernel: even and odd K elements live in the low and high nibbles,
+so the tile is never interleaved: acc += x[:, 0::2] @ W_lo + x[:, 1::2] @ W_hi.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from motensor.kernels import _util
+from motensor.kernels._decode import (ELEM_E2M1, E2M1_F16_FACTOR, SCALE_E4M3, e2m1_f16_scaled, e4m3_f16_scaled,
+                                      group_scale_f32, int4_f16, int4_f32)
+
+
+# ----------------------------------------------------------------------------- device code
+@triton.jit
+def _gemv_kernel(
+    x_ptr, w_ptr, s_ptr, gs_ptr, b_ptr, c_ptr,
+    M, N, K, stride_xm, stride_wn, stride_sg, stride_cm, M_BUCKET,
+    ELEMENT: tl.constexpr, SCALE_KIND: tl.constexpr, GROUP: tl.constexpr,
+    HAS_GS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    """FMA GEMV. w_ptr: the packed weight viewed as int32 [N, K//8] (word j = elements 8j..8j+7,
+    nibble i at bits 4i). Grid (cdiv(N, BLOCK_N), SPLIT_K, cdiv(M, BLOCK_M))."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    KW = K // 8
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = rm < M
+    mask_n = rn < N
+    # This split's word range, aligned to BLOCK_KW so every load starts on a vector boundary.
+    kw_per_split = tl.cdiv(tl.cdiv(KW, SPLIT_K), BLOCK_KW) * BLOCK_KW
+    kw_lo = pid_k * kw_per_split
+    kw_hi = tl.minimum(kw_lo + kw_per_split, KW)
+
+    # Accumulate per (row, word) and reduce across words once at the end: no shuffles in the loop.
+    acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_KW), dtype=tl.float32)
+    for kw0 in range(kw_lo, kw_hi, BLOCK_KW):
+        rkw = tl.max_contiguous(tl.multiple_of(kw0 + tl.arange(0, BLOCK_KW), BLOCK_KW), BLOCK_KW)
+        mask_kw = rkw < kw_hi
+        w = tl.load(w_ptr + rn[:, None] * stride_wn + rkw[None, :],
+                    mask=mask_n[:, None] & mask_kw[None, :], other=0)
+        # A word never straddles a group (G % 8 == 0): one scale per word, L1-resident
+        # (the [K//G, N] layout makes it a contiguous run along N).
+        g = (rkw * 8) // GROUP
+        s_raw = tl.load(s_ptr + g[None, :] * stride_sg + rn[:, None],
+                        mask=mask_n[:, None] & mask_kw[None, :], other=0)
+        s = group_scale_f32(s_raw, SCALE_KIND)
+        part = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_KW), dtype=tl.float32)
+        for i in tl.static_range(8):
+            xi = tl.load(x_ptr + rm[:, None] * stride_xm + (rkw * 8 + i)[None, :],
+                         mask=mask_m[:, None] & mask_kw[None, :], other=0.0).to(tl.float32)
+            if ELEMENT == ELEM_E2M1:
+                wi = e2m1_f16_scaled(w >> (4 * i)).to(tl.float32)   # value * 2^-14, fixed below
+            else:
+                wi = int4_f32(w >> (4 * i))
+            part += wi[None, :, :] * xi[:, None, :]
+        acc += part * s[None, :, :]
+
+    y = tl.sum(acc, axis=2)
+    if ELEMENT == ELEM_E2M1:
+        y = y * E2M1_F16_FACTOR
+    if HAS_GS:
+        y = y * tl.load(gs_ptr)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)
+        y += tl.where(pid_k == 0, 1.0, 0.0) * bias[None, :]       # added by one split only
+    c_ptrs = c_ptr + rm[:, None] * stride_cm + rn[None, :]
+    c_mask = mask_m[:, None] & mask_n[None, :]
+    if SPLIT_K == 1:
+        tl.store(c_ptrs, y.to(c_ptr.dtype.element_ty), mask=c_mask)
+    else:
+        tl.atomic_add(c_ptrs, y, mask=c_mask)
+
+
+@triton.jit
+def _dequant_tile(codes, s_raw, ELEMENT: tl.constexpr, SCALE_KIND: tl.constexpr, OUT_DTYPE: tl.constexpr):
+    """Nibble codes (int32 tile) times their group scales, as an MMA operand.
+
+    E4M3 scales: in fp16, `e2m1 * 2^-14 * s` (or `q * s`) is exact (<= 6 significant bits, no
+    under/overflow), so one fp16 multiply suffices and the 2^14 is applied to the accumulator.
+    E8M0/F32 scales can leave fp16's range, so the product is formed in fp32 (E2M1's 2^14
+    folded into the scale) and rounded once to the operand dtype.
+    """
+    if ELEMENT == ELEM_E2M1:
+        h = e2m1_f16_scaled(codes)
+    else:
+        h = int4_f16(codes)
+    if SCALE_KIND == SCALE_E4M3:
+        w = (h * (e4m3_f16_scaled(s_raw) * 256.0)).to(OUT_DTYPE)
+    else:
+        s = group_scale_f32(s_raw, SCALE_KIND)
+        if ELEMENT == ELEM_E2M1:
+            s = s * E2M1_F16_FACTOR
+        w = (h.to(tl.float32) * s).to(OUT_DTYPE)
+    return w
+
+
+@triton.jit
+def _dot_kernel(
+    x_ptr, w_ptr, s_ptr, gs_ptr, b_ptr, c_ptr,
+    M, N, K, stride_xm, stride_wn, stride_sg, stride_cm, M_BUCKET,
+    ELEMENT: tl.constexpr, SCALE_KIND: tl.constexpr, GROUP: tl.constexpr,
+    HAS_GS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """Tensor-core W4A16. Operand dtype = x's dtype (fp16, bf16, fp32 -> tf32 on GPU).
+    Grid (cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N), SPLIT_K)."""
+    tl.static_assert(BLOCK_K % 32 == 0, "BLOCK_K/2 must be a multiple of 16 (MMA K)")
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    # Grouped ordering: GROUP_M row-blocks sweep the N tiles together so W tiles are reused from L2.
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    HALF: tl.constexpr = BLOCK_K // 2
+    # A K chunk inside one group: the scale is one [BLOCK_N] vector, applied to the fp32 partial
+    # product (exact for every scale kind, and cheaper than scaling the tile when M is small).
+    CHUNK_IN_GROUP: tl.constexpr = GROUP % BLOCK_K == 0
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rj = tl.arange(0, HALF)
+    mask_m = rm < M
+    mask_n = rn < N
+    k_per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
+    k_lo = pid_k * k_per_split
+    k_hi = tl.minimum(k_lo + k_per_split, K)
+    op_dtype = x_ptr.dtype.element_ty
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        kk = k0 + 2 * rj                       # even k of each byte; K is even so kk + 1 < k_hi too
+        mask_k = kk < k_hi
+        x_mask = mask_m[:, None] & mask_k[None, :]
+        x_row = x_ptr + rm[:, None] * stride_xm + kk[None, :]
+        x_even = tl.load(x_row, mask=x_mask, other=0.0)
+        x_odd = tl.load(x_row + 1, mask=x_mask, other=0.0)
+        rb = tl.max_contiguous(tl.multiple_of(k0 // 2 + rj, HALF), HALF)
+        w_mask = mask_k[:, None] & mask_n[None, :]
+        p = tl.load(w_ptr + rn[None, :] * stride_wn + rb[:, None], mask=w_mask, other=0).to(tl.int32)
+        lo = p & 0xF                            # [HALF, BLOCK_N], K-major
+        hi = p >> 4
+        if CHUNK_IN_GROUP:
+            s_raw = tl.load(s_ptr + (k0 // GROUP) * stride_sg + rn, mask=mask_n, other=0)
+            if ELEMENT == ELEM_E2M1:
+                w_lo = e2m1_f16_scaled(lo).to(op_dtype)
+                w_hi = e2m1_f16_scaled(hi).to(op_dtype)
+            else:
+                w_lo = int4_f16(lo).to(op_dtype)
+                w_hi = int4_f16(hi).to(op_dtype)
+            part = tl.dot(x_even, w_lo)
+            part = tl.dot(x_odd, w_hi, part)
+            acc += part * group_scale_f32(s_raw, SCALE_KIND)[None, :]
+        else:
+            g = kk // GROUP                     # the pair (2j, 2j+1) shares a group
+            s_raw = tl.load(s_ptr + g[:, None] * stride_sg + rn[None, :], mask=w_mask, other=0)
+            acc = tl.dot(x_even, _dequant_tile(lo, s_raw, ELEMENT, SCALE_KIND, op_dtype), acc)
+            acc = tl.dot(x_odd, _dequant_tile(hi, s_raw, ELEMENT, SCALE_KIND, op_dtype), acc)
+
+    # E2M1 operands carry a 2^-14 unless the fp32 prescale path folded it into the scale.
+    if ELEMENT == ELEM_E2M1:
+        if CHUNK_IN_GROUP or SCALE_KIND == SCALE_E4M3:
+            acc = acc * E2M1_F16_FACTOR
+    if HAS_GS:
+        acc = acc * tl.load(gs_ptr)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)
+        acc += tl.where(pid_k == 0, 1.0, 0.0) * bias[None, :]
+    c_ptrs = c_ptr + rm[:, None] * stride_cm + rn[None, :]
+    c_mask = mask_m[:, None] & mask_n[None, :]
+    if SPLIT_K == 1:
+        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
+    else:
+        tl.atomic_add(c_ptrs, acc, mask=c_mask)
+
+
+# ----------------------------------------------------------------------------- configs
+def _cfg(num_warps=4, num_stages=3, **kw):
+    return triton.Config(kw, num_warps=num_warps, num_stages=num_stages)
+
+
+# H100 candidates, unmeasured (this code was written without a GPU): chosen so that the grid
+# covers 132 SMs for N = 4096..28672 at M = 1 and each program streams >= 8 KiB of weight per
+# K split. BLOCK_KW = 32 words = 256 K elements = 128 bytes per row per iteration.
+GEMV_CONFIGS = [
+    _cfg(BLOCK_N=32, BLOCK_KW=32, SPLIT_K=4),
+    _cfg(BLOCK_N=64, BLOCK_KW=32, SPLIT_K=4),
+    _cfg(BLOCK_N=64, BLOCK_KW=32, SPLIT_K=8),
+    _cfg(BLOCK_N=64, BLOCK_KW=64, SPLIT_K=2, num_warps=8),
+    _cfg(BLOCK_N=128, BLOCK_KW=16, SPLIT_K=4, num_warps=8),
+    _cfg(BLOCK_N=128, BLOCK_KW=32, SPLIT_K=1, num_warps=8),
+]
+SPLITK_CONFIGS = [
+    _cfg(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT_K=4, GROUP_M=1),
+    _cfg(BLOCK_M=16, BLOCK_N=64, BLOCK_K=256, SPLIT_K=2, GROUP_M=1),
+    _cfg(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, SPLIT_K=4, GROUP_M=1),
+    _cfg(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, SPLIT_K=8, GROUP_M=1),
+    _cfg(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, SPLIT_K=8, GROUP_M=1, num_stages=4),
+    _cfg(BLOCK_M=16, BLOCK_N=128, BLOCK_K=64, SPLIT_K=1, GROUP_M=1, num_stages=4),
+]
+TILED_CONFIGS = [
+    _cfg(BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, SPLIT_K=1, GROUP_M=8),
+    _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, SPLIT_K=1, GROUP_M=8, num_stages=4),
+    _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, SPLIT_K=1, GROUP_M=8, num_stages=4),
+    _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, SPLIT_K=1, GROUP_M=8, num_warps=8, num_stages=4),
+    _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, SPLIT_K=1, GROUP_M=8, num_warps=8, num_stages=3),
+    _cfg(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, SPLIT_K=1, GROUP_M=8, num_warps=8, num_stages=3),
+]
+# Interpreter defaults: tiny tiles so CPU tests stay fast; tests override them to hit every branch.
+INTERP_CONFIGS = {
+    "gemv": dict(BLOCK_N=16, BLOCK_KW=4, SPLIT_K=2),
+    "splitk": dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, SPLIT_K=2, GROUP_M=1),
+    "tiled": dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, SPLIT_K=1, GROUP_M=4),
+}
+_KEY = ["N", "K", "M_BUCKET", "ELEMENT", "SCALE_KIND", "GROUP"]
+_gemv_tuned = triton.autotune(GEMV_CONFIGS, key=_KEY, reset_to_zero=["c_ptr"])(_gemv_kernel)
+_splitk_tuned = triton.autotune(SPLITK_CONFIGS, key=_KEY, reset_to_zero=["c_ptr"])(_dot_kernel)
+_tiled_tuned = triton.autotune(TILED_CONFIGS, key=_KEY)(_dot_kernel)
+
+PATHS = ("gemv", "splitk", "tiled", "dequant_cublas")
+
+
+# ----------------------------------------------------------------------------- launcher
+def w4a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+               global_scale: Optional[torch.Tensor] = None, *, element: str, scale_kind: str, group_size: int,
+               bias: Optional[torch.Tensor] = None, path: Optional[str] = None,
+               config: Optional[dict] = None) -> torch.Tensor:
+    """y = x @ W^T (+ bias) for a 4-bit packed W. Output dtype = x.dtype, shape [..., N].
+
+    x [..., K] fp16/bf16/fp32; qweight uint8 [N, K//2]; scales [K//G, N] (E4M3: float8_e4m3fn,
+    E8M0: uint8, F32: float32); global_scale fp32 scalar tensor (E4M3 only, or None);
+    element "E2M1" | "INT4"; path None (dispatch.py decides) | "gemv" | "splitk" | "tiled" |
+    "dequant_cublas"; config: fixed launch meta-parameters instead of autotuning (benchmarks,
+    tests; always used under the interpreter, where it defaults to INTERP_CONFIGS[path]).
+    """
+    el = _util.element_id(element)
+    sk = _util.scale_kind_id(scale_kind)
+    n, k = _util.check_w4_layout(qweight, scales, scale_kind, group_size)
+    _util.check_device(x, qweight, scales, global_scale, bias)
+    x2 = _util.flatten_rows(x, k)
+    m = x2.shape[0]
+    out_shape = (*x.shape[:-1], n)
+    if path is None:
+        from motensor import dispatch
+        path = dispatch.triton_choice("w4a16", x.device, x.dtype, m).path
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if m == 0:
+        return x.new_empty(out_shape)
+    if path == "dequant_cublas":
+        from motensor.kernels import cupy_dequant
+        w = cupy_dequant.dequant_w4(qweight, scales, global_scale, element=element, scale_kind=scale_kind,
+                                    group_size=group_size, dtype=x.dtype)
+        return torch.nn.functional.linear(x2, w, bias).reshape(out_shape)
+
+    gs = _util.as_scalar(global_scale, "global_scale")
+    s_arg = scales.view(torch.uint8) if scale_kind == "E4M3" else scales
+    qw = qweight if qweight.stride(-1) == 1 else qweight.contiguous()
+    b_arg = bias if bias is not None else x2
+    fixed = config if config is not None else (INTERP_CONFIGS[path] if _util.interpreting() else None)
+    # Split-K partial sums meet in a zeroed fp32 buffer (atomics); a single split stores straight
+    # to y. The tuned tiled configs never split; tuned gemv/splitk configs may, so they get a buffer.
+    direct = fixed["SPLIT_K"] == 1 if fixed is not None else path == "tiled"
+    c = torch.empty((m, n), device=x.device, dtype=x.dtype) if direct else \
+        torch.zeros((m, n), device=x.device, dtype=torch.float32)
+    common = dict(ELEMENT=el, SCALE_KIND=sk, GROUP=group_size, HAS_GS=gs is not None, HAS_BIAS=bias is not None)
+    args = [x2, None, s_arg, gs if gs is not None else s_arg, b_arg, c, m, n, k, x2.stride(0), None,
+            s_arg.stride(0), c.stride(0), _util.m_bucket(m)]
+
+    if path == "gemv":
+        if qw.data_ptr() % 4 or qw.stride(0) % 4:
+            qw = qw.contiguous().clone()
+        words = qw.view(torch.int32)                 # [N, K//8]: 8 nibbles per load element
+        args[1], args[10] = words, words.stride(0)
+        block_m = min(triton.next_power_of_2(m), 4)
+        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"], triton.cdiv(m, block_m))
+        if fixed is not None:
+            _gemv_kernel[grid](*args, **common, BLOCK_M=block_m, **fixed)
+        else:
+            _gemv_tuned[grid](*args, **common, BLOCK_M=block_m)
+    else:
+        args[1], args[10] = qw, qw.stride(0)
+        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
+        if fixed is not None:
+            _dot_kernel[grid](*args, **common, **fixed)
+        else:
+            (_splitk_tuned if path == "splitk" else _tiled_tuned)[grid](*args, **common)
+    y = c if direct else c.to(x.dtype)
+    return y.reshape(out_shape)

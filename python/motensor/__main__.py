@@ -1,0 +1,5 @@
+import sys
+
+from motensor.cli import main
+
+sys.exit(main())

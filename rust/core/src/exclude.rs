@@ -1,0 +1,189 @@
+//! `exclude_modules` / `ignore` matching (FORMATS §1.4).
+//!
+//! vLLM accepts a module if a pattern (a) equals it, (b) is a substring of it (legacy
+//! checkpoints, ModelOpt < 0.39), or (c) matches it as an `fnmatch` wildcard. Plain substring
+//! matching is dangerous (`mlp.gate` is a substring of `mlp.gate_proj`), so the legacy rule here
+//! only matches whole dotted components: the pattern must equal a run of complete components of
+//! the name (`lm_head` matches `language_model.lm_head`; `model.layers.1` matches
+//! `model.layers.1.mlp.down_proj` but not `model.layers.11...`). Wildcards are full fnmatch
+//! (`*`, `?`, `[seq]`, `[!seq]`; `*` crosses dots, as in Python).
+
+#[derive(Debug, Clone, Default)]
+pub struct ExcludeList {
+    patterns: Vec<String>,
+}
+
+impl ExcludeList {
+    pub fn new(patterns: Vec<String>) -> Self {
+        ExcludeList { patterns }
+    }
+
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
+    /// Is module `name` excluded from quantization?
+    pub fn matches(&self, name: &str) -> bool {
+        self.patterns.iter().any(|p| pattern_matches(p, name))
+    }
+}
+
+fn is_glob(p: &str) -> bool {
+    p.contains(['*', '?', '['])
+}
+
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    if pattern == name {
+        return true;
+    }
+    if is_glob(pattern) {
+        return fnmatch(pattern.as_bytes(), name.as_bytes());
+    }
+    component_run(pattern, name)
+}
+
+/// True if `pattern` equals a run of whole dot-separated components of `name`.
+fn component_run(pattern: &str, name: &str) -> bool {
+    if pattern.is_empty() {
+        return false;
+    }
+    let mut start = 0;
+    while let Some(pos) = name[start..].find(pattern) {
+        let b = start + pos;
+        let e = b + pattern.len();
+        let left_ok = b == 0 || name.as_bytes()[b - 1] == b'.';
+        let right_ok = e == name.len() || name.as_bytes()[e] == b'.';
+        if left_ok && right_ok {
+            return true;
+        }
+        start = b + 1;
+        if start >= name.len() {
+            break;
+        }
+    }
+    false
+}
+
+/// Python `fnmatch.fnmatchcase` semantics, iterative with backtracking on the last `*`.
+pub fn fnmatch(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() {
+            match p[pi] {
+                b'*' => {
+                    star = Some((pi, si));
+                    pi += 1;
+                    continue;
+                }
+                b'?' => {
+                    pi += 1;
+                    si += 1;
+                    continue;
+                }
+                b'[' => {
+                    if let Some((matched, next)) = class_match(p, pi, s[si]) {
+                        if matched {
+                            pi = next;
+                            si += 1;
+                            continue;
+                        }
+                    } else if s[si] == b'[' {
+                        // An unterminated '[' is a literal, as in Python.
+                        pi += 1;
+                        si += 1;
+                        continue;
+                    }
+                }
+                c if c == s[si] => {
+                    pi += 1;
+                    si += 1;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        match star {
+            Some((sp, ss)) => {
+                pi = sp + 1;
+                si = ss + 1;
+                star = Some((sp, ss + 1));
+            }
+            None => return false,
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// Matches `c` against the class starting at `p[i] == '['`. Returns (matched, index after
+/// the class), or None if the class is not terminated.
+fn class_match(p: &[u8], i: usize, c: u8) -> Option<(bool, usize)> {
+    let mut j = i + 1;
+    let negate = j < p.len() && p[j] == b'!';
+    if negate {
+        j += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    while j < p.len() {
+        if p[j] == b']' && !first {
+            return Some((matched != negate, j + 1));
+        }
+        first = false;
+        if j + 2 < p.len() && p[j + 1] == b'-' && p[j + 2] != b']' {
+            if p[j] <= c && c <= p[j + 2] {
+                matched = true;
+            }
+            j += 3;
+        } else {
+            if p[j] == c {
+                matched = true;
+            }
+            j += 1;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_and_wildcards() {
+        let ex = ExcludeList::new(vec![
+            "lm_head".into(),
+            "model.layers.3.mlp.gate*".into(),
+            "model.visual.*".into(),
+        ]);
+        assert!(ex.matches("lm_head"));
+        assert!(ex.matches("language_model.lm_head"));
+        assert!(ex.matches("model.layers.3.mlp.gate"));
+        assert!(ex.matches("model.visual.blocks.0.attn.qkv"));
+        assert!(!ex.matches("model.visual"));
+        assert!(!ex.matches("model.layers.4.mlp.gate"));
+    }
+
+    #[test]
+    fn legacy_component_runs_do_not_match_inside_components() {
+        let ex = ExcludeList::new(vec!["model.layers.1".into(), "mlp.gate".into()]);
+        assert!(ex.matches("model.layers.1.mlp.down_proj"));
+        assert!(!ex.matches("model.layers.11.mlp.down_proj"));
+        assert!(ex.matches("model.layers.0.mlp.gate"));
+        assert!(!ex.matches("model.layers.0.mlp.gate_proj"));
+    }
+
+    #[test]
+    fn fnmatch_semantics() {
+        assert!(fnmatch(b"a*c", b"abbbc"));
+        assert!(fnmatch(b"a?c", b"abc"));
+        assert!(fnmatch(b"a[0-9]c", b"a5c"));
+        assert!(!fnmatch(b"a[!0-9]c", b"a5c"));
+        assert!(fnmatch(b"*", b""));
+        assert!(!fnmatch(b"a*d", b"abc"));
+        assert!(fnmatch(b"a[", b"a["));
+    }
+}

@@ -1,0 +1,306 @@
+//! safetensors header parsing with full validation.
+//!
+//! Layout of a safetensors file: an 8-byte little-endian length `n`, `n` bytes of UTF-8 JSON,
+//! then the data region. The JSON maps tensor names to `{dtype, shape, data_offsets}` (offsets
+//! relative to the data region) plus an optional `__metadata__` string map.
+//!
+//! Everything here treats the file as hostile: lengths are checked before they are used, all
+//! arithmetic is checked, duplicate keys are rejected (a JSON map with two entries of the same
+//! name would otherwise silently keep the last), and spans must lie inside the data region
+//! without overlapping.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::Path;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::Value;
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+
+/// Headers above this size are refused before any allocation (the safetensors crate uses the
+/// same bound): a hostile length prefix must not make us allocate gigabytes.
+pub const MAX_HEADER_LEN: u64 = 100 * 1024 * 1024;
+/// No real tensor has more dimensions than this; a larger rank is a corrupt or hostile header.
+pub const MAX_RANK: usize = 16;
+
+/// One tensor entry of a validated header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    /// Byte range relative to the start of the data region.
+    pub begin: u64,
+    pub end: u64,
+}
+
+impl TensorInfo {
+    pub fn nbytes(&self) -> u64 {
+        self.end - self.begin
+    }
+
+    pub fn numel(&self) -> u64 {
+        self.shape.iter().product()
+    }
+}
+
+/// A validated header.
+#[derive(Debug, Clone)]
+pub struct Header {
+    /// Offset of the data region from the start of the file (8 + JSON length).
+    pub data_start: u64,
+    /// Length of the data region as the file had it when the header was parsed.
+    pub data_len: u64,
+    /// Tensors in the order of their data offsets.
+    pub tensors: Vec<TensorInfo>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Reads the 8-byte length prefix and checks it against the file size.
+pub fn parse_prefix(file: &Path, prefix: &[u8], file_len: u64) -> Result<u64> {
+    if file_len < 8 || prefix.len() < 8 {
+        return Err(Error::header(
+            file,
+            format!("file is {file_len} bytes, shorter than the 8-byte length prefix"),
+        ));
+    }
+    let mut len_bytes = [0u8; 8];
+    len_bytes.copy_from_slice(&prefix[..8]);
+    let n = u64::from_le_bytes(len_bytes);
+    if n > MAX_HEADER_LEN {
+        return Err(Error::header(
+            file,
+            format!("header length {n} exceeds the {MAX_HEADER_LEN}-byte limit"),
+        ));
+    }
+    if n > file_len - 8 {
+        return Err(Error::header(
+            file,
+            format!(
+                "header length {n} is larger than the {} bytes that follow the prefix (truncated file?)",
+                file_len - 8
+            ),
+        ));
+    }
+    if n < 2 {
+        return Err(Error::header(file, format!("header length {n} cannot hold a JSON object")));
+    }
+    Ok(n)
+}
+
+/// Parses and validates the JSON part of a header. `json` is exactly the `n` header bytes,
+/// `file_len` the size of the whole file.
+pub fn parse_header(file: &Path, json: &[u8], file_len: u64) -> Result<Header> {
+    let n = json.len() as u64;
+    let data_start = 8 + n;
+    let data_len = file_len
+        .checked_sub(data_start)
+        .ok_or_else(|| Error::header(file, "header runs past the end of the file"))?;
+
+    let text = std::str::from_utf8(json)
+        .map_err(|e| Error::header(file, format!("header is not UTF-8: {e}")))?;
+    if !text.trim_start().starts_with('{') {
+        return Err(Error::header(file, "header is not a JSON object"));
+    }
+    let entries: Entries = serde_json::from_str(text)
+        .map_err(|e| Error::header(file, format!("header is not valid JSON: {e}")))?;
+
+    let mut seen = HashSet::with_capacity(entries.0.len());
+    let mut metadata = BTreeMap::new();
+    let mut tensors = Vec::with_capacity(entries.0.len());
+    for (name, value) in entries.0 {
+        if !seen.insert(name.clone()) {
+            return Err(Error::tensor_err(file, &name, "appears twice in the header"));
+        }
+        if name == "__metadata__" {
+            metadata = parse_metadata(file, value)?;
+            continue;
+        }
+        tensors.push(parse_entry(file, &name, value, data_len)?);
+    }
+
+    tensors.sort_by(|a, b| (a.begin, a.end).cmp(&(b.begin, b.end)));
+    let mut prev: Option<&TensorInfo> = None;
+    for t in &tensors {
+        if t.begin == t.end {
+            continue; // empty tensors occupy no bytes and cannot overlap anything
+        }
+        if let Some(p) = prev {
+            if t.begin < p.end {
+                return Err(Error::tensor_err(
+                    file,
+                    &t.name,
+                    format!(
+                        "data_offsets [{}, {}) overlap tensor '{}' at [{}, {})",
+                        t.begin, t.end, p.name, p.begin, p.end
+                    ),
+                ));
+            }
+        }
+        prev = Some(t);
+    }
+
+    Ok(Header {
+        data_start,
+        data_len,
+        tensors,
+        metadata,
+    })
+}
+
+fn parse_metadata(file: &Path, value: Value) -> Result<BTreeMap<String, String>> {
+    let Value::Object(map) = value else {
+        return Err(Error::header(file, "__metadata__ is not an object"));
+    };
+    let mut out = BTreeMap::new();
+    for (k, v) in map {
+        match v {
+            Value::String(s) => {
+                out.insert(k, s);
+            }
+            other => {
+                return Err(Error::header(
+                    file,
+                    format!("__metadata__ value of '{k}' is not a string: {other}"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn parse_entry(file: &Path, name: &str, value: Value, data_len: u64) -> Result<TensorInfo> {
+    let bad = |msg: String| Error::tensor_err(file, name, msg);
+    if name.is_empty() {
+        return Err(bad("empty tensor name".into()));
+    }
+    let Value::Object(obj) = value else {
+        return Err(bad("entry is not an object".into()));
+    };
+    let dtype_str = obj
+        .get("dtype")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("missing or non-string 'dtype'".into()))?;
+    let dtype = DType::parse(dtype_str).ok_or_else(|| bad(format!("unknown dtype '{dtype_str}'")))?;
+
+    let shape_v = obj
+        .get("shape")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("missing or non-array 'shape'".into()))?;
+    if shape_v.len() > MAX_RANK {
+        return Err(bad(format!("rank {} exceeds {MAX_RANK}", shape_v.len())));
+    }
+    let mut shape = Vec::with_capacity(shape_v.len());
+    for d in shape_v {
+        let d = d
+            .as_u64()
+            .ok_or_else(|| bad(format!("shape entry {d} is not a non-negative integer")))?;
+        shape.push(d);
+    }
+
+    let offs = obj
+        .get("data_offsets")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("missing or non-array 'data_offsets'".into()))?;
+    if offs.len() != 2 {
+        return Err(bad(format!("data_offsets has {} entries, expected 2", offs.len())));
+    }
+    let begin = offs[0]
+        .as_u64()
+        .ok_or_else(|| bad("data_offsets[0] is not a non-negative integer".into()))?;
+    let end = offs[1]
+        .as_u64()
+        .ok_or_else(|| bad("data_offsets[1] is not a non-negative integer".into()))?;
+    if end < begin {
+        return Err(bad(format!("data_offsets [{begin}, {end}) end before they begin")));
+    }
+    if end > data_len {
+        return Err(bad(format!(
+            "data_offsets [{begin}, {end}) run past the end of the data region ({data_len} bytes)"
+        )));
+    }
+
+    let numel = shape
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
+    let nbytes = numel
+        .checked_mul(dtype.size() as u64)
+        .ok_or_else(|| bad(format!("shape {shape:?} x {dtype} overflows")))?;
+    if nbytes != end - begin {
+        return Err(bad(format!(
+            "shape {shape:?} of {dtype} needs {nbytes} bytes but data_offsets [{begin}, {end}) span {}",
+            end - begin
+        )));
+    }
+    Ok(TensorInfo {
+        name: name.to_string(),
+        dtype,
+        shape,
+        begin,
+        end,
+    })
+}
+
+/// The header's top-level object as an ordered list, so that duplicate keys can be detected.
+struct Entries(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Entries;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object of tensor entries")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Entries, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, Value>()? {
+                    out.push((k, v));
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> &'static Path {
+        Path::new("x.safetensors")
+    }
+
+    #[test]
+    fn accepts_a_plain_header() {
+        let json = br#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"__metadata__":{"format":"pt"}}"#;
+        let h = parse_header(p(), json, 8 + json.len() as u64 + 8).unwrap();
+        assert_eq!(h.tensors.len(), 1);
+        assert_eq!(h.metadata["format"], "pt");
+    }
+
+    #[test]
+    fn rejects_duplicates_overlaps_and_bad_spans() {
+        let dup = br#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}"#;
+        assert!(parse_header(p(), dup, 8 + dup.len() as u64 + 2).is_err());
+        let ovl = br#"{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"U8","shape":[2],"data_offsets":[1,3]}}"#;
+        let e = parse_header(p(), ovl, 8 + ovl.len() as u64 + 3).unwrap_err();
+        assert!(e.to_string().contains("overlap"), "{e}");
+        let span = br#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#;
+        assert!(parse_header(p(), span, 8 + span.len() as u64 + 8).is_err());
+        let past = br#"{"a":{"dtype":"U8","shape":[9],"data_offsets":[0,9]}}"#;
+        assert!(parse_header(p(), past, 8 + past.len() as u64 + 8).is_err());
+    }
+
+    #[test]
+    fn rejects_bad_prefixes() {
+        assert!(parse_prefix(p(), &[0u8; 4], 4).is_err());
+        assert!(parse_prefix(p(), &u64::MAX.to_le_bytes(), 100).is_err());
+        assert!(parse_prefix(p(), &200u64.to_le_bytes(), 100).is_err());
+        assert_eq!(parse_prefix(p(), &10u64.to_le_bytes(), 100).unwrap(), 10);
+    }
+}

@@ -1,0 +1,371 @@
+//! The per-module view: which HF modules are quantized, with which format, and their tensors
+//! checked against the format table.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::formats::{FormatSpec, Packing, Presence, Role, ShapeRule};
+use crate::header::TensorInfo;
+use crate::quant_config::{QuantConfig, Scheme};
+
+/// Suffixes of KV-cache tensors (FORMATS §6); they live under `k_proj`/`v_proj` names.
+pub const KV_SUFFIXES: [&str; 4] = ["k_scale", "v_scale", "k_bias", "v_bias"];
+
+/// A quantized Linear (or a stack of them along leading expert dims).
+#[derive(Debug, Clone)]
+pub struct QuantModule {
+    pub name: String,
+    pub spec: &'static FormatSpec,
+    /// Logical output features.
+    pub n: u64,
+    /// Logical input features.
+    pub k: u64,
+    /// Group / block size along K (and N for 2-D blocks), if the format has one.
+    pub group: Option<u32>,
+    /// Leading dims before `[N, K]` (stacked experts); usually empty.
+    pub lead: Vec<u64>,
+    /// Role -> tensor name.
+    pub tensors: BTreeMap<Role, String>,
+    /// Tensors under this module's name that its format does not use (kept, reported).
+    pub extras: Vec<String>,
+}
+
+impl QuantModule {
+    pub fn tensor(&self, role: Role) -> Option<&str> {
+        self.tensors.get(&role).map(String::as_str)
+    }
+
+    /// Elements of the logical (dequantized) weight.
+    pub fn numel(&self) -> u64 {
+        self.lead.iter().product::<u64>() * self.n * self.k
+    }
+}
+
+/// A KV-cache scale tensor (FORMATS §6).
+#[derive(Debug, Clone)]
+pub struct KvTensor {
+    pub tensor: String,
+    /// The attention module owning the quantizer (parent of `k_proj`/`v_proj`).
+    pub attention: String,
+    /// `k_scale`, `v_scale`, `k_bias` or `v_bias`.
+    pub kind: String,
+}
+
+/// What module-building needs to know about a tensor.
+pub trait TensorLookup {
+    fn info(&self, name: &str) -> Option<&TensorInfo>;
+    fn file_of(&self, name: &str) -> PathBuf;
+}
+
+pub struct ModuleView {
+    pub modules: Vec<QuantModule>,
+    pub plain: Vec<String>,
+    pub kv: Vec<KvTensor>,
+    pub notes: Vec<String>,
+}
+
+/// The format (and configured group size) the metadata assigns to a module, if any.
+pub fn configured_format(cfg: &QuantConfig, module: &str) -> Option<(&'static FormatSpec, Option<u32>)> {
+    match &cfg.scheme {
+        Scheme::Single { spec, group_size } => {
+            if cfg.exclude.matches(module) {
+                None
+            } else {
+                Some((*spec, *group_size))
+            }
+        }
+        Scheme::Mixed { layers } => {
+            // exact key; then a descendant key (vLLM `_resolve_quant_algo`); then an ancestor key
+            // (transformers-5 fused-expert containers are keyed by the container, FORMATS §4.12).
+            if let Some(l) = layers.get(module) {
+                return Some((l.spec, l.group_size));
+            }
+            let prefix = format!("{module}.");
+            if let Some((_, l)) = layers.range(prefix.clone()..).next().filter(|(k, _)| k.starts_with(&prefix)) {
+                return Some((l.spec, l.group_size));
+            }
+            let mut anc = module;
+            while let Some(pos) = anc.rfind('.') {
+                anc = &anc[..pos];
+                if let Some(l) = layers.get(anc) {
+                    return Some((l.spec, l.group_size));
+                }
+            }
+            None
+        }
+    }
+}
+
+/// Builds the module view of all tensors `names` (sorted).
+pub fn build(names: &[String], lookup: &dyn TensorLookup, cfg: Option<&QuantConfig>) -> Result<ModuleView> {
+    let mut groups: BTreeMap<&str, BTreeMap<Role, &str>> = BTreeMap::new();
+    let mut plain: Vec<String> = Vec::new();
+    let mut kv = Vec::new();
+    let mut notes = Vec::new();
+
+    for name in names {
+        let Some((module, suffix)) = name.rsplit_once('.') else {
+            plain.push(name.clone());
+            continue;
+        };
+        if let Some(role) = Role::from_suffix(suffix) {
+            groups.entry(module).or_default().insert(role, name.as_str());
+        } else if KV_SUFFIXES.contains(&suffix) {
+            let attention = module.rsplit_once('.').map(|(a, _)| a).unwrap_or(module);
+            kv.push(KvTensor {
+                tensor: name.clone(),
+                attention: attention.to_string(),
+                kind: suffix.to_string(),
+            });
+        } else {
+            check_not_bmm_expert(name, lookup)?;
+            plain.push(name.clone());
+        }
+    }
+
+    let mut modules = Vec::new();
+    for (module, roles) in groups {
+        let Some(wname) = roles.get(&Role::Weight) else {
+            if roles.len() > 1 || !roles.contains_key(&Role::Bias) {
+                notes.push(format!("'{module}' has {:?} but no weight; kept as plain tensors", roles.keys().collect::<Vec<_>>()));
+            }
+            plain.extend(roles.values().map(|s| s.to_string()));
+            continue;
+        };
+        let w = lookup
+            .info(wname)
+            .ok_or_else(|| Error::argument(format!("tensor '{wname}' vanished from the index")))?;
+        let evidence = !w.dtype.is_wide_float() || roles.contains_key(&Role::WeightScale);
+        let assigned = cfg.and_then(|c| configured_format(c, module));
+        match (evidence, assigned) {
+            (true, Some((spec, group))) => {
+                modules.push(validate(module, &roles, spec, group, lookup)?);
+            }
+            (true, None) => {
+                let why = match cfg {
+                    None => "the checkpoint has no ModelOpt quantization config".to_string(),
+                    Some(c) => match c.scheme {
+                        Scheme::Single { .. } => "it is excluded by exclude_modules".to_string(),
+                        Scheme::Mixed { .. } => "MIXED_PRECISION quantized_layers does not list it".to_string(),
+                    },
+                };
+                return Err(Error::Format {
+                    file: lookup.file_of(wname),
+                    module: module.to_string(),
+                    algo: cfg.map(|c| c.quant_algo.clone()).unwrap_or_else(|| "none".into()),
+                    tensor: wname.to_string(),
+                    msg: format!("stores quantized tensors ({} weight) but {why}", w.dtype),
+                });
+            }
+            (false, assigned) => {
+                if assigned.is_some() && w.shape.len() >= 2 && roles.len() > 1 {
+                    notes.push(format!(
+                        "'{module}' is covered by the quant config but stores an unquantized {} weight",
+                        w.dtype
+                    ));
+                }
+                plain.extend(roles.values().map(|s| s.to_string()));
+            }
+        }
+    }
+    plain.sort();
+    Ok(ModuleView {
+        modules,
+        plain,
+        kv,
+        notes,
+    })
+}
+
+/// Llama4 / GPT-OSS keep experts as 3-D parameters with `<param>_weight_scale` siblings
+/// (FORMATS §5); their packing is transposed and not supported yet: refuse rather than load
+/// packed bytes as if they were plain weights.
+fn check_not_bmm_expert(name: &str, lookup: &dyn TensorLookup) -> Result<()> {
+    if let Some(param) = name.strip_suffix("_weight_scale") {
+        if lookup.info(param).is_some() {
+            return Err(Error::UnsupportedFormat {
+                file: lookup.file_of(name),
+                algo: "BMM experts".into(),
+                msg: format!(
+                    "'{param}' is a 3-D expert parameter quantized in place (Llama4/GPT-OSS style, FORMATS 5); not supported yet"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn validate(
+    module: &str,
+    roles: &BTreeMap<Role, &str>,
+    spec: &'static FormatSpec,
+    configured_group: Option<u32>,
+    lookup: &dyn TensorLookup,
+) -> Result<QuantModule> {
+    let err = |tensor: &str, msg: String| Error::Format {
+        file: lookup.file_of(tensor),
+        module: module.to_string(),
+        algo: spec.name.to_string(),
+        tensor: tensor.to_string(),
+        msg,
+    };
+    let info = |t: &str| -> Result<&TensorInfo> {
+        lookup
+            .info(t)
+            .ok_or_else(|| Error::argument(format!("tensor '{t}' vanished from the index")))
+    };
+
+    let mut tensors = BTreeMap::new();
+    let mut extras = Vec::new();
+    for (&role, &t) in roles {
+        match spec.rule(role) {
+            Some(rule) => {
+                let ti = info(t)?;
+                if !rule.dtypes.contains(&ti.dtype) {
+                    return Err(err(
+                        t,
+                        format!("dtype {} but {} expects {}", ti.dtype, spec.name, dtype_list(rule.dtypes)),
+                    ));
+                }
+                tensors.insert(role, t.to_string());
+            }
+            None => extras.push(t.to_string()),
+        }
+    }
+    for rule in spec.tensors {
+        if rule.presence == Presence::Required && !tensors.contains_key(&rule.role) {
+            let missing = format!("{module}.{}", rule.role.suffix());
+            let near = roles.get(&Role::Weight).copied().unwrap_or(module);
+            return Err(Error::Format {
+                file: lookup.file_of(near),
+                module: module.to_string(),
+                algo: spec.name.to_string(),
+                tensor: missing,
+                msg: format!("missing: {} requires '{}'", spec.name, rule.role.suffix()),
+            });
+        }
+    }
+
+    let wname = tensors[&Role::Weight].clone();
+    let w = info(&wname)?;
+    if w.shape.len() < 2 {
+        return Err(err(&wname, format!("weight has shape {:?}; a Linear weight needs 2 dims", w.shape)));
+    }
+    let (lead, last2) = w.shape.split_at(w.shape.len() - 2);
+    let (r, c) = (last2[0], last2[1]);
+    let (n, k) = match spec.packing {
+        Packing::None => (r, c),
+        Packing::PairsAlongK => (r, c * 2),
+        Packing::PairsAlongN => (r * 2, c),
+    };
+    if n == 0 || k == 0 {
+        return Err(err(&wname, format!("weight has an empty dimension: {:?}", w.shape)));
+    }
+
+    let group = resolve_group(spec, configured_group, roles, n, k, lookup)
+        .map_err(|msg| err(roles.get(&Role::WeightScale).copied().unwrap_or(&wname), msg))?;
+
+    for (&role, t) in &tensors {
+        let rule = spec.rule(role).ok_or_else(|| Error::argument("rule vanished"))?;
+        let ti = info(t)?;
+        if let Err(msg) = check_shape(rule.shape, &ti.shape, lead, n, k, group) {
+            return Err(err(t, msg));
+        }
+    }
+
+    Ok(QuantModule {
+        name: module.to_string(),
+        spec,
+        n,
+        k,
+        group,
+        lead: lead.to_vec(),
+        tensors,
+        extras,
+    })
+}
+
+/// The group size: configured, else the format default; checked against the scale's shape
+/// when the format has per-group scales.
+fn resolve_group(
+    spec: &FormatSpec,
+    configured: Option<u32>,
+    roles: &BTreeMap<Role, &str>,
+    n: u64,
+    k: u64,
+    lookup: &dyn TensorLookup,
+) -> std::result::Result<Option<u32>, String> {
+    let rule = spec.rule(Role::WeightScale);
+    let is_groups = matches!(rule.map(|r| r.shape), Some(ShapeRule::Groups));
+    let is_blocks = matches!(rule.map(|r| r.shape), Some(ShapeRule::Blocks2d));
+    if !is_groups && !is_blocks {
+        return Ok(None);
+    }
+    let g = match configured.or(spec.default_group) {
+        Some(g) => g as u64,
+        None => return Err(format!("{} needs a group size and none is configured", spec.name)),
+    };
+    if is_groups {
+        // The scale's last dim says how many groups there are; a checkpoint without a
+        // group_size key (config.json form) may use another size than the default.
+        if let Some(ti) = roles.get(&Role::WeightScale).and_then(|t| lookup.info(t)) {
+            let cols = ti.shape.last().copied().unwrap_or(0);
+            if cols == 0 || k % cols != 0 {
+                return Err(format!(
+                    "weight_scale has {cols} groups, which does not divide K={k} (shape {:?})",
+                    ti.shape
+                ));
+            }
+            let from_shape = k / cols;
+            if from_shape != g {
+                if configured.is_some() {
+                    return Err(format!(
+                        "group_size {g} is configured but weight_scale {:?} implies {from_shape} for K={k}",
+                        ti.shape
+                    ));
+                }
+                return Ok(Some(from_shape as u32));
+            }
+        }
+        if spec.group_divides_k && k % g != 0 {
+            return Err(format!("K={k} is not a multiple of group size {g}"));
+        }
+    }
+    let _ = n;
+    Ok(Some(g as u32))
+}
+
+fn check_shape(rule: ShapeRule, shape: &[u64], lead: &[u64], n: u64, k: u64, group: Option<u32>) -> std::result::Result<(), String> {
+    let with_lead = |tail: &[u64]| -> Vec<u64> { lead.iter().chain(tail).copied().collect() };
+    let expect: Vec<Vec<u64>> = match rule {
+        ShapeRule::Weight => return Ok(()),
+        ShapeRule::Scalar => vec![vec![], vec![1]],
+        ShapeRule::PerOutput => vec![with_lead(&[n])],
+        ShapeRule::PerInput => vec![with_lead(&[k]), vec![k]],
+        ShapeRule::Groups => {
+            let g = group.unwrap_or(1) as u64;
+            vec![with_lead(&[n, k / g])]
+        }
+        ShapeRule::Blocks2d => {
+            let g = group.unwrap_or(128) as u64;
+            let (nb, kb) = (n.div_ceil(g), k.div_ceil(g));
+            vec![with_lead(&[nb, 1, kb, 1]), with_lead(&[nb, kb])]
+        }
+    };
+    if expect.iter().any(|e| e.as_slice() == shape) {
+        Ok(())
+    } else {
+        let alts: Vec<String> = expect.iter().map(|e| format!("{e:?}")).collect();
+        Err(format!(
+            "shape {shape:?} but expected {} for N={n}, K={k}{}",
+            alts.join(" or "),
+            group.map(|g| format!(", group {g}")).unwrap_or_default()
+        ))
+    }
+}
+
+fn dtype_list(d: &[DType]) -> String {
+    d.iter().map(|d| d.name()).collect::<Vec<_>>().join("/")
+}

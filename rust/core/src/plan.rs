@@ -1,0 +1,306 @@
+//! The load plan: what each tensor becomes on the device (layout, dtype, shape), where it sits
+//! in one contiguous destination arena, and how the arena is cut into staging-sized batches.
+//!
+//! Re-layouts are decided by the format table's `weight_layout` / `scale_layout`; this module
+//! only turns them into transforms with output shapes and row granules (the unit a batch may be
+//! cut at, so that a tensor larger than a staging buffer is still filled correctly).
+
+use crate::checkpoint::Checkpoint;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::exclude::pattern_matches;
+use crate::formats::{Role, ScaleLayout, ShapeRule, WeightLayout};
+use crate::modules::QuantModule;
+
+/// How the bytes of a stored tensor become the bytes of its loaded form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transform {
+    /// Byte-for-byte.
+    Copy,
+    /// INT4 `[lead, N/2, K]` signed pairs-along-N -> `[lead, N, K/2]` offset-8 pairs-along-K.
+    Int4ToKPacked { n: u64, k: u64 },
+    /// `[lead, rows, cols]` -> `[lead, cols, rows]` for `elem`-byte elements.
+    Transpose { rows: u64, cols: u64, elem: u64 },
+    /// A one-element wide float of any dtype -> f32.
+    ScalarToF32 { from: DType },
+}
+
+/// One tensor to load.
+#[derive(Debug, Clone)]
+pub struct LoadItem {
+    pub tensor: String,
+    /// The quantized module that owns it, if any.
+    pub module: Option<String>,
+    pub role: Option<Role>,
+    pub transform: Transform,
+    pub out_dtype: DType,
+    pub out_shape: Vec<u64>,
+    pub out_bytes: u64,
+    /// Batches cut this tensor only at multiples of this many output bytes.
+    pub granule: u64,
+    /// Offset in the destination arena (aligned).
+    pub offset: u64,
+}
+
+/// A piece of one item's output: bytes `[out_begin, out_end)` of item `item`, written at
+/// `dst` bytes into the batch's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    pub item: usize,
+    pub out_begin: u64,
+    pub out_end: u64,
+    pub dst: u64,
+}
+
+/// A contiguous range `[begin, end)` of the arena filled through one staging buffer.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub begin: u64,
+    pub end: u64,
+    pub pieces: Vec<Piece>,
+}
+
+/// Device allocations are 256-byte aligned; keeping every tensor so keeps vector loads legal.
+pub const ARENA_ALIGN: u64 = 256;
+
+fn selected(patterns: Option<&[String]>, module: &str, tensor: &str) -> bool {
+    match patterns {
+        None => true,
+        Some(ps) => ps
+            .iter()
+            .any(|p| pattern_matches(p, module) || pattern_matches(p, tensor)),
+    }
+}
+
+/// Builds the plan for every tensor (or those of modules matching `patterns`: exact names,
+/// fnmatch wildcards, or whole dotted prefixes such as `model.layers.0`).
+pub fn build_plan(ck: &Checkpoint, patterns: Option<&[String]>) -> Result<(Vec<LoadItem>, u64)> {
+    let mut items = Vec::new();
+    for m in &ck.modules {
+        for (&role, t) in &m.tensors {
+            if selected(patterns, &m.name, t) {
+                items.push(module_item(ck, m, role, t)?);
+            }
+        }
+        for t in &m.extras {
+            if selected(patterns, &m.name, t) {
+                items.push(plain_item(ck, t)?);
+            }
+        }
+    }
+    for t in ck.plain.iter().chain(ck.kv.iter().map(|k| &k.tensor)) {
+        let module = t.rsplit_once('.').map(|(m, _)| m).unwrap_or(t);
+        if selected(patterns, module, t) {
+            items.push(plain_item(ck, t)?);
+        }
+    }
+    if let Some(ps) = patterns {
+        if items.is_empty() {
+            return Err(Error::argument(format!("no module or tensor matches {ps:?}")));
+        }
+    }
+    // Arena order = file order, so batches read the shards front to back.
+    items.sort_by_key(|it| {
+        let loc = ck.tensors.get(&it.tensor).map(|l| (l.shard, l.idx)).unwrap_or((usize::MAX, 0));
+        loc
+    });
+    let mut off = 0u64;
+    for it in &mut items {
+        it.offset = off;
+        off = (off + it.out_bytes).div_ceil(ARENA_ALIGN) * ARENA_ALIGN;
+    }
+    Ok((items, off))
+}
+
+fn info_of<'a>(ck: &'a Checkpoint, t: &str) -> Result<&'a crate::header::TensorInfo> {
+    ck.tensor_info(t)
+        .ok_or_else(|| Error::argument(format!("no tensor '{t}' in the checkpoint")))
+}
+
+fn plain_item(ck: &Checkpoint, t: &str) -> Result<LoadItem> {
+    let info = info_of(ck, t)?;
+    Ok(LoadItem {
+        tensor: t.to_string(),
+        module: None,
+        role: None,
+        transform: Transform::Copy,
+        out_dtype: info.dtype,
+        out_shape: info.shape.clone(),
+        out_bytes: info.nbytes(),
+        granule: 1,
+        offset: 0,
+    })
+}
+
+fn module_item(ck: &Checkpoint, m: &QuantModule, role: Role, t: &str) -> Result<LoadItem> {
+    let info = info_of(ck, t)?;
+    let lead = &m.lead;
+    let with_lead = |tail: &[u64]| -> Vec<u64> { lead.iter().chain(tail).copied().collect() };
+    let nlead: u64 = lead.iter().product();
+    let rule = m.spec.rule(role).map(|r| r.shape);
+    let (transform, out_dtype, out_shape, granule) = match (role, rule) {
+        (Role::Weight, _) => match m.spec.weight_layout {
+            WeightLayout::AsStored => (Transform::Copy, info.dtype, info.shape.clone(), 1),
+            WeightLayout::Int4ToKPacked => (
+                Transform::Int4ToKPacked { n: m.n, k: m.k },
+                DType::U8,
+                with_lead(&[m.n, m.k / 2]),
+                m.k / 2,
+            ),
+        },
+        (_, Some(ShapeRule::Scalar)) => (
+            Transform::ScalarToF32 { from: info.dtype },
+            DType::F32,
+            vec![],
+            4,
+        ),
+        (Role::WeightScale, Some(ShapeRule::Groups)) => match m.spec.scale_layout {
+            ScaleLayout::GroupsTransposed => {
+                let g = m.group.unwrap_or(1) as u64;
+                let cols = m.k / g;
+                // E8M0 scales load as plain uint8 bytes: the kernels decode the exponent.
+                let dt = if info.dtype == DType::F8_E8M0 { DType::U8 } else { info.dtype };
+                (
+                    Transform::Transpose {
+                        rows: m.n,
+                        cols,
+                        elem: info.dtype.size() as u64,
+                    },
+                    dt,
+                    with_lead(&[cols, m.n]),
+                    m.n * info.dtype.size() as u64,
+                )
+            }
+            _ => (Transform::Copy, info.dtype, info.shape.clone(), 1),
+        },
+        (Role::WeightScale, Some(ShapeRule::Blocks2d)) => {
+            let g = m.group.unwrap_or(128) as u64;
+            let shape = match m.spec.scale_layout {
+                ScaleLayout::Blocks2dSqueezed => with_lead(&[m.n.div_ceil(g), m.k.div_ceil(g)]),
+                _ => info.shape.clone(),
+            };
+            (Transform::Copy, info.dtype, shape, 1)
+        }
+        _ => (Transform::Copy, info.dtype, info.shape.clone(), 1),
+    };
+    let out_bytes = out_shape.iter().product::<u64>() * out_dtype.size() as u64;
+    let _ = nlead;
+    Ok(LoadItem {
+        tensor: t.to_string(),
+        module: Some(m.name.clone()),
+        role: Some(role),
+        transform,
+        out_dtype,
+        out_shape,
+        out_bytes,
+        granule,
+        offset: 0,
+    })
+}
+
+/// Cuts the arena into batches of at most `chunk` bytes, each a contiguous arena range.
+pub fn batches(items: &[LoadItem], chunk: u64) -> Result<Vec<Batch>> {
+    if chunk == 0 {
+        return Err(Error::argument("staging chunk size must be positive"));
+    }
+    let mut out: Vec<Batch> = Vec::new();
+    let mut cur: Option<Batch> = None;
+    for (i, it) in items.iter().enumerate() {
+        let mut ob = 0u64;
+        while ob < it.out_bytes {
+            let pos = it.offset + ob;
+            let batch = cur.get_or_insert_with(|| Batch {
+                begin: pos,
+                end: pos,
+                pieces: Vec::new(),
+            });
+            let space = (batch.begin + chunk).saturating_sub(pos);
+            let rest = it.out_bytes - ob;
+            let take = if rest <= space {
+                rest
+            } else {
+                (space / it.granule) * it.granule
+            };
+            if take == 0 {
+                if batch.pieces.is_empty() {
+                    return Err(Error::argument(format!(
+                        "tensor '{}' cannot be cut into staging chunks of {chunk} bytes (its rows are {} bytes)",
+                        it.tensor, it.granule
+                    )));
+                }
+                if let Some(b) = cur.take() {
+                    out.push(b);
+                }
+                continue;
+            }
+            batch.pieces.push(Piece {
+                item: i,
+                out_begin: ob,
+                out_end: ob + take,
+                dst: pos - batch.begin,
+            });
+            batch.end = pos + take;
+            ob += take;
+            if batch.end - batch.begin >= chunk {
+                if let Some(b) = cur.take() {
+                    out.push(b);
+                }
+            }
+        }
+    }
+    if let Some(b) = cur.take() {
+        if !b.pieces.is_empty() {
+            out.push(b);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(bytes: u64, granule: u64, offset: u64) -> LoadItem {
+        LoadItem {
+            tensor: format!("t{offset}"),
+            module: None,
+            role: None,
+            transform: Transform::Copy,
+            out_dtype: DType::U8,
+            out_shape: vec![bytes],
+            out_bytes: bytes,
+            granule,
+            offset,
+        }
+    }
+
+    #[test]
+    fn batches_cover_every_byte_once_and_respect_granules() {
+        let items = vec![item(1000, 1, 0), item(600, 100, 1024), item(10, 10, 1792)];
+        for chunk in [64u64, 100, 256, 333, 4096] {
+            let bs = match batches(&items, chunk) {
+                Ok(b) => b,
+                Err(_) => {
+                    assert!(chunk < 100);
+                    continue;
+                }
+            };
+            let mut covered = vec![0u64; items.len()];
+            for b in &bs {
+                assert!(b.end - b.begin <= chunk);
+                for p in &b.pieces {
+                    let it = &items[p.item];
+                    assert_eq!(p.out_begin, covered[p.item]);
+                    assert_eq!(it.offset + p.out_begin, b.begin + p.dst);
+                    if p.out_end != it.out_bytes {
+                        assert_eq!((p.out_end - p.out_begin) % it.granule, 0);
+                    }
+                    covered[p.item] = p.out_end;
+                }
+            }
+            for (c, it) in covered.iter().zip(&items) {
+                assert_eq!(*c, it.out_bytes);
+            }
+        }
+    }
+}

@@ -1,0 +1,44 @@
+"""Shared pytest set-up: fixture locations, the `gpu` marker, Triton's CPU interpreter."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Triton reads TRITON_INTERPRET when a kernel is decorated, so it must be set before any kernel
+# module is imported. Without a GPU, every Triton kernel in the tests runs in the interpreter.
+try:
+    import torch
+
+    _HAS_CUDA = torch.cuda.is_available()
+except Exception:  # pragma: no cover - torch is a hard dependency of the tests
+    _HAS_CUDA = False
+if not _HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+DATA = Path(__file__).parent / "data"
+REFERENCES = DATA / "references"
+
+
+def pytest_collection_modifyitems(config, items):
+    if _HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+def fixture_dirs(prefix: str = "") -> list[Path]:
+    """Every checked-in ModelOpt export under tests/data (directories with a config.json)."""
+    if not DATA.is_dir():
+        return []
+    return sorted(
+        p for p in DATA.iterdir() if p.is_dir() and (p / "config.json").is_file() and p.name.startswith(prefix)
+    )
