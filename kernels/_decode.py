@@ -82,7 +82,7 @@ def e4m3_f32(b):
 def e8m0_f32(e):
     """E8M0 byte -> fp32 2^(e-127), built from bits. e = 0 gives the fp32 subnormal 2^-127."""
     e = e.to(tl.int32)
-    bits = tl.where(e == 0, 0x00400000, e << 23)
+    bits = e << 23
     return bits.to(tl.float32, bitcast=True)
 
 
@@ -105,7 +105,7 @@ def round_e4m3(t):
     The quantum of E4M3 at |t| is 2^(max(exp(t), -6) - 3); t / quantum is rounded to an integer
     with the 1.5 * 2^23 magic-number addition (fp32 addition rounds half to even) and scaled back.
     Both scalings are exact powers of two built from bits. Matches torch's
-    `t.clamp(-448, 448).to(torch.float8_e4m3fn)` bit for bit (up to the sign of zero).
+    `t.clamp(-448, 448).to(torch.float8_e4m3fn)` bit for bit, including -0.
     """
     t = tl.minimum(tl.maximum(t, -448.0), 448.0)
     e = ((t.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
@@ -113,7 +113,7 @@ def round_e4m3(t):
     quantum = ((e + 124) << 23).to(tl.float32, bitcast=True)       # 2^(e-3)
     inv_quantum = ((130 - e) << 23).to(tl.float32, bitcast=True)   # 2^(3-e)
     r = (t * inv_quantum + 12582912.0) - 12582912.0                # |t * inv_quantum| <= 16
-    return r * quantum
+    return tl.where(r == 0.0, t * 0.0, r * quantum)                # keep the sign of zero, as torch
 
 
 @triton.jit

@@ -6,9 +6,10 @@ or F32. See kernels/README.md for the layouts and the design notes.
 
 Paths (dispatch.py picks one; `path=` forces it):
   "gemv"    M <= 4: FMA GEMV, split-K. Weight read as int32 words (8 nibbles; contiguous words
-            per row so loads vectorize), each nibble decoded to a float by bit tricks (no table, no
-            interleave: nibble i of word j multiplies x[8j + i]), one group scale per word applied
-            to the 8-element partial sum, fp32 atomics across K splits.
+            per row so loads vectorize). Nibbles i and i+4 are decoded together by one shift/mask
+            pair into two fp16 bit patterns (no table, no interleave: nibble i of word j
+            multiplies x[8j + i]); one group scale per word applied to the 8-element partial
+            sum; fp32 atomics across K splits.
   "splitk"  M <= 16: tensor-core `tl.dot` with BLOCK_M = 16 and split-K.
   "tiled"   larger M: tensor-core `tl.dot`, grouped tile order for L2 reuse, no split.
   "dequant_cublas"  large M: CuPy kernel dequantizes W to x.dtype once, then cuBLAS (torch).
@@ -25,10 +26,39 @@ import triton.language as tl
 
 from motensor.kernels import _util
 from motensor.kernels._decode import (ELEM_E2M1, E2M1_F16_FACTOR, SCALE_E4M3, e2m1_f16_scaled, e4m3_f16_scaled,
-                                      group_scale_f32, int4_f16, int4_f32)
+                                      group_scale_f32, int4_f16)
 
 
 # ----------------------------------------------------------------------------- device code
+INT4_SUBNORMAL_FACTOR = tl.constexpr(16777216.0)          # 2^24
+INT4_SUBNORMAL_OFFSET = tl.constexpr(8.0 / 16777216.0)    # 8 * 2^-24
+SIGN_BITS_PAIR = tl.constexpr(-2147450880)                 # 0x80008000 as an int32 literal
+
+
+@triton.jit
+def _shl(w, S: tl.constexpr):
+    """w << S for a signed constexpr S (right shift when negative; callers mask the result)."""
+    if S >= 0:
+        r = w << S
+    else:
+        r = w >> (-S)
+    return r
+
+
+@triton.jit
+def _nibble_pair_f16_bits(w, I: tl.constexpr, ELEMENT: tl.constexpr):
+    """int32 word of 8 nibbles -> two fp16 bit patterns: nibble I in bits 0..15, nibble I+4 in 16..31.
+
+    E2M1: `value * 2^-14` (see `e2m1_f16_scaled`: magnitude to bits 9..11, sign to bit 15).
+    INT4: the fp16 subnormal `n * 2^-24` of the raw nibble n = q + 8 (exact; one AND).
+    """
+    if ELEMENT == ELEM_E2M1:
+        bits = (_shl(w, 9 - 4 * I) & 0x0E000E00) | (_shl(w, 12 - 4 * I) & SIGN_BITS_PAIR)
+    else:
+        bits = _shl(w, -4 * I) & 0x000F000F
+    return bits
+
+
 @triton.jit
 def _gemv_kernel(
     x_ptr, w_ptr, s_ptr, gs_ptr, b_ptr, c_ptr,
@@ -43,8 +73,10 @@ def _gemv_kernel(
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
     KW = K // 8
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # Every tensor is built 3-D [BLOCK_M, BLOCK_N, BLOCK_KW] (size-1 where broadcast), so they all
+    # share the weight load's register layout: broadcasts need no shared-memory layout conversion.
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[:, None, None]
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[None, :, None]
     mask_m = rm < M
     mask_n = rn < N
     # This split's word range, aligned to BLOCK_KW so every load starts on a vector boundary.
@@ -55,37 +87,48 @@ def _gemv_kernel(
     # Accumulate per (row, word) and reduce across words once at the end: no shuffles in the loop.
     acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_KW), dtype=tl.float32)
     for kw0 in range(kw_lo, kw_hi, BLOCK_KW):
-        rkw = tl.max_contiguous(tl.multiple_of(kw0 + tl.arange(0, BLOCK_KW), BLOCK_KW), BLOCK_KW)
+        rkw = tl.max_contiguous(tl.multiple_of(kw0 + tl.arange(0, BLOCK_KW), BLOCK_KW), BLOCK_KW)[None, None, :]
         mask_kw = rkw < kw_hi
-        w = tl.load(w_ptr + rn[:, None] * stride_wn + rkw[None, :],
-                    mask=mask_n[:, None] & mask_kw[None, :], other=0)
+        w = tl.load(w_ptr + rn * stride_wn + rkw, mask=mask_n & mask_kw, other=0)            # [1, BN, BKW]
         # A word never straddles a group (G % 8 == 0): one scale per word, L1-resident
         # (the [K//G, N] layout makes it a contiguous run along N).
-        g = (rkw * 8) // GROUP
-        s_raw = tl.load(s_ptr + g[None, :] * stride_sg + rn[:, None],
-                        mask=mask_n[:, None] & mask_kw[None, :], other=0)
+        s_raw = tl.load(s_ptr + ((rkw * 8) // GROUP) * stride_sg + rn, mask=mask_n & mask_kw, other=0)
         s = group_scale_f32(s_raw, SCALE_KIND)
+        x_word = x_ptr + rm * stride_xm + rkw * 8                                             # [BM, 1, BKW]
+        x_mask = mask_m & mask_kw
         part = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_KW), dtype=tl.float32)
-        for i in tl.static_range(8):
-            xi = tl.load(x_ptr + rm[:, None] * stride_xm + (rkw * 8 + i)[None, :],
-                         mask=mask_m[:, None] & mask_kw[None, :], other=0.0).to(tl.float32)
-            if ELEMENT == ELEM_E2M1:
-                wi = e2m1_f16_scaled(w >> (4 * i)).to(tl.float32)   # value * 2^-14, fixed below
-            else:
-                wi = int4_f32(w >> (4 * i))
-            part += wi[None, :, :] * xi[:, None, :]
-        acc += part * s[None, :, :]
+        xsum = tl.zeros((BLOCK_M, 1, BLOCK_KW), dtype=tl.float32)
+        for i in tl.static_range(4):
+            # Nibbles i and i + 4 of a word are 16 bits apart, so one shift/mask pair builds both
+            # fp16 patterns at once (low and high half of `pair`): 2 integer ops per 2 elements.
+            pair = _nibble_pair_f16_bits(w, i, ELEMENT)
+            w_lo = pair.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+            w_hi = (pair >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+            x_lo = tl.load(x_word + i, mask=x_mask, other=0.0).to(tl.float32)
+            x_hi = tl.load(x_word + (i + 4), mask=x_mask, other=0.0).to(tl.float32)
+            part += w_lo * x_lo          # two separate accumulations -> two FFMAs per pair
+            part += w_hi * x_hi
+            if ELEMENT != ELEM_E2M1:
+                xsum += x_lo + x_hi
+        if ELEMENT != ELEM_E2M1:
+            # INT4 nibbles were decoded as n * 2^-24 (n = q + 8): remove the +8 once per word.
+            part -= INT4_SUBNORMAL_OFFSET * xsum
+        acc += part * s
 
     y = tl.sum(acc, axis=2)
     if ELEMENT == ELEM_E2M1:
         y = y * E2M1_F16_FACTOR
+    else:
+        y = y * INT4_SUBNORMAL_FACTOR
     if HAS_GS:
         y = y * tl.load(gs_ptr)
+    rm2 = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn2 = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     if HAS_BIAS:
-        bias = tl.load(b_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)
+        bias = tl.load(b_ptr + rn2, mask=rn2 < N, other=0.0).to(tl.float32)
         y += tl.where(pid_k == 0, 1.0, 0.0) * bias[None, :]       # added by one split only
-    c_ptrs = c_ptr + rm[:, None] * stride_cm + rn[None, :]
-    c_mask = mask_m[:, None] & mask_n[None, :]
+    c_ptrs = c_ptr + rm2[:, None] * stride_cm + rn2[None, :]
+    c_mask = (rm2 < M)[:, None] & (rn2 < N)[None, :]
     if SPLIT_K == 1:
         tl.store(c_ptrs, y.to(c_ptr.dtype.element_ty), mask=c_mask)
     else:
@@ -207,7 +250,10 @@ def _cfg(num_warps=4, num_stages=3, **kw):
 
 # H100 candidates, unmeasured (this code was written without a GPU): chosen so that the grid
 # covers 132 SMs for N = 4096..28672 at M = 1 and each program streams >= 8 KiB of weight per
-# K split. BLOCK_KW = 32 words = 256 K elements = 128 bytes per row per iteration.
+# K split. BLOCK_KW = 32 words = 256 K elements = 128 bytes per row per iteration. None of them
+# spills registers when compiled for sm90 with fp16/bf16 activations (checked offline with
+# `python -m motensor.kernels.aot_check --all-configs`; 128x256 tiles did and were dropped).
+# With fp32 activations (tf32) the BLOCK_K=128 tiled config spills; autotuning skips it by time.
 GEMV_CONFIGS = [
     _cfg(BLOCK_N=32, BLOCK_KW=32, SPLIT_K=4),
     _cfg(BLOCK_N=64, BLOCK_KW=32, SPLIT_K=4),
@@ -230,7 +276,7 @@ TILED_CONFIGS = [
     _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, SPLIT_K=1, GROUP_M=8, num_stages=4),
     _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, SPLIT_K=1, GROUP_M=8, num_warps=8, num_stages=4),
     _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, SPLIT_K=1, GROUP_M=8, num_warps=8, num_stages=3),
-    _cfg(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, SPLIT_K=1, GROUP_M=8, num_warps=8, num_stages=3),
+    _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, SPLIT_K=1, GROUP_M=8, num_stages=4),
 ]
 # Interpreter defaults: tiny tiles so CPU tests stay fast; tests override them to hit every branch.
 INTERP_CONFIGS = {

@@ -25,8 +25,38 @@ from motensor.formats import FORMAT_NAMES, FormatSpec, all_formats, get_format
 
 __version__ = _core.__version__
 
+# Heavier parts (the loader, nn modules with their kernels, transformers integration) are
+# imported on first use, so `import motensor` stays cheap for inspecting checkpoints.
+_LAZY = {
+    "load": "motensor.loading",
+    "LoadedCheckpoint": "motensor.loading",
+    "LoadedModule": "motensor.loading",
+    "replace_linears": "motensor.nn",
+    "QuantLinear": "motensor.nn",
+    "from_pretrained": "motensor.models",
+    "load_tokenizer": "motensor.models",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'motensor' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 __all__ = [
     "__version__",
+    "load",
+    "LoadedCheckpoint",
+    "LoadedModule",
+    "replace_linears",
+    "QuantLinear",
+    "from_pretrained",
+    "load_tokenizer",
     "open",
     "Checkpoint",
     "ModuleInfo",

@@ -12,6 +12,7 @@ import torch
 
 from motensor import _core
 from motensor.dtypes import dtype_name, torch_dtype
+from motensor.errors import ArgumentError, ConfigError, MotensorError
 from motensor.formats import FormatSpec, get_format
 
 PathLike = "str | os.PathLike[str]"
@@ -160,7 +161,15 @@ class Checkpoint:
     def config(self) -> dict | None:
         """``config.json`` (the model's architecture), if present."""
         p = self.root / "config.json"
-        return json.loads(p.read_text()) if p.is_file() else None
+        if not p.is_file():
+            return None
+        # The Rust core reads config.json only when there is no hf_quant_config.json, so a broken
+        # one can get this far: report it as a ConfigError naming the file, not a bare
+        # JSONDecodeError / UnicodeDecodeError (both ValueErrors).
+        try:
+            return json.loads(p.read_bytes())
+        except ValueError as e:
+            raise _error(ConfigError, f"{p}: invalid JSON: {e}", file=p) from None
 
     def tensor_names(self) -> list[str]:
         return list(self._core.tensor_names())
@@ -201,9 +210,7 @@ class Checkpoint:
         """
         info = self.modules.get(module)
         if info is None:
-            from motensor.errors import ArgumentError
-
-            raise ArgumentError(f"{module!r} is not a quantized module of {self.root}")
+            raise _error(ArgumentError, f"{module!r} is not a quantized module of {self.root}", module=module)
         out = torch.empty((*info.lead, info.n, info.k), dtype=dtype)
         self._core.dequantize_into(module, out, dtype_name(dtype))
         return out
@@ -249,6 +256,17 @@ class Checkpoint:
             f"<motensor.Checkpoint {str(self.root)!r} {algo}: {len(self.shards)} shard(s), "
             f"{len(self.modules)} quantized modules, {_human(self.total_bytes)}>"
         )
+
+
+def _error(cls: type[MotensorError], msg: str, *, file=None, tensor: str | None = None,
+           module: str | None = None) -> MotensorError:
+    """A motensor exception raised from Python, with the ``file``/``tensor``/``module``
+    attributes the Rust core sets on the ones it raises (so handlers can read them on all)."""
+    e = cls(msg)
+    e.file = None if file is None else str(file)
+    e.tensor = tensor
+    e.module = module
+    return e
 
 
 def _human(n: int) -> str:

@@ -33,3 +33,10 @@ __all__ = [
     "UnsupportedFormatError",
     "ArgumentError",
 ]
+
+# Errors raised without a location (bad arguments, formats refused by name) still answer
+# `.file` / `.tensor` / `.module`, so handlers can read them unconditionally.
+for _cls in (MotensorError,):
+    for _attr in ("file", "tensor", "module"):
+        setattr(_cls, _attr, None)
+del _cls, _attr

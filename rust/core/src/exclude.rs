@@ -56,7 +56,9 @@ fn component_run(pattern: &str, name: &str) -> bool {
         if left_ok && right_ok {
             return true;
         }
-        start = b + 1;
+        // Step past the whole first character of this match: `b + 1` can land inside a
+        // multi-byte UTF-8 character of a (hostile) non-ASCII name, and slicing there panics.
+        start = b + pattern.chars().next().map_or(1, char::len_utf8);
         if start >= name.len() {
             break;
         }

@@ -257,6 +257,10 @@ use ShapeRule as S;
 
 const BIAS: TensorRule = rule(Role::Bias, Opt, WIDE, S::PerOutput);
 const PQS: TensorRule = rule(Role::PreQuantScale, Opt, WIDE, S::PerInput);
+/// SmoothQuant never folds `pre_quant_scale` into a norm (fusion is gated on AWQ, FORMATS 3.2),
+/// so every W8A8_SQ linear carries it and its weight holds `1/pqs`: loading one without it
+/// would compute silently wrong outputs.
+const PQS_REQ: TensorRule = rule(Role::PreQuantScale, Req, WIDE, S::PerInput);
 const WS2: TensorRule = rule(Role::WeightScale2, Req, WIDE, S::Scalar);
 const IN_REQ: TensorRule = rule(Role::InputScale, Req, WIDE, S::Scalar);
 const IN_OPT: TensorRule = rule(Role::InputScale, Opt, WIDE, S::Scalar);
@@ -406,7 +410,7 @@ pub static FORMATS: &[FormatSpec] = &[
         default_group: None,
         activation: Activation::Int8PerTensor,
         global_scale: GlobalScale::None,
-        tensors: &[weight(I8), CHANNEL_SCALE, IN_REQ, PQS, BIAS],
+        tensors: &[weight(I8), CHANNEL_SCALE, IN_REQ, PQS_REQ, BIAS],
         weight_layout: WeightLayout::AsStored,
         scale_layout: ScaleLayout::AsStored,
         group_divides_k: false,

@@ -122,24 +122,47 @@ pub fn parse_header(file: &Path, json: &[u8], file_len: u64) -> Result<Header> {
     }
 
     tensors.sort_by(|a, b| (a.begin, a.end).cmp(&(b.begin, b.end)));
+    // The tensors must tile the data region exactly, front to back, as the reference
+    // safetensors reader requires (`InvalidOffset`, `MetadataIncompleteBuffer`). Besides
+    // overlaps, this refuses gaps and trailing bytes: a length prefix shortened into the
+    // header's space padding still parses as JSON, but moves the data region so that every
+    // tensor would be read shifted by a few bytes (silently wrong numbers).
+    let mut pos = 0u64;
     let mut prev: Option<&TensorInfo> = None;
     for t in &tensors {
-        if t.begin == t.end {
-            continue; // empty tensors occupy no bytes and cannot overlap anything
+        if t.begin < pos {
+            let p = prev.map(|p| format!("tensor '{}' at [{}, {})", p.name, p.begin, p.end));
+            return Err(Error::tensor_err(
+                file,
+                &t.name,
+                format!(
+                    "data_offsets [{}, {}) overlap {}",
+                    t.begin,
+                    t.end,
+                    p.unwrap_or_else(|| "another tensor".into())
+                ),
+            ));
         }
-        if let Some(p) = prev {
-            if t.begin < p.end {
-                return Err(Error::tensor_err(
-                    file,
-                    &t.name,
-                    format!(
-                        "data_offsets [{}, {}) overlap tensor '{}' at [{}, {})",
-                        t.begin, t.end, p.name, p.begin, p.end
-                    ),
-                ));
-            }
+        if t.begin > pos {
+            return Err(Error::tensor_err(
+                file,
+                &t.name,
+                format!(
+                    "data_offsets [{}, {}) leave bytes [{pos}, {}) of the data region that belong to no tensor",
+                    t.begin, t.end, t.begin
+                ),
+            ));
         }
+        pos = t.end;
         prev = Some(t);
+    }
+    if pos != data_len {
+        return Err(Error::header(
+            file,
+            format!(
+                "bytes [{pos}, {data_len}) at the end of the data region belong to no tensor (wrong length prefix or extra data?)"
+            ),
+        ));
     }
 
     Ok(Header {
@@ -229,6 +252,17 @@ fn parse_entry(file: &Path, name: &str, value: Value, data_len: u64) -> Result<T
     let nbytes = numel
         .checked_mul(dtype.size() as u64)
         .ok_or_else(|| bad(format!("shape {shape:?} x {dtype} overflows")))?;
+    // Zero-element shapes pass the overflow check whatever their other dims; refuse sizes no
+    // int64-indexed tensor library (torch) can represent, so that an accepted header never
+    // fails later outside motensor's errors.
+    let nonzero = shape
+        .iter()
+        .filter(|&&d| d > 0)
+        .try_fold(dtype.size() as u64, |acc, &d| acc.checked_mul(d))
+        .filter(|&b| b <= i64::MAX as u64);
+    if nonzero.is_none() {
+        return Err(bad(format!("shape {shape:?} of {dtype} is too large to represent")));
+    }
     if nbytes != end - begin {
         return Err(bad(format!(
             "shape {shape:?} of {dtype} needs {nbytes} bytes but data_offsets [{begin}, {end}) span {}",

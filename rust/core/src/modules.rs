@@ -253,6 +253,13 @@ fn validate(
     if w.shape.len() < 2 {
         return Err(err(&wname, format!("weight has shape {:?}; a Linear weight needs 2 dims", w.shape)));
     }
+    // Any zero dimension, leading (expert) dims included, is refused before the logical sizes
+    // are computed: with a zero expert count the header admits huge N/K (no bytes are stored),
+    // and later size arithmetic (K * 4 bytes per row, N * scale bytes per granule) would
+    // overflow. With every dim non-zero, N * K is bounded by twice the stored byte count.
+    if w.shape.contains(&0) {
+        return Err(err(&wname, format!("weight has an empty dimension: {:?}", w.shape)));
+    }
     let (lead, last2) = w.shape.split_at(w.shape.len() - 2);
     let (r, c) = (last2[0], last2[1]);
     let (n, k) = match spec.packing {
@@ -260,9 +267,6 @@ fn validate(
         Packing::PairsAlongK => (r, c * 2),
         Packing::PairsAlongN => (r * 2, c),
     };
-    if n == 0 || k == 0 {
-        return Err(err(&wname, format!("weight has an empty dimension: {:?}", w.shape)));
-    }
 
     let group = resolve_group(spec, configured_group, roles, n, k, lookup)
         .map_err(|msg| err(roles.get(&Role::WeightScale).copied().unwrap_or(&wname), msg))?;
@@ -351,7 +355,13 @@ fn check_shape(rule: ShapeRule, shape: &[u64], lead: &[u64], n: u64, k: u64, gro
         ShapeRule::Blocks2d => {
             let g = group.unwrap_or(128) as u64;
             let (nb, kb) = (n.div_ceil(g), k.div_ceil(g));
-            vec![with_lead(&[nb, 1, kb, 1]), with_lead(&[nb, kb])]
+            let mut shapes = vec![with_lead(&[nb, 1, kb, 1]), with_lead(&[nb, kb])];
+            if nb * kb == 1 && lead.is_empty() {
+                // ModelOpt squeezes a single-block scale to 0-d (seen in its FP8_PB_WO exports
+                // of 64x128 and 128x128 weights).
+                shapes.extend([vec![], vec![1]]);
+            }
+            shapes
         }
     };
     if expect.iter().any(|e| e.as_slice() == shape) {

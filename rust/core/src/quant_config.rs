@@ -66,8 +66,10 @@ impl QuantConfig {
 }
 
 pub fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
-    serde_json::from_str(&text).map_err(|e| Error::config(path, format!("invalid JSON: {e}")))
+    // Read bytes, not a String: a file that is not UTF-8 is invalid JSON (a Config error naming
+    // the file), not an I/O failure (which the bindings report as a ShardError).
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::config(path, format!("invalid JSON: {e}")))
 }
 
 fn str_field<'a>(file: &Path, obj: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>> {

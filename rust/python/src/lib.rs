@@ -503,6 +503,10 @@ fn rayon_threads() -> usize {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    // Size rayon's global pool from MOTENSOR_NUM_THREADS now, before anything uses it:
+    // `Checkpoint::open` already runs on rayon, and a pool, once built, cannot be resized, so
+    // setting the pool up only at the first fill silently ignored the variable.
+    rayon_threads();
     m.add("__version__", motensor_core::VERSION)?;
     m.add_class::<Checkpoint>()?;
     m.add_class::<LoadPlan>()?;

@@ -1,0 +1,143 @@
+"""4-bit weight dequantization to fp16/bf16 with one raw CUDA kernel compiled by CuPy (NVRTC).
+
+Used by the large-M prefill path ("w4a16_dequant_cublas"): dequantize W once per call, then
+cuBLAS through torch. CuPy is optional: it is imported only when a kernel is first needed, and
+`is_available()` says whether it can be. Without it `dequant_w4` raises `CupyUnavailableError`.
+
+Layout (kernels/README.md): qweight uint8 [N, K//2] (even k in the low nibble), E2M1 codes or
+INT4 (q + 8); scales [K//G, N]: E4M3 (float8_e4m3fn, times global_scale), E8M0 or F32.
+W[n, k] = v[n, k] * (s[k//G, n] * global_scale), rounded once to the output dtype: the same
+fp32 operations as kernels/reference.py `dequant_w4`.
+
+One thread per 32-bit word (8 elements, one group since G % 8 == 0): a coalesced 4-byte load,
+the nibbles decoded with the fp16 bit trick (no table), one 16-byte store of 8 halves.
+The global scale is read from device memory (no host sync; CUDA-graph safe).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+
+_SOURCE = r"""
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+// E2M1 code -> float (exact): the fp16 pattern of value * 2^-14, see kernels/_decode.py.
+__device__ __forceinline__ float e2m1_value(unsigned int c) {
+    unsigned short bits = (unsigned short)(((c & 7u) << 9) | ((c & 8u) << 12));
+    return __half2float(__ushort_as_half(bits)) * 16384.0f;
+}
+__device__ __forceinline__ float scale_value(const SCALE_T* scales, long long idx) {
+#if SCALE_KIND == 0   // E4M3 byte -> fp16 pattern of value * 2^-8
+    unsigned int b = scales[idx];
+    unsigned short bits = (unsigned short)(((b & 0x7Fu) << 7) | ((b & 0x80u) << 8));
+    return __half2float(__ushort_as_half(bits)) * 256.0f;
+#elif SCALE_KIND == 1 // E8M0
+    unsigned int e = scales[idx];
+    return e == 0 ? __int_as_float(0x00400000) : __int_as_float((int)(e << 23));
+#else
+    return scales[idx];
+#endif
+}
+
+extern "C" __global__ void dequant_w4(const unsigned int* __restrict__ qw, const SCALE_T* __restrict__ scales,
+                                      const float* __restrict__ global_scale, uint4* __restrict__ out,
+                                      long long n_words, int words_per_row, int n_cols, int group) {
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= n_words) return;
+    long long n = idx / words_per_row;
+    int kw = (int)(idx - n * words_per_row);
+    float s = scale_value(scales, (long long)(kw * 8 / group) * n_cols + n);
+#if HAS_GS
+    s = s * global_scale[0];
+#endif
+    unsigned int w = qw[idx];
+    union { uint4 v; unsigned short h[8]; } pack;   // 16-byte store of 8 halves
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        unsigned int c = (w >> (4 * i)) & 0xFu;
+#if ELEMENT == 0
+        float v = e2m1_value(c);
+#else
+        float v = (float)((int)c - 8);
+#endif
+        pack.h[i] = TO_BITS(v * s);
+    }
+    out[idx] = pack.v;
+}
+"""
+
+_ELEMENTS = {"E2M1": 0, "INT4": 1}
+_SCALES = {"E4M3": (0, "unsigned char", torch.float8_e4m3fn), "E8M0": (1, "unsigned char", torch.uint8),
+           "F32": (2, "float", torch.float32)}
+_OUTS = {torch.float16: "__half_as_ushort(__float2half_rn(v))",
+         torch.bfloat16: "__bfloat16_as_ushort(__float2bfloat16_rn(v))"}
+_THREADS = 256
+
+
+class CupyUnavailableError(RuntimeError):
+    """CuPy (cupy-cuda12x / cupy-cuda13x, extras `motensor[cuda12]` / `[cuda13]`) cannot be imported."""
+
+
+@functools.lru_cache(maxsize=1)
+def _import_cupy():
+    try:
+        import cupy
+    except Exception as e:   # ImportError, or a broken CUDA install raising at import
+        return None, e
+    return cupy, None
+
+
+def is_available() -> bool:
+    """True when CuPy imports (does not touch a GPU otherwise)."""
+    return _import_cupy()[0] is not None
+
+
+def _cupy():
+    cupy, err = _import_cupy()
+    if cupy is None:
+        raise CupyUnavailableError(
+            "the CuPy dequant kernel needs CuPy: pip install 'motensor[cuda12]' (or [cuda13]); "
+            f"import failed with: {err!r}")
+    return cupy
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(element: str, scale_kind: str, out_dtype: torch.dtype, has_gs: bool):
+    cupy = _cupy()
+    sk, s_t, _ = _SCALES[scale_kind]
+    defines = (f"#define ELEMENT {_ELEMENTS[element]}\n#define SCALE_KIND {sk}\n#define SCALE_T {s_t}\n"
+               f"#define TO_BITS(v) {_OUTS[out_dtype]}\n#define HAS_GS {int(has_gs)}\n")
+    return cupy.RawModule(code=defines + _SOURCE, options=("--std=c++17",)).get_function("dequant_w4")
+
+
+def dequant_w4(qweight: torch.Tensor, scales: torch.Tensor, global_scale: Optional[torch.Tensor] = None, *,
+               element: str, scale_kind: str, group_size: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Dequantize a 4-bit packed weight to `dtype` (fp16/bf16) [N, K] on its CUDA device."""
+    from motensor.kernels import _util
+
+    if element not in _ELEMENTS or scale_kind not in _SCALES:
+        raise ValueError(f"unsupported element/scale kind {element!r}/{scale_kind!r}")
+    if dtype not in _OUTS:
+        raise ValueError(f"dtype must be float16 or bfloat16, got {dtype}")
+    n, k = _util.check_w4_layout(qweight, scales, scale_kind, group_size)
+    cupy = _cupy()
+    if qweight.device.type != "cuda":
+        raise ValueError("dequant_w4 (CuPy) needs CUDA tensors; use kernels.reference.dequant_w4 on CPU")
+    qw = qweight.contiguous()
+    sc = (scales.view(torch.uint8) if scale_kind == "E4M3" else scales).contiguous()
+    gs = _util.as_scalar(global_scale, "global_scale")
+    out = torch.empty((n, k), device=qweight.device, dtype=dtype)
+    n_words = n * k // 8
+    if n_words == 0:
+        return out
+    fn = _kernel(element, scale_kind, dtype, gs is not None)
+    import numpy as np
+    stream = torch.cuda.current_stream(qweight.device)
+    with cupy.cuda.Device(qweight.device.index), cupy.cuda.ExternalStream(stream.cuda_stream):
+        fn(((n_words + _THREADS - 1) // _THREADS,), (_THREADS,),
+           (np.uint64(qw.data_ptr()), np.uint64(sc.data_ptr()), np.uint64(gs.data_ptr() if gs is not None else 0),
+            np.uint64(out.data_ptr()), np.int64(n_words), np.int32(k // 8), np.int32(n), np.int32(group_size)))
+    return out

@@ -1,0 +1,177 @@
+"""W8A16 GEMM for FP8 E4M3 weights with block scales: y = x @ W^T (+ bias), x fp16/bf16/fp32.
+
+Weights: qweight float8_e4m3fn [N, K] row-major, with either
+  "F32_BLOCK"  FP8_PB_WO: fp32 scales [ceil(N/B), ceil(K/B)] (B = block_size = 128),
+               W[n, k] = w[n, k] * s[n // B, k // B]; the 4-D checkpoint form [N/B, 1, K/B, 1] is accepted;
+  "E8M0"       MXFP8: uint8 scales transposed [K//G, N] (G = 32), W[n, k] = w[n, k] * 2^(s[k//G, n] - 127).
+
+Design: one tensor-core kernel (paths "splitk" for M <= 16 with BLOCK_M = 16, "tiled" otherwise).
+The FP8 byte is decoded with bit operations into fp16 (`w * 2^-8`, exact, subnormals included), so
+no fp8 hardware is needed (sm80 works) and the interpreter is exact. When a K chunk lies inside one
+scale block (always for F32_BLOCK: BLOCK_K divides B; for E8M0 when BLOCK_K divides 32) the scale is
+applied to the fp32 partial product per column; otherwise (E8M0 with BLOCK_K > 32) each element is
+scaled in fp32 and rounded once to the operand dtype.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from motensor.kernels import _util
+from motensor.kernels._decode import e4m3_f16_scaled, e8m0_f32
+
+SCALE_F32_BLOCK = tl.constexpr(0)
+SCALE_E8M0_T = tl.constexpr(1)
+W8_SCALE_KINDS = {"F32_BLOCK": 0, "E8M0": 1}
+
+
+@triton.jit
+def _w8a16_kernel(
+    x_ptr, w_ptr, s_ptr, b_ptr, c_ptr,
+    M, N, K, stride_xm, stride_wn, stride_s0, stride_cm, M_BUCKET,
+    SCALE_KIND: tl.constexpr, SBLOCK: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """w_ptr: the FP8 weight viewed as uint8 [N, K]. Grid (cdiv(M, BM) * cdiv(N, BN), SPLIT_K)."""
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    CHUNK_IN_BLOCK: tl.constexpr = SBLOCK % BLOCK_K == 0
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = rm < M
+    mask_n = rn < N
+    k_per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
+    k_lo = pid_k * k_per_split
+    k_hi = tl.minimum(k_lo + k_per_split, K)
+    op_dtype = x_ptr.dtype.element_ty
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        rk = tl.max_contiguous(tl.multiple_of(k0 + tl.arange(0, BLOCK_K), BLOCK_K), BLOCK_K)
+        mask_k = rk < k_hi
+        x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        w_mask = mask_k[:, None] & mask_n[None, :]
+        wb = tl.load(w_ptr + rn[None, :] * stride_wn + rk[:, None], mask=w_mask, other=0)   # [BK, BN]
+        h = e4m3_f16_scaled(wb)                                                           # w * 2^-8
+        if CHUNK_IN_BLOCK:
+            if SCALE_KIND == SCALE_F32_BLOCK:
+                s = tl.load(s_ptr + (rn // SBLOCK) * stride_s0 + k0 // SBLOCK, mask=mask_n, other=0.0)
+            else:
+                s = e8m0_f32(tl.load(s_ptr + (k0 // SBLOCK) * stride_s0 + rn, mask=mask_n, other=0))
+            acc += tl.dot(x, h.to(op_dtype)) * s[None, :]
+        else:
+            # Only E8M0 gets here (the launcher keeps F32_BLOCK chunks inside a block).
+            s = e8m0_f32(tl.load(s_ptr + (rk // SBLOCK)[:, None] * stride_s0 + rn[None, :], mask=w_mask, other=0))
+            acc = tl.dot(x, (h.to(tl.float32) * (s * 256.0)).to(op_dtype), acc)
+
+    if CHUNK_IN_BLOCK:
+        acc = acc * 256.0
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)
+        acc += tl.where(pid_k == 0, 1.0, 0.0) * bias[None, :]
+    c_ptrs = c_ptr + rm[:, None] * stride_cm + rn[None, :]
+    c_mask = mask_m[:, None] & mask_n[None, :]
+    if SPLIT_K == 1:
+        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
+    else:
+        tl.atomic_add(c_ptrs, acc, mask=c_mask)
+
+
+def _cfg(num_warps=4, num_stages=3, **kw):
+    return triton.Config(kw, num_warps=num_warps, num_stages=num_stages)
+
+
+# H100 candidates, unmeasured. BLOCK_K always divides 128 (one FP8_PB_WO block per chunk).
+SPLITK_CONFIGS = [
+    _cfg(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT_K=4, GROUP_M=1),
+    _cfg(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, SPLIT_K=4, GROUP_M=1),
+    _cfg(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, SPLIT_K=8, GROUP_M=1),
+    _cfg(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, SPLIT_K=8, GROUP_M=1, num_stages=4),
+    _cfg(BLOCK_M=16, BLOCK_N=128, BLOCK_K=64, SPLIT_K=2, GROUP_M=1, num_stages=4),
+]
+TILED_CONFIGS = [
+    _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, SPLIT_K=1, GROUP_M=8, num_stages=4),
+    _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, SPLIT_K=1, GROUP_M=8, num_warps=8, num_stages=3),
+    _cfg(BLOCK_M=64, BLOCK_N=256, BLOCK_K=64, SPLIT_K=1, GROUP_M=8, num_warps=8, num_stages=3),
+    _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, SPLIT_K=1, GROUP_M=8, num_warps=8, num_stages=3),
+    _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, SPLIT_K=1, GROUP_M=8, num_stages=4),
+]
+INTERP_CONFIGS = {
+    "splitk": dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, SPLIT_K=2, GROUP_M=1),
+    "tiled": dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, SPLIT_K=1, GROUP_M=4),
+}
+_KEY = ["N", "K", "M_BUCKET", "SCALE_KIND", "SBLOCK"]
+_splitk_tuned = triton.autotune(SPLITK_CONFIGS, key=_KEY, reset_to_zero=["c_ptr"])(_w8a16_kernel)
+_tiled_tuned = triton.autotune(TILED_CONFIGS, key=_KEY)(_w8a16_kernel)
+PATHS = ("splitk", "tiled")
+
+
+def _check(qweight, scales, scale_kind, block_size):
+    if qweight.dtype != torch.float8_e4m3fn or qweight.dim() != 2:
+        raise ValueError(f"qweight must be float8_e4m3fn [N, K], got {qweight.dtype} {tuple(qweight.shape)}")
+    n, k = qweight.shape
+    if scale_kind == "F32_BLOCK":
+        scales = scales.reshape(scales.shape[0], -1)      # accepts the 4-D [N/B, 1, K/B, 1] form
+        want = (triton.cdiv(n, block_size), triton.cdiv(k, block_size))
+        if scales.dtype != torch.float32 or tuple(scales.shape) != want:
+            raise ValueError(f"F32_BLOCK scales must be float32 {want}, got {scales.dtype} {tuple(scales.shape)}")
+    elif scale_kind == "E8M0":
+        if k % block_size or scales.dtype != torch.uint8 or tuple(scales.shape) != (k // block_size, n):
+            raise ValueError(f"E8M0 scales must be uint8 [K//G, N] = [{k // block_size}, {n}] with K % G == 0, "
+                             f"got {scales.dtype} {tuple(scales.shape)}")
+    else:
+        raise ValueError(f"scale_kind must be one of {sorted(W8_SCALE_KINDS)}, got {scale_kind!r}")
+    return n, k, scales
+
+
+def w8a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, *, scale_kind: str,
+               block_size: int, bias: Optional[torch.Tensor] = None, path: Optional[str] = None,
+               config: Optional[dict] = None) -> torch.Tensor:
+    """y = x @ dequant(qweight, scales)^T (+ bias) in x.dtype. scale_kind "F32_BLOCK" (block_size
+    128) or "E8M0" (block_size 32); path None | "splitk" | "tiled"; config as in w4a16_gemm."""
+    n, k, scales = _check(qweight, scales, scale_kind, block_size)
+    _util.check_device(x, qweight, scales, bias)
+    x2 = _util.flatten_rows(x, k)
+    m = x2.shape[0]
+    out_shape = (*x.shape[:-1], n)
+    if path is None:
+        from motensor import dispatch
+        path = dispatch.triton_choice("w8a16", x.device, x.dtype, m).path
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if m == 0:
+        return x.new_empty(out_shape)
+    fixed = config if config is not None else (INTERP_CONFIGS[path] if _util.interpreting() else None)
+    if scale_kind == "F32_BLOCK" and fixed is not None and block_size % fixed["BLOCK_K"]:
+        raise ValueError(f"BLOCK_K={fixed['BLOCK_K']} must divide block_size={block_size}")
+    if scale_kind == "F32_BLOCK" and fixed is None and block_size % 128:
+        raise ValueError("tuned configs assume block_size 128 (pass config= for other block sizes)")
+    qw = qweight.view(torch.uint8)
+    if qw.stride(-1) != 1:
+        qw = qw.contiguous()
+    direct = fixed["SPLIT_K"] == 1 if fixed is not None else path == "tiled"
+    c = torch.empty((m, n), device=x.device, dtype=x.dtype) if direct else \
+        torch.zeros((m, n), device=x.device, dtype=torch.float32)
+    args = (x2, qw, scales, bias if bias is not None else x2, c, m, n, k, x2.stride(0), qw.stride(0),
+            scales.stride(0), c.stride(0), _util.m_bucket(m))
+    meta = dict(SCALE_KIND=W8_SCALE_KINDS[scale_kind], SBLOCK=block_size, HAS_BIAS=bias is not None)
+    grid = lambda mt: (triton.cdiv(m, mt["BLOCK_M"]) * triton.cdiv(n, mt["BLOCK_N"]), mt["SPLIT_K"])
+    if fixed is not None:
+        _w8a16_kernel[grid](*args, **meta, **fixed)
+    else:
+        (_splitk_tuned if path == "splitk" else _tiled_tuned)[grid](*args, **meta)
+    y = c if direct else c.to(x.dtype)
+    return y.reshape(out_shape)

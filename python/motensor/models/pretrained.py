@@ -1,0 +1,500 @@
+"""``motensor.from_pretrained``: a ModelOpt checkpoint as a ready transformers model.
+
+Steps (no full-precision copy of a quantized weight is ever made):
+
+1. ``config.json`` -> the transformers config; the architecture must be one motensor supports.
+2. The model is built on the **meta** device (parameters without storage).
+3. ``motensor.load`` puts every checkpoint tensor on the target device (quantized modules in the
+   kernel layout, everything else cast to ``dtype``).
+4. Quantized Linears become ``QuantLinear`` (``motensor.replace_linears``); MoE experts become
+   :class:`~motensor.models.moe.QuantExperts`; checkpoint names go through transformers'
+   checkpoint renamings first (``motensor.models.naming``).
+5. Every other parameter/buffer is set from the loaded tensors (no copy), tied weights are tied,
+   non-persistent buffers (rotary ``inv_freq``, Gemma's ``embed_scale``...) are re-created on the
+   device by the model's own ``_init_weights``, FP8 KV-cache scales are attached.
+6. Anything still on the meta device is an error naming it.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+import torch
+from torch import nn
+
+from motensor.errors import ConfigError, FormatError, MotensorError
+from motensor.models import kv_cache, naming
+from motensor.models.moe import QuantExperts, check_supported_container, experts_act_fn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedModel
+
+    from motensor.checkpoint import Checkpoint
+    from motensor.loading import LoadedCheckpoint
+
+log = logging.getLogger("motensor.models")
+
+# transformers class (config.json "architectures") -> what it is. Each is tested on a tiny
+# checkpoint in tests/test_models.py.
+SUPPORTED_ARCHITECTURES: dict[str, str] = {
+    "LlamaForCausalLM": "Llama 2 / 3.x",
+    "MistralForCausalLM": "Mistral",
+    "MixtralForCausalLM": "Mixtral (MoE)",
+    "Qwen2ForCausalLM": "Qwen2 / Qwen2.5",
+    "Qwen3ForCausalLM": "Qwen3",
+    "Qwen3MoeForCausalLM": "Qwen3-MoE",
+    "Phi3ForCausalLM": "Phi-3",
+    "Gemma3ForCausalLM": "Gemma 3 (text)",
+}
+
+_KV_ROLES = ("k_scale", "v_scale")
+
+
+class UnsupportedArchitectureError(ConfigError):
+    """The checkpoint's ``config.json`` names an architecture motensor does not build."""
+
+
+@dataclass
+class ModelReport:
+    """What :func:`from_pretrained` did (``model.motensor_report``)."""
+
+    architecture: str
+    quant_algo: Optional[str]
+    quantized_linears: list[str] = field(default_factory=list)
+    quantized_experts: list[str] = field(default_factory=list)
+    plain_tensors: int = 0
+    tied: list[str] = field(default_factory=list)
+    kv_cache_scales: int = 0
+    unused_tensors: list[str] = field(default_factory=list)
+    load_stats: Any = None
+    seconds: float = 0.0
+
+    def module_counts(self, model: nn.Module) -> dict[str, int]:
+        """Modules per format (``"NVFP4": 112``, ``"unquantized Linear": 1``...)."""
+        from motensor.nn import QuantLinear
+
+        counts: dict[str, int] = {}
+        for m in model.modules():
+            if isinstance(m, QuantLinear):
+                key = m.format.name
+            elif isinstance(m, nn.Linear):
+                key = "unquantized Linear"
+            else:
+                continue
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+def from_pretrained(
+    path: Union[str, os.PathLike],
+    device: Union[str, torch.device] = "cuda",
+    dtype: torch.dtype = torch.bfloat16,
+    *,
+    progress: bool = False,
+    moe_mode: str = "auto",
+    check_architecture: bool = True,
+    **hf_kwargs: Any,
+) -> "PreTrainedModel":
+    """Builds the transformers model of a ModelOpt checkpoint directory with motensor's
+    quantized modules, on ``device``, in eval mode.
+
+    ``dtype`` is the activation / unquantized-weight dtype (the checkpoint's is bf16).
+    ``hf_kwargs`` go to ``AutoConfig.from_pretrained`` (config overrides), except
+    ``attn_implementation`` (``"sdpa"``, ``"eager"``...), which goes to the model.
+    ``moe_mode`` picks the experts path (``"auto"``, ``"loop"``, ``"dense"``; see
+    ``motensor.models.moe``). ``check_architecture=False`` tries architectures outside
+    :data:`SUPPORTED_ARCHITECTURES` (untested).
+
+    >>> model = motensor.from_pretrained("tests/data/demo", device="cpu")
+    >>> tok = motensor.load_tokenizer("tests/data/demo")
+    >>> out = model.generate(**tok("And God said", return_tensors="pt"), max_new_tokens=20)
+    """
+    import time
+
+    import motensor
+
+    t0 = time.perf_counter()
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    ckpt = motensor.open(path)
+    config, arch = _config(ckpt, hf_kwargs, check_architecture)
+    attn = hf_kwargs.pop("attn_implementation", None)
+    model = _build_on_meta(arch, config, dtype, attn)
+
+    loaded = motensor.load(ckpt, device=device, dtype=dtype, progress=progress)
+    q = ckpt.quant_config
+    report = ModelReport(architecture=arch, quant_algo=q.quant_algo if q else None, load_stats=loaded.stats)
+    rename = naming.renamer(model)
+
+    experts = _install_experts(model, loaded, rename, report, moe_mode)
+    _install_linears(model, loaded, rename, report, experts)
+    _fill_plain(model, loaded, rename, report, experts, device)
+    _tie(model, report)
+    report.kv_cache_scales = kv_cache.install(model, _kv_scales(ckpt, loaded, rename, device),
+                                              q.kv_cache_quant_algo if q else None)
+    _init_non_persistent_buffers(model, device)
+    _check_complete(model, ckpt.root)
+
+    model.eval()
+    model.requires_grad_(False)
+    _generation_config(model, ckpt.root)
+    report.seconds = time.perf_counter() - t0
+    model.motensor_report = report
+    log.info("%s: %d quantized Linears, %d expert containers, %d plain tensors in %.2f s", arch,
+             len(report.quantized_linears), len(report.quantized_experts), report.plain_tensors, report.seconds)
+    return model
+
+
+def load_tokenizer(path: Union[str, os.PathLike], **kwargs: Any):
+    """The checkpoint directory's tokenizer (``AutoTokenizer``, offline)."""
+    from transformers import AutoTokenizer
+
+    kwargs.setdefault("local_files_only", True)
+    try:
+        return AutoTokenizer.from_pretrained(os.fspath(path), **kwargs)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: no usable tokenizer in this directory ({e})") from e
+
+
+# -- 1. config and architecture -----------------------------------------------------------------
+def _config(ckpt: "Checkpoint", hf_kwargs: dict, check_architecture: bool):
+    from transformers import AutoConfig
+
+    raw = ckpt.config
+    if raw is None:
+        raise ConfigError(f"{ckpt.root}: no config.json; from_pretrained needs the model's architecture")
+    archs = raw.get("architectures") or []
+    if not archs:
+        raise UnsupportedArchitectureError(f"{ckpt.root}/config.json names no architecture (\"architectures\" is empty)")
+    arch = archs[0]
+    if check_architecture and arch not in SUPPORTED_ARCHITECTURES:
+        supported = ", ".join(SUPPORTED_ARCHITECTURES)
+        hint = ""
+        if arch.endswith("ForConditionalGeneration"):
+            hint = " (multimodal models are not supported; text-only checkpoints of the same family may be)"
+        raise UnsupportedArchitectureError(
+            f"{ckpt.root}: architecture {arch!r} (model_type {raw.get('model_type')!r}) is not supported by "
+            f"motensor.from_pretrained{hint}; supported: {supported}. Pass check_architecture=False to try it anyway."
+        )
+    import transformers
+
+    if not hasattr(transformers, arch):
+        raise UnsupportedArchitectureError(
+            f"{ckpt.root}: architecture {arch!r} is not in the installed transformers {transformers.__version__}"
+        )
+    cfg_kwargs = {k: v for k, v in hf_kwargs.items() if k != "attn_implementation"}
+    config = AutoConfig.from_pretrained(os.fspath(ckpt.root), local_files_only=True, **cfg_kwargs)
+    # motensor is the quantizer: transformers must not see a quantization_config it would act on.
+    if hasattr(config, "quantization_config"):
+        config.motensor_quantization_config = config.quantization_config
+        del config.quantization_config
+    return config, arch
+
+
+# -- 2. the model without storage ---------------------------------------------------------------
+def _build_on_meta(arch: str, config, dtype: torch.dtype, attn: Optional[str]):
+    import transformers
+
+    cls = getattr(transformers, arch)
+    kwargs = {"dtype": dtype}
+    if attn is not None:
+        kwargs["attn_implementation"] = attn
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # pragma: no cover
+        from contextlib import nullcontext as no_init_weights
+    with torch.device("meta"), no_init_weights():
+        model = cls._from_config(config, **kwargs)
+    return model
+
+
+# -- 3/4. quantized modules ---------------------------------------------------------------------
+def _renamed_modules(loaded: "LoadedCheckpoint", rename) -> dict[str, Any]:
+    return {naming.rename_module(rename, n): m for n, m in loaded.modules.items()}
+
+
+def _install_experts(model, loaded, rename, report: ModelReport, mode: str) -> dict[str, dict]:
+    """Replaces fused expert containers whose experts the checkpoint quantizes.
+
+    Returns ``{container: {"quantized": {(e, role): LoadedModule}}}`` for every container named
+    by a quantized or a plain per-expert tensor (the latter filled in ``_fill_plain``)."""
+    from motensor.nn import QuantLinear, fuse_modules
+
+    groups: dict[str, dict[tuple[int, str], Any]] = {}
+    for name, lm in _renamed_modules(loaded, rename).items():
+        split = naming.split_expert_name(name)
+        if split is not None:
+            container, e, role = split
+            groups.setdefault(container, {})[(e, role)] = lm
+    for name in loaded.tensors:
+        mod = naming.rename_module(rename, name.rsplit(".", 1)[0])
+        split = naming.split_expert_name(mod)
+        if split is not None:
+            groups.setdefault(split[0], {})
+    out: dict[str, dict] = {}
+    for container_name, parts in groups.items():
+        try:
+            container = model.get_submodule(container_name)
+        except AttributeError:
+            raise FormatError(f"checkpoint has experts under {container_name!r}, which the "
+                              f"{type(model).__name__} has no module for") from None
+        out[container_name] = {"quantized": parts, "module": container}
+        if not parts:
+            continue  # unquantized experts: stacked into the container's own parameters later
+        why = check_supported_container(container, container_name)
+        if why:
+            raise FormatError(why)
+        n_exp = container.gate_up_proj.shape[0]
+        gate_up, down = [], []
+        for e in range(n_exp):
+            def part(role: str):
+                lm = parts.get((e, role))
+                if lm is None:
+                    return _plain_expert_linear(loaded, rename, container_name, e, role)
+                return QuantLinear.from_loaded(lm)
+
+            g, u, d = part("gate"), part("up"), part("down")
+            if isinstance(g, QuantLinear) and isinstance(u, QuantLinear):
+                gate_up.append(fuse_modules(f"{container_name}.{e}.gate_up_proj", [g, u]))
+            else:
+                gate_up.append(_cat_linears(g, u))
+            down.append(d)
+        extra = sorted(e for e, _ in parts if e >= n_exp)
+        if extra:
+            raise FormatError(f"{container_name}: checkpoint has expert {extra[0]} but the model has {n_exp} experts")
+        q = QuantExperts(gate_up, down, experts_act_fn(container), name=container_name, mode=mode)
+        _set_submodule(model, container_name, q)
+        out[container_name]["module"] = q
+        report.quantized_experts.append(container_name)
+    return out
+
+
+def _plain_expert_linear(loaded, rename, container: str, e: int, role: str) -> nn.Linear:
+    """One unquantized expert projection (MIXED_PRECISION checkpoints) as an nn.Linear."""
+    leaves = {"gate": ("gate_proj", "w1"), "up": ("up_proj", "w3"), "down": ("down_proj", "w2")}[role]
+    by_model_name = {naming.rename_module(rename, n.rsplit(".", 1)[0]): n for n in loaded.tensors if n.endswith(".weight")}
+    for leaf in leaves:
+        src = by_model_name.get(f"{container}.{e}.{leaf}")
+        if src is not None:
+            w = loaded.tensors[src]
+            lin = nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
+            lin.weight = nn.Parameter(w, requires_grad=False)
+            return lin
+    raise FormatError(f"{container}: expert {e} has no {role} projection in the checkpoint")
+
+
+def _cat_linears(a: nn.Module, b: nn.Module) -> nn.Module:
+    """gate/up of one expert when they are not both quantized: run them side by side."""
+    return _Concat(a, b)
+
+
+class _Concat(nn.Module):
+    def __init__(self, a: nn.Module, b: nn.Module):
+        super().__init__()
+        self.a, self.b = a, b
+        self.in_features = a.in_features
+        self.out_features = a.out_features + b.out_features
+
+    def forward(self, x):
+        return torch.cat([self.a(x), self.b(x)], dim=-1)
+
+
+def _install_linears(model, loaded, rename, report: ModelReport, experts: dict) -> None:
+    from motensor.nn import replace_linears
+
+    renamed = _renamed_modules(loaded, rename)
+    linear_modules = {n: m for n, m in renamed.items() if naming.split_expert_name(n) is None or
+                      naming.split_expert_name(n)[0] not in experts}
+    source = loaded
+    if any(n != m.info.name for n, m in linear_modules.items()):  # renamed: replace_linears needs our names
+        source = copy.copy(loaded)
+        source.modules = linear_modules
+    report.quantized_linears = replace_linears(model, source)
+    missing = sorted(set(linear_modules) - set(report.quantized_linears))
+    if missing:
+        raise FormatError(
+            f"quantized checkpoint module(s) {missing[:5]}{' ...' if len(missing) > 5 else ''} have no nn.Linear of the "
+            f"same name in {type(model).__name__}"
+        )
+
+
+# -- 5. everything else ---------------------------------------------------------------------------
+def _owner(model: nn.Module, name: str):
+    parent, _, attr = name.rpartition(".")
+    try:
+        module = model.get_submodule(parent) if parent else model
+    except AttributeError:
+        return None, attr
+    if attr in module._parameters or attr in module._buffers:
+        return module, attr
+    return None, attr
+
+
+def _fill_plain(model, loaded, rename, report: ModelReport, experts: dict, device: torch.device) -> None:
+    from motensor.nn import QuantLinear
+
+    stacks: dict[str, dict[tuple[int, str], torch.Tensor]] = {}
+    for name, t in loaded.tensors.items():
+        if name.rsplit(".", 1)[-1] in _KV_ROLES:
+            continue
+        target = rename(name)
+        mod, _, attr = target.rpartition(".")
+        split = naming.split_expert_name(mod)
+        if split is not None and split[0] in experts:
+            if isinstance(experts[split[0]]["module"], QuantExperts):
+                continue  # consumed by _plain_expert_linear
+            if attr != "weight":
+                raise FormatError(f"{name}: unquantized expert tensors other than weights are not supported")
+            stacks.setdefault(split[0], {})[(split[1], split[2])] = t
+            continue
+        owner, attr = _owner(model, target)
+        if owner is None or isinstance(owner, QuantLinear):
+            report.unused_tensors.append(name)
+            continue
+        _assign(owner, attr, t, name, device)
+        report.plain_tensors += 1
+    for container_name, parts in stacks.items():
+        _stack_experts(experts[container_name]["module"], container_name, parts, device)
+        report.plain_tensors += len(parts)
+    if report.unused_tensors:
+        log.warning("%d checkpoint tensor(s) have no place in %s and were ignored: %s", len(report.unused_tensors),
+                    type(model).__name__, report.unused_tensors[:8])
+
+
+def _assign(owner: nn.Module, attr: str, t: torch.Tensor, name: str, device: torch.device) -> None:
+    current = owner._parameters.get(attr) if attr in owner._parameters else owner._buffers.get(attr)
+    if current is not None and tuple(current.shape) != tuple(t.shape):
+        raise FormatError(f"{name}: checkpoint shape {list(t.shape)} but the model expects {list(current.shape)}")
+    if current is not None and current.is_floating_point() and t.is_floating_point() and t.dtype != current.dtype:
+        t = t.to(current.dtype)
+    if t.device != device:
+        t = t.to(device)
+    if attr in owner._parameters:
+        owner._parameters[attr] = nn.Parameter(t, requires_grad=False)
+    else:
+        owner._buffers[attr] = t
+
+
+def _stack_experts(container: nn.Module, name: str, parts: dict, device: torch.device) -> None:
+    """Unquantized per-expert weights -> the fused container's 3-D parameters."""
+    why = check_supported_container(container, name)
+    if why:
+        raise FormatError(why)
+    n_exp = container.gate_up_proj.shape[0]
+    try:
+        gate_up = torch.stack([torch.cat([parts[(e, "gate")], parts[(e, "up")]], 0) for e in range(n_exp)])
+        down = torch.stack([parts[(e, "down")] for e in range(n_exp)])
+    except KeyError as e:
+        raise FormatError(f"{name}: the checkpoint lacks expert {e.args[0][0]}'s {e.args[0][1]} projection") from None
+    _assign(container, "gate_up_proj", gate_up, f"{name}.gate_up_proj", device)
+    _assign(container, "down_proj", down, f"{name}.down_proj", device)
+
+
+def _tie(model, report: ModelReport) -> None:
+    """Ties what the model's config says to tie (transformers' own mapping), where it can."""
+    try:
+        tied = model.get_expanded_tied_weights_keys(all_submodels=True)
+    except Exception:  # pragma: no cover - older transformers
+        tied = {}
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        if getattr(cfg, "tie_word_embeddings", False):
+            tied = {"lm_head.weight": "model.embed_tokens.weight"}
+    for target, source in tied.items():
+        t_owner, t_attr = _owner(model, target)
+        s_owner, s_attr = _owner(model, source)
+        if t_owner is None or s_owner is None:
+            log.info("not tying %s to %s: one of them is a quantized module", target, source)
+            continue
+        t_param, s_param = t_owner._parameters.get(t_attr), s_owner._parameters.get(s_attr)
+        if t_param is None or s_param is None:
+            continue
+        t_meta, s_meta = t_param.device.type == "meta", s_param.device.type == "meta"
+        if s_meta and not t_meta:  # only the target was stored: tie the other way round
+            s_owner._parameters[s_attr] = t_param
+        elif t_meta and not s_meta:
+            t_owner._parameters[t_attr] = s_param
+        elif not t_meta and not s_meta:
+            if t_param is s_param or (t_param.shape == s_param.shape and torch.equal(t_param, s_param)):
+                t_owner._parameters[t_attr] = s_param
+            else:
+                log.warning("config ties %s to %s but the checkpoint stores different values; not tying them",
+                            target, source)
+                continue
+        else:
+            continue  # both missing: reported by _check_complete
+        report.tied.append(f"{target} = {source}")
+
+
+def _kv_scales(ckpt, loaded, rename, device) -> dict[str, dict[str, torch.Tensor]]:
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for kv in ckpt.kv_tensors:
+        if kv["kind"] not in _KV_ROLES:
+            log.warning("ignoring KV-cache tensor %s (%s): not supported", kv["tensor"], kv["kind"])
+            continue
+        t = loaded.tensors.get(kv["tensor"])
+        if t is None:
+            t = ckpt.tensor(kv["tensor"])
+        attn = naming.rename_module(rename, kv["attention"])
+        out.setdefault(attn, {})[kv["kind"]] = t.to(device=device, dtype=torch.float32)
+    return out
+
+
+def _init_non_persistent_buffers(model, device: torch.device) -> None:
+    """Re-creates every non-persistent buffer (left on meta) on ``device`` with the value the
+    model's ``_init_weights`` gives it (rotary ``inv_freq``, Gemma's ``embed_scale``...)."""
+    owners: dict[int, nn.Module] = {}
+    recreated: list[tuple[str, nn.Module, str]] = []
+    for module_name, module in model.named_modules():
+        for attr in list(module._non_persistent_buffers_set):
+            buf = module._buffers.get(attr)
+            if buf is None or buf.device.type != "meta":
+                continue
+            new = torch.empty(buf.shape, dtype=buf.dtype, device=device)
+            if new.is_floating_point():
+                new.fill_(float("nan"))
+            module._buffers[attr] = new
+            owners[id(module)] = module
+            recreated.append((f"{module_name}.{attr}" if module_name else attr, module, attr))
+    if not recreated:
+        return
+    for t in list(model.parameters()) + [b for b in model.buffers() if b is not None]:
+        t._is_hf_initialized = True  # transformers' init functions skip tensors flagged like this
+    for _, module, attr in recreated:
+        module._buffers[attr]._is_hf_initialized = False
+    for module in owners.values():
+        model._init_weights(module)
+    bad = [name for name, module, attr in recreated
+           if module._buffers[attr].is_floating_point() and torch.isnan(module._buffers[attr]).any()]
+    if bad:
+        raise MotensorError(f"{type(model).__name__}: could not re-create non-persistent buffer(s) {bad}")
+
+
+def _check_complete(model: nn.Module, root: Path) -> None:
+    missing = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
+    if missing:
+        raise FormatError(
+            f"{root}: the checkpoint has no value for {len(missing)} tensor(s) of {type(model).__name__}: "
+            f"{missing[:8]}{' ...' if len(missing) > 8 else ''}"
+        )
+
+
+def _generation_config(model, root: Path) -> None:
+    if not (root / "generation_config.json").is_file():
+        return
+    from transformers import GenerationConfig
+
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(os.fspath(root), local_files_only=True)
+    except Exception as e:  # a broken generation_config must not stop the model
+        log.warning("%s: ignoring generation_config.json (%s)", root, e)
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, leaf = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, leaf, new)

@@ -1,0 +1,224 @@
+"""motensor's kernels as `torch.library` custom ops (namespace `motensor`).
+
+Each op has a fake (meta) implementation for torch.compile / FakeTensor tracing, a CPU
+implementation that is the exact pure-torch reference (motensor/kernels/reference.py), and a CUDA
+implementation that asks `motensor.dispatch.choose` which kernel to run (Triton, CuPy + cuBLAS,
+or the reference when neither applies). Kernel modules are imported lazily inside the CUDA
+implementations, so importing this module never compiles or decorates a Triton kernel.
+
+    torch.ops.motensor.w4a16_gemm(x, qweight, scales, global_scale, bias, element, scale_kind, group_size, path)
+
+Scalars (global_scale, weight_scale_2, input_scale) are 0-d/[1] fp32 tensors on the weight's
+device; they stay tensors end to end (no `.item()`, CUDA-graph safe).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from motensor import dispatch
+from motensor.kernels import reference as ref
+
+__all__ = ["w4a16_gemm", "w8a16_gemm", "w4a8_gemm", "nvfp4_fake_quant", "mxfp8_fake_quant",
+           "fp8_quant_per_token", "fp8_quant_static", "dequant_w4"]
+
+
+def _out_shape(x: Tensor, n: int):
+    return (*x.shape[:-1], n)
+
+
+def _choice(family: str, x: Tensor, path: Optional[str] = None):
+    m = x.numel() // max(x.shape[-1], 1) if x.dim() else 1
+    return dispatch.choose(family, device=x.device, dtype=x.dtype, M=m, path=path)
+
+
+# ----------------------------------------------------------------------------- w4a16
+@torch.library.custom_op("motensor::w4a16_gemm", mutates_args=(), device_types="cpu")
+def w4a16_gemm(x: Tensor, qweight: Tensor, scales: Tensor, global_scale: Optional[Tensor], bias: Optional[Tensor],
+               element: str, scale_kind: str, group_size: int, path: Optional[str] = None) -> Tensor:
+    """y = x @ W^T (+ bias), W 4-bit packed (uint8 [N, K//2]) with group scales [K//G, N].
+
+    element "E2M1" | "INT4"; scale_kind "E4M3" (with global_scale) | "E8M0" | "F32";
+    path: optional override of the dispatch choice ("gemv", "splitk", "tiled", "dequant_cublas").
+    """
+    return ref.w4a16_gemm(x, qweight, scales, global_scale, element=element, scale_kind=scale_kind,
+                          group_size=group_size, bias=bias)
+
+
+@w4a16_gemm.register_kernel("cuda")
+def _(x, qweight, scales, global_scale, bias, element, scale_kind, group_size, path=None):
+    choice = _choice("w4a16", x, path)
+    if choice.backend == "torch":
+        return ref.w4a16_gemm(x, qweight, scales, global_scale, element=element, scale_kind=scale_kind,
+                              group_size=group_size, bias=bias)
+    from motensor.kernels import w4a16
+    return w4a16.w4a16_gemm(x, qweight, scales, global_scale, element=element, scale_kind=scale_kind,
+                            group_size=group_size, bias=bias, path=choice.path)
+
+
+@w4a16_gemm.register_fake
+def _(x, qweight, scales, global_scale, bias, element, scale_kind, group_size, path=None):
+    torch._check(x.shape[-1] == qweight.shape[1] * 2, lambda: "x K must equal 2 * qweight.shape[1]")
+    return x.new_empty(_out_shape(x, qweight.shape[0]))
+
+
+# ----------------------------------------------------------------------------- w8a16 (FP8 weights)
+@torch.library.custom_op("motensor::w8a16_gemm", mutates_args=(), device_types="cpu")
+def w8a16_gemm(x: Tensor, qweight: Tensor, scales: Tensor, bias: Optional[Tensor], scale_kind: str,
+               block_size: int, path: Optional[str] = None) -> Tensor:
+    """y = x @ W^T (+ bias), W float8_e4m3fn [N, K] with "F32_BLOCK" (FP8_PB_WO, fp32
+    [ceil(N/B), ceil(K/B)], B = 128) or "E8M0" (MXFP8, uint8 [K//32, N]) scales."""
+    return ref.w8a16_gemm(x, qweight, scales, scale_kind=scale_kind, block_size=block_size, bias=bias)
+
+
+@w8a16_gemm.register_kernel("cuda")
+def _(x, qweight, scales, bias, scale_kind, block_size, path=None):
+    choice = _choice("w8a16", x, path)
+    if choice.backend == "torch":
+        return ref.w8a16_gemm(x, qweight, scales, scale_kind=scale_kind, block_size=block_size, bias=bias)
+    from motensor.kernels import w8a16
+    return w8a16.w8a16_gemm(x, qweight, scales, scale_kind=scale_kind, block_size=block_size, bias=bias,
+                            path=choice.path)
+
+
+@w8a16_gemm.register_fake
+def _(x, qweight, scales, bias, scale_kind, block_size, path=None):
+    torch._check(x.shape[-1] == qweight.shape[1], lambda: "x K must equal qweight.shape[1]")
+    return x.new_empty(_out_shape(x, qweight.shape[0]))
+
+
+# ----------------------------------------------------------------------------- w4a8
+@torch.library.custom_op("motensor::w4a8_gemm", mutates_args=(), device_types="cpu")
+def w4a8_gemm(x: Tensor, qweight: Tensor, scales: Tensor, weight_scale_2: Tensor, input_scale: Tensor,
+              bias: Optional[Tensor], element: str, scale_kind: str, group_size: int,
+              path: Optional[str] = None) -> Tensor:
+    """y = (fp8(x / input_scale) @ w_fp8^T) * (input_scale * weight_scale_2) (+ bias).
+
+    ("INT4", "F32"): W4A8_AWQ, w_fp8 = e4m3(q * scales / weight_scale_2);
+    ("E2M1", "E4M3"): W4A8_NVFP4_FP8, w_fp8 = e4m3(e2m1 * scales).
+    """
+    return ref.w4a8_gemm(x, qweight, scales, weight_scale_2, input_scale, element=element,
+                         scale_kind=scale_kind, group_size=group_size, bias=bias)
+
+
+@w4a8_gemm.register_kernel("cuda")
+def _(x, qweight, scales, weight_scale_2, input_scale, bias, element, scale_kind, group_size, path=None):
+    choice = _choice("w4a8", x, path)
+    if choice.backend == "torch":
+        return ref.w4a8_gemm(x, qweight, scales, weight_scale_2, input_scale, element=element,
+                             scale_kind=scale_kind, group_size=group_size, bias=bias)
+    from motensor.kernels import w4a8
+    return w4a8.w4a8_gemm(x, qweight, scales, weight_scale_2, input_scale, element=element,
+                          scale_kind=scale_kind, group_size=group_size, bias=bias, path=choice.path,
+                          operand=choice.operand)
+
+
+@w4a8_gemm.register_fake
+def _(x, qweight, scales, weight_scale_2, input_scale, bias, element, scale_kind, group_size, path=None):
+    torch._check(x.shape[-1] == qweight.shape[1] * 2, lambda: "x K must equal 2 * qweight.shape[1]")
+    return x.new_empty(_out_shape(x, qweight.shape[0]))
+
+
+# ----------------------------------------------------------------------------- activation quantizers
+@torch.library.custom_op("motensor::nvfp4_fake_quant", mutates_args=(), device_types="cpu")
+def nvfp4_fake_quant(x: Tensor, input_scale: Tensor, out_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """NVFP4 dynamic per-16-block fake-quant with global input_scale; dequantized values."""
+    return ref.nvfp4_fake_quant(x, input_scale, out_dtype)
+
+
+@nvfp4_fake_quant.register_kernel("cuda")
+def _(x, input_scale, out_dtype=None):
+    if _choice("nvfp4_fake_quant", x).backend == "torch":
+        return ref.nvfp4_fake_quant(x, input_scale, out_dtype)
+    from motensor.kernels import act_quant
+    return act_quant.nvfp4_fake_quant(x, input_scale, out_dtype)
+
+
+@nvfp4_fake_quant.register_fake
+def _(x, input_scale, out_dtype=None):
+    return x.new_empty(x.shape, dtype=out_dtype or x.dtype)
+
+
+@torch.library.custom_op("motensor::mxfp8_fake_quant", mutates_args=(), device_types="cpu")
+def mxfp8_fake_quant(x: Tensor, out_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """MXFP8 dynamic per-32-block fake-quant (E8M0 ceil(log2(amax/448))); dequantized values."""
+    return ref.mxfp8_fake_quant(x, out_dtype)
+
+
+@mxfp8_fake_quant.register_kernel("cuda")
+def _(x, out_dtype=None):
+    if _choice("mxfp8_fake_quant", x).backend == "torch":
+        return ref.mxfp8_fake_quant(x, out_dtype)
+    from motensor.kernels import act_quant
+    return act_quant.mxfp8_fake_quant(x, out_dtype)
+
+
+@mxfp8_fake_quant.register_fake
+def _(x, out_dtype=None):
+    return x.new_empty(x.shape, dtype=out_dtype or x.dtype)
+
+
+@torch.library.custom_op("motensor::fp8_quant_per_token", mutates_args=(), device_types="cpu")
+def fp8_quant_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Dynamic per-row FP8: (float8_e4m3fn x_q [..., K], fp32 scale amax/448 [..., 1])."""
+    return ref.fp8_quant_per_token(x)
+
+
+@fp8_quant_per_token.register_kernel("cuda")
+def _(x):
+    if _choice("fp8_quant_per_token", x).backend == "torch":
+        return ref.fp8_quant_per_token(x)
+    from motensor.kernels import act_quant
+    return act_quant.fp8_quant_per_token(x)
+
+
+@fp8_quant_per_token.register_fake
+def _(x):
+    return (x.new_empty(x.shape, dtype=torch.float8_e4m3fn),
+            x.new_empty((*x.shape[:-1], 1), dtype=torch.float32))
+
+
+@torch.library.custom_op("motensor::fp8_quant_static", mutates_args=(), device_types="cpu")
+def fp8_quant_static(x: Tensor, input_scale: Tensor) -> Tensor:
+    """Static per-tensor FP8: float8_e4m3fn e4m3(clamp(x / input_scale, +-448))."""
+    return ref.fp8_quant_static(x, input_scale)
+
+
+@fp8_quant_static.register_kernel("cuda")
+def _(x, input_scale):
+    if _choice("fp8_quant_static", x).backend == "torch":
+        return ref.fp8_quant_static(x, input_scale)
+    from motensor.kernels import act_quant
+    return act_quant.fp8_quant_static(x, input_scale)
+
+
+@fp8_quant_static.register_fake
+def _(x, input_scale):
+    return x.new_empty(x.shape, dtype=torch.float8_e4m3fn)
+
+
+# ----------------------------------------------------------------------------- dequant (prefill path)
+@torch.library.custom_op("motensor::dequant_w4", mutates_args=(), device_types="cpu")
+def dequant_w4(qweight: Tensor, scales: Tensor, global_scale: Optional[Tensor], element: str, scale_kind: str,
+               group_size: int, dtype: torch.dtype) -> Tensor:
+    """4-bit packed weight -> dense [N, K] in `dtype` (fp32 math, one rounding)."""
+    return ref.dequant_w4(qweight, scales, global_scale, element=element, scale_kind=scale_kind,
+                          group_size=group_size).to(dtype)
+
+
+@dequant_w4.register_kernel("cuda")
+def _(qweight, scales, global_scale, element, scale_kind, group_size, dtype):
+    choice = dispatch.choose("dequant_w4", device=qweight.device, dtype=dtype)
+    if choice.backend == "cupy" and dtype in (torch.float16, torch.bfloat16):
+        from motensor.kernels import cupy_dequant
+        return cupy_dequant.dequant_w4(qweight, scales, global_scale, element=element, scale_kind=scale_kind,
+                                       group_size=group_size, dtype=dtype)
+    return ref.dequant_w4(qweight, scales, global_scale, element=element, scale_kind=scale_kind,
+                          group_size=group_size).to(dtype)
+
+
+@dequant_w4.register_fake
+def _(qweight, scales, global_scale, element, scale_kind, group_size, dtype):
+    return qweight.new_empty((qweight.shape[0], qweight.shape[1] * 2), dtype=dtype)

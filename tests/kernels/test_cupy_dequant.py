@@ -1,0 +1,67 @@
+"""The CuPy dequant kernel: optional dependency handling, CUDA source compile check, GPU numerics.
+
+(That importing the module never imports CuPy is checked in test_ops.test_imports_are_lazy.)
+"""
+import importlib.util
+import os
+import sys
+
+import pytest
+import torch
+
+from kcases import make_w4
+from motensor.kernels import cupy_dequant, reference as R
+
+
+def test_missing_cupy_gives_a_clear_error(monkeypatch):
+    """Import of the module never needs CuPy; using the kernel without it raises with a hint."""
+    monkeypatch.setitem(sys.modules, "cupy", None)      # makes `import cupy` raise ImportError
+    cupy_dequant._import_cupy.cache_clear()
+    try:
+        assert not cupy_dequant.is_available()
+        qw, sc, gs = make_w4(8, 32, "E2M1", "E4M3", 16, seed=1, device="cpu")
+        with pytest.raises(cupy_dequant.CupyUnavailableError, match="motensor\\[cuda12\\]"):
+            cupy_dequant.dequant_w4(qw, sc, gs, element="E2M1", scale_kind="E4M3", group_size=16)
+    finally:
+        cupy_dequant._import_cupy.cache_clear()
+
+
+def _nvrtc_and_headers():
+    if importlib.util.find_spec("cuda") is None or importlib.util.find_spec("cuda.bindings") is None:
+        return None
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations if spec else []):
+        for sub in ("cu13/include", "cuda_runtime/include"):
+            if os.path.exists(os.path.join(root, sub, "cuda_fp16.h")):
+                return os.path.join(root, sub)
+    return None
+
+
+@pytest.mark.skipif(_nvrtc_and_headers() is None, reason="needs cuda-bindings NVRTC and CUDA headers")
+@pytest.mark.parametrize("element,scale_kind,dtype", [("E2M1", "E4M3", torch.bfloat16), ("E2M1", "E8M0", torch.float16),
+                                                      ("INT4", "F32", torch.bfloat16)])
+def test_cuda_source_compiles_with_nvrtc(element, scale_kind, dtype):
+    """NVRTC compiles the raw kernel without a GPU: catches C++ errors before a GPU ever sees it."""
+    from cuda.bindings import nvrtc
+    sk, s_t, _ = cupy_dequant._SCALES[scale_kind]
+    defines = (f"#define ELEMENT {cupy_dequant._ELEMENTS[element]}\n#define SCALE_KIND {sk}\n#define SCALE_T {s_t}\n"
+               f"#define TO_BITS(v) {cupy_dequant._OUTS[dtype]}\n#define HAS_GS 1\n")
+    err, prog = nvrtc.nvrtcCreateProgram((defines + cupy_dequant._SOURCE).encode(), b"dequant.cu", 0, [], [])
+    opts = [b"--std=c++17", f"-I{_nvrtc_and_headers()}".encode(), b"-arch=compute_80"]
+    (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+    _, n = nvrtc.nvrtcGetProgramLogSize(prog)
+    log = b" " * n
+    nvrtc.nvrtcGetProgramLog(prog, log)
+    assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cupy_dequant.is_available(), reason="CuPy not installed")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", [("E2M1", "E4M3", 16), ("E2M1", "E8M0", 32), ("INT4", "F32", 128)])
+def test_cupy_dequant_matches_reference_gpu(kind, dtype):
+    el, sk, g = kind
+    qw, sc, gs = make_w4(200, 512, el, sk, g, seed=2, device="cuda")
+    w = cupy_dequant.dequant_w4(qw, sc, gs, element=el, scale_kind=sk, group_size=g, dtype=dtype)
+    ref = R.dequant_w4(qw, sc, gs, element=el, scale_kind=sk, group_size=g).to(dtype)
+    assert torch.equal(w, ref)   # same fp32 products, one rounding

@@ -1,0 +1,321 @@
+"""``motensor.from_pretrained`` on checkpoints written here, for every supported architecture.
+
+The real ModelOpt exports in tests/data (tests/test_models.py) cover the numerics against
+ModelOpt's fake-quant model. These checkpoints cover what those cannot: every architecture in
+``SUPPORTED_ARCHITECTURES`` whatever ModelOpt managed to export, configurations the fixtures do not
+use (Llama 3.1 ``llama3`` RoPE scaling, tied embeddings stored once, Mixtral's legacy
+``block_sparse_moe`` names, unquantized experts stacked into transformers' fused containers), and
+the errors.
+
+Each one is a tiny random transformers model whose Linears are quantized with
+``motensor.quantize.quantize_weight`` into the exact ModelOpt layout (FORMATS.md section 4; MoE
+experts split per expert as ModelOpt's export writes them, section 5) and written with
+safetensors + ``hf_quant_config.json`` + ``config.json``. The reference is the same transformers
+model with each quantized weight replaced by the checkpoint's dequantized weight (the Rust
+dequantizer, ``Checkpoint.dequantize``) rounded to bf16, run by transformers itself. The format
+is weight-only (W4A16_AWQ, group 128), so that reference needs no activation emulation: the
+remaining differences are bf16 rounding of the weights in the reference (motensor multiplies
+with the exact fp32 weight) and accumulation order.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import motensor
+from motensor.quantize import quantize_weight
+
+torch.manual_seed(0)
+
+QUANT_ALGO = "W4A16_AWQ"
+GROUP = 128
+EXCLUDE = ["lm_head", "model.embed_tokens", "*.mlp.gate"]  # ModelOpt's defaults (routers, head)
+# Logit agreement with the dequantized-bf16 reference: |diff| <= ATOL + RTOL * max|ref|. The
+# reference's weights are the fp32 dequantized weights rounded to bf16 (relative error <= 2^-9 per
+# weight), motensor's are exact; over two layers that moves logits by a few 1e-3 of their range.
+ATOL, RTOL = 2e-2, 2e-2
+
+
+def _common(**kw):
+    base = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=256, max_position_embeddings=256,
+                bos_token_id=0, eos_token_id=1, pad_token_id=0)
+    base.update(kw)
+    return base
+
+
+def arch_configs():
+    import transformers as T
+
+    return {
+        "llama3": (T.LlamaConfig, "LlamaForCausalLM", _common(
+            head_dim=32, tie_word_embeddings=False,
+            rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 64})),
+        "qwen2": (T.Qwen2Config, "Qwen2ForCausalLM", _common(tie_word_embeddings=True)),
+        "qwen3": (T.Qwen3Config, "Qwen3ForCausalLM", _common(head_dim=32, tie_word_embeddings=True)),
+        "mistral": (T.MistralConfig, "MistralForCausalLM", _common(head_dim=32, tie_word_embeddings=False)),
+        "phi3": (T.Phi3Config, "Phi3ForCausalLM", _common(tie_word_embeddings=False)),
+        "gemma3": (T.Gemma3TextConfig, "Gemma3ForCausalLM", _common(
+            head_dim=32, sliding_window=8, tie_word_embeddings=True,
+            layer_types=["sliding_attention", "full_attention"])),
+        "qwen3_moe": (T.Qwen3MoeConfig, "Qwen3MoeForCausalLM", _common(
+            head_dim=32, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=128, decoder_sparse_step=1,
+            mlp_only_layers=[], norm_topk_prob=True, tie_word_embeddings=False)),
+        "mixtral": (T.MixtralConfig, "MixtralForCausalLM", _common(
+            head_dim=32, intermediate_size=128, num_local_experts=4, num_experts_per_tok=2, tie_word_embeddings=False)),
+    }
+
+
+def build_model(arch: str):
+    import transformers
+
+    cfg_cls, cls_name, kw = arch_configs()[arch]
+    cfg = cfg_cls(**kw)
+    cfg.architectures = [cls_name]
+    torch.manual_seed(1)
+    model = getattr(transformers, cls_name)(cfg).to(torch.bfloat16).eval()
+    with torch.no_grad():  # random init is too flat to tell a wrong mapping from a right one
+        for n, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.08)
+            elif "norm" in n:
+                p.uniform_(0.6, 1.2) if arch != "gemma3" else p.uniform_(-0.3, 0.3)
+    model.config.dtype = torch.bfloat16
+    return model
+
+
+def _excluded(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) or name == p for p in EXCLUDE)
+
+
+def _quantize_into(out: dict, name: str, w: torch.Tensor) -> None:
+    for role, t in quantize_weight(QUANT_ALGO, w.float(), group_size=GROUP).items():
+        out[f"{name}.{role}"] = t.contiguous()
+
+
+def export_checkpoint(model, out_dir: Path, *, quantize_experts: bool = True, legacy_mixtral: bool = True) -> Path:
+    """Writes ``model`` the way ModelOpt's export would: quantized Linears in ModelOpt layout,
+    fused experts split per expert, the rest in bf16, tied weights stored once."""
+    from safetensors.torch import save_file
+
+    from motensor.models.moe import is_fused_experts
+
+    arch = model.config.architectures[0]
+    tensors: dict[str, torch.Tensor] = {}
+    done: set[str] = set()
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and not _excluded(name):
+            _quantize_into(tensors, name, mod.weight.detach())
+            if mod.bias is not None:
+                tensors[f"{name}.bias"] = mod.bias.detach().clone()
+            done.update({f"{name}.weight", f"{name}.bias"})
+        elif is_fused_experts(mod):
+            inter = mod.gate_up_proj.shape[1] // 2
+            for e in range(mod.gate_up_proj.shape[0]):
+                parts = {"gate_proj": mod.gate_up_proj[e, :inter], "up_proj": mod.gate_up_proj[e, inter:],
+                         "down_proj": mod.down_proj[e]}
+                for leaf, w in parts.items():
+                    pname = f"{name}.{e}.{leaf}"
+                    if quantize_experts:
+                        _quantize_into(tensors, pname, w.detach())
+                    else:
+                        tensors[f"{pname}.weight"] = w.detach().clone().contiguous()
+            done.update({f"{name}.gate_up_proj", f"{name}.down_proj"})
+    tied = set()
+    if getattr(model.config, "tie_word_embeddings", False):
+        tied = {"lm_head.weight"}
+    for name, p in model.state_dict().items():
+        if name not in done and name not in tied:
+            tensors[name] = p.detach().clone().contiguous()
+    if arch == "MixtralForCausalLM" and legacy_mixtral:  # what ModelOpt's export writes (FIXTURES.md)
+        legacy = {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}
+
+        def old(n: str) -> str:
+            n = n.replace(".mlp.", ".block_sparse_moe.")
+            return re.sub(r"(experts\.\d+\.)(gate_proj|up_proj|down_proj)", lambda m: m.group(1) + legacy[m.group(2)], n)
+
+        tensors = {old(n): t for n, t in tensors.items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    quant = {"quant_algo": QUANT_ALGO, "kv_cache_quant_algo": None, "group_size": GROUP, "has_zero_point": False,
+             "pre_quant_scale": True, "exclude_modules": EXCLUDE}
+    (out_dir / "hf_quant_config.json").write_text(json.dumps(
+        {"producer": {"name": "modelopt", "version": "0.47.0"}, "quantization": quant}, indent=2))
+    cfg = model.config.to_dict()
+    cfg["architectures"] = [arch]
+    cfg["quantization_config"] = {"quant_method": "modelopt", "quant_algo": QUANT_ALGO, "ignore": EXCLUDE,
+                                  "producer": {"name": "modelopt", "version": "0.47.0"}}
+    (out_dir / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
+    return out_dir
+
+
+def dequantized_reference(model, ckpt_dir: Path):
+    """``model`` with every quantized weight replaced by the checkpoint's dequantized one (bf16)."""
+    import copy
+
+    from motensor.models.moe import is_fused_experts
+
+    ref = copy.deepcopy(model)
+    ckpt = motensor.open(ckpt_dir)
+    mods = ckpt.modules
+    legacy = {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}
+
+    def deq(name: str) -> torch.Tensor:
+        if name not in mods:  # Mixtral legacy names
+            m = re.match(r"(.*)\.mlp\.experts\.(\d+)\.(\w+)$", name)
+            name = f"{m.group(1)}.block_sparse_moe.experts.{m.group(2)}.{legacy[m.group(3)]}"
+        return ckpt.dequantize(name).to(torch.bfloat16)
+
+    with torch.no_grad():
+        for name, mod in ref.named_modules():
+            if isinstance(mod, torch.nn.Linear) and not _excluded(name):
+                mod.weight.copy_(deq(name))
+            elif is_fused_experts(mod) and any(".experts." in n for n in mods):
+                for e in range(mod.gate_up_proj.shape[0]):
+                    mod.gate_up_proj[e].copy_(torch.cat([deq(f"{name}.{e}.gate_proj"), deq(f"{name}.{e}.up_proj")]))
+                    mod.down_proj[e].copy_(deq(f"{name}.{e}.down_proj"))
+    return ref
+
+
+ARCHS = ["llama3", "qwen2", "qwen3", "mistral", "phi3", "gemma3", "qwen3_moe", "mixtral"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """arch -> (transformers model, checkpoint dir), built once per test session."""
+    cache: dict[str, tuple] = {}
+
+    def get(arch: str, **kw):
+        key = arch + json.dumps(kw, sort_keys=True)
+        if key not in cache:
+            model = build_model(arch)
+            d = export_checkpoint(model, tmp_path_factory.mktemp(arch), **kw)
+            cache[key] = (model, d)
+        return cache[key]
+
+    return get
+
+
+IDS = torch.tensor([[5, 17, 200, 33, 90, 128, 7, 64, 250, 3, 99, 12]])
+
+
+def _logits(model, ids=IDS):
+    with torch.no_grad():
+        return model(ids).logits.float()
+
+
+def _assert_close(got: torch.Tensor, ref: torch.Tensor, what: str):
+    err = (got - ref).abs().max().item()
+    bound = ATOL + RTOL * ref.abs().max().item()
+    assert err <= bound, f"{what}: max |logit diff| {err:.4g} > {bound:.4g}"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_from_pretrained_matches_dequantized_reference(arch, exported):
+    from motensor.models.moe import QuantExperts
+    from motensor.nn import QuantLinear
+
+    model, d = exported(arch)
+    m = motensor.from_pretrained(d, device="cpu")
+    assert type(m).__name__ == model.config.architectures[0]
+    assert not m.training
+    ckpt = motensor.open(d)
+    report = m.motensor_report
+    # every quantized checkpoint module found its place, excluded ones stayed plain bf16 Linears
+    n_expert_modules = sum(1 for n in ckpt.modules if ".experts." in n)
+    assert len(report.quantized_linears) + n_expert_modules == len(ckpt.modules)
+    for name, mod in m.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            assert _excluded(name), f"{name} should be quantized"
+        if isinstance(mod, QuantLinear) and ".experts" not in name:
+            assert not _excluded(name)
+    if "moe" in arch or arch == "mixtral":
+        experts = [mod for mod in m.modules() if isinstance(mod, QuantExperts)]
+        assert len(experts) == model.config.num_hidden_layers
+    # tied embeddings stored once come back tied
+    if model.config.tie_word_embeddings:
+        assert m.lm_head.weight is m.model.embed_tokens.weight
+        assert report.tied
+    # non-persistent buffers were re-created with the model's own values
+    for (n, b), (n2, b2) in zip(m.named_buffers(), model.named_buffers()):
+        if n.endswith("inv_freq") or n.endswith("embed_scale"):
+            assert torch.equal(b.float(), b2.float()), n
+    ref = dequantized_reference(model, d)
+    _assert_close(_logits(m), _logits(ref), arch)
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral"])
+def test_moe_loop_and_dense_agree(arch, exported):
+    _, d = exported(arch)
+    m = motensor.from_pretrained(d, device="cpu", moe_mode="loop")
+    loop = _logits(m)
+    for mod in m.modules():
+        if hasattr(mod, "mode") and type(mod).__name__ == "QuantExperts":
+            mod.mode = "dense"
+    _assert_close(_logits(m), loop, f"{arch} dense vs loop")
+
+
+def test_unquantized_experts_are_stacked_into_the_fused_container(exported):
+    """A checkpoint that leaves the experts in bf16 fills transformers' own 3-D parameters."""
+    model, d = exported("qwen3_moe", quantize_experts=False)
+    m = motensor.from_pretrained(d, device="cpu")
+    experts = m.model.layers[0].mlp.experts
+    assert type(experts).__name__ == "Qwen3MoeExperts"
+    assert torch.equal(experts.gate_up_proj, model.model.layers[0].mlp.experts.gate_up_proj)
+    _assert_close(_logits(m), _logits(dequantized_reference(model, d)), "qwen3_moe bf16 experts")
+
+
+@pytest.mark.parametrize("arch", ["llama3", "mixtral"])
+def test_generate_matches_dequantized_reference(arch, exported):
+    """``generate()`` with the KV cache (and, for MoE, the expert loop at one token per step)."""
+    model, d = exported(arch)
+    m = motensor.from_pretrained(d, device="cpu")
+    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
+    out = m.generate(IDS, **kw)
+    assert out.shape == (1, IDS.shape[1] + 6)
+    assert torch.equal(out, dequantized_reference(model, d).generate(IDS, **kw))
+
+
+def _edit_config(src: Path, dst: Path, **changes) -> Path:
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(changes)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_unsupported_architecture_is_refused_by_name(exported, tmp_path):
+    from motensor.models import UnsupportedArchitectureError
+
+    _, d = exported("llama3")
+    bad = _edit_config(d, tmp_path / "gpt2", architectures=["GPT2LMHeadModel"], model_type="gpt2")
+    with pytest.raises(UnsupportedArchitectureError, match="GPT2LMHeadModel") as e:
+        motensor.from_pretrained(bad, device="cpu")
+    assert "LlamaForCausalLM" in str(e.value)  # the message lists what is supported
+    assert isinstance(e.value, motensor.ConfigError)
+    mm = _edit_config(d, tmp_path / "mm", architectures=["Gemma3ForConditionalGeneration"])
+    with pytest.raises(UnsupportedArchitectureError, match="multimodal"):
+        motensor.from_pretrained(mm, device="cpu")
+    none = _edit_config(d, tmp_path / "none", architectures=[])
+    with pytest.raises(UnsupportedArchitectureError, match="names no architecture"):
+        motensor.from_pretrained(none, device="cpu")
+
+
+def test_missing_tensor_is_named(exported, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _, d = exported("qwen3")
+    broken = tmp_path / "broken"
+    shutil.copytree(d, broken)
+    t = load_file(str(broken / "model.safetensors"))
+    del t["model.layers.1.post_attention_layernorm.weight"]
+    save_file(t, str(broken / "model.safetensors"))
+    with pytest.raises(motensor.FormatError, match="model.layers.1.post_attention_layernorm.weight"):
+        motensor.from_pretrained(broken, device="cpu")
