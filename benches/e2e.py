@@ -63,11 +63,10 @@ def gpu_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
 
 
-def gpu_short(device: torch.device) -> str:
-    if device.type != "cuda":
-        return "cpu"
-    name = gpu_name(device).lower()
-    m = re.search(r"\b([abhlv]\d{2,3}[a-z]?|rtx ?\d{4}|gb?\d{3})\b", name)
+def gpu_short(name: str) -> str:
+    """``"NVIDIA H100 80GB HBM3"`` -> ``"h100"`` (the file-name part, shared/BENCHMARKS.md)."""
+    name = name.lower()
+    m = re.search(r"\b(gb\d{3}|[abhlt]\d{1,3}s?|rtx ?\d{4}|v100)\b", name)
     return re.sub(r"[^a-z0-9]", "", m.group(1)) if m else re.sub(r"[^a-z0-9]+", "-", name).strip("-")
 
 
@@ -100,10 +99,10 @@ def free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def compile_kwargs(cfg: dict) -> dict:
+def compile_kwargs(cfg: dict, mode: Optional[str] = "config") -> dict:
     from transformers import CompileConfig
 
-    cc = CompileConfig(fullgraph=True, backend=cfg["compile_backend"], mode=cfg["compile_mode"])
+    cc = CompileConfig(fullgraph=True, backend=cfg["compile_backend"], mode=cfg["compile_mode"] if mode == "config" else mode)
     if cfg["device"] == "cpu":
         cc._compile_all_devices = True  # transformers only auto-compiles on accelerators otherwise
     return {"cache_implementation": "static", "compile_config": cc}
@@ -161,20 +160,37 @@ class Results:
                                   "traceback": traceback.format_exc(limit=6)})
 
 
-def run_throughput(res: Results, impl: str, model, cfg: dict, generate_kwargs: Optional[dict] = None,
-                   prefill_model=None) -> None:
+def run_throughput(res: Results, impl: str, model, cfg: dict, compiled: bool = False) -> None:
+    """Decode at each batch size and prefill. ``compiled``: decode with a static cache and
+    transformers' automatic ``torch.compile`` (``cfg["compile_mode"]``; if that fails, once more
+    with the default mode, noted in the row), prefill through ``torch.compile(model)``."""
     from motensor.models import bench
 
+    prefill_model = None
+    if compiled:
+        prefill_model = torch.compile(model, backend=cfg["compile_backend"])
     for b in cfg["batches"]:
         def one(b=b):
-            d = bench.decode(model, b, cfg["prompt"], cfg["new_tokens"], repeat=cfg["repeat"],
-                             generate_kwargs=generate_kwargs)
-            res.add(f"decode-b{b}", impl, "tok/s", d.tokens_per_s)
+            kwargs = compile_kwargs(cfg) if compiled else None
+            note = None
+            try:
+                d = bench.decode(model, b, cfg["prompt"], cfg["new_tokens"], repeat=cfg["repeat"],
+                                 generate_kwargs=kwargs)
+            except Exception as e:
+                if not compiled or cfg["compile_mode"] is None:
+                    raise
+                log(f"{impl} decode b{b}: compile mode {cfg['compile_mode']} failed ({type(e).__name__}: {e}); "
+                    "retrying with the default mode")
+                torch._dynamo.reset()
+                note = f"compile mode {cfg['compile_mode']} failed ({type(e).__name__}); default mode"
+                d = bench.decode(model, b, cfg["prompt"], cfg["new_tokens"], repeat=cfg["repeat"],
+                                 generate_kwargs=compile_kwargs(cfg, mode=None))
+            res.add(f"decode-b{b}", impl, "tok/s", d.tokens_per_s, note=note)
 
         res.attempt(f"{impl} decode b{b}", one)
     res.attempt(f"{impl} prefill", lambda: res.add(
-        f"prefill-{cfg['prefill']}", impl, "tok/s", bench.prefill(model if prefill_model is None else prefill_model, 1, cfg["prefill"],
-                                                                   repeat=cfg["repeat"])))
+        f"prefill-{cfg['prefill']}", impl, "tok/s",
+        bench.prefill(model if prefill_model is None else prefill_model, 1, cfg["prefill"], repeat=cfg["repeat"])))
 
 
 def load_to_first_token(build: Callable[[], torch.nn.Module], cfg: dict, device: torch.device, runs: int = 2) -> float:
@@ -210,18 +226,17 @@ def bench_motensor(res: Results, fmt: str, cfg: dict, cache: Path, device: torch
     log(f"{impl}: load {model.motensor_report.load_stats}")
     run_throughput(res, impl, model, cfg)
     if compiled:
-        prefill = torch.compile(model, backend=cfg["compile_backend"],
-                                mode=None if cfg["compile_backend"] != "inductor" else "max-autotune-no-cudagraphs")
-        run_throughput(res, f"{impl}_compiled", model, cfg, generate_kwargs=compile_kwargs(cfg), prefill_model=prefill)
+        run_throughput(res, f"{impl}_compiled", model, cfg, compiled=True)
         torch._dynamo.reset()
     del model
     free(device)
 
 
-def bench_hf(res: Results, cfg: dict, cache: Path, device: torch.device, compiled: bool, hf_load: bool) -> None:
+def bench_hf(res: Results, cfg: dict, cache: Path, device: torch.device, compiled: bool, hf_load: bool,
+             fmt: str) -> None:
     from transformers import AutoModelForCausalLM
 
-    config_dir = synthetic.ensure_checkpoint(cfg["shape"], "nvfp4", cache)  # for its config.json
+    config_dir = synthetic.ensure_checkpoint(cfg["shape"], fmt, cache)  # for its config.json
     if hf_load:
         def ltft():
             bf16_dir = hf_bf16_checkpoint(config_dir, cache, device)
@@ -247,9 +262,7 @@ def bench_hf(res: Results, cfg: dict, cache: Path, device: torch.device, compile
     model = hf_model(config_dir, device)
     run_throughput(res, "hf_bf16_eager", model, cfg)
     if compiled:
-        prefill = torch.compile(model, backend=cfg["compile_backend"],
-                                mode=None if cfg["compile_backend"] != "inductor" else "max-autotune-no-cudagraphs")
-        run_throughput(res, "hf_bf16_compiled", model, cfg, generate_kwargs=compile_kwargs(cfg), prefill_model=prefill)
+        run_throughput(res, "hf_bf16_compiled", model, cfg, compiled=True)
         torch._dynamo.reset()
     del model
     free(device)
@@ -287,7 +300,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     for fmt in args.formats:
         res.attempt(f"motensor {fmt}", lambda fmt=fmt: bench_motensor(res, fmt, cfg, cache, device, compiled))
     if not args.no_hf:
-        res.attempt("hf bf16", lambda: bench_hf(res, cfg, cache, device, compiled, not args.no_hf_load))
+        res.attempt("hf bf16", lambda: bench_hf(res, cfg, cache, device, compiled, not args.no_hf_load,
+                                                args.formats[0]))
 
     doc = {
         "bench": "e2e",
@@ -303,7 +317,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if res.failures:
         doc["failures"] = res.failures
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"e2e-{gpu_short(device)}-{started.strftime('%Y%m%d')}"
+    stem = f"e2e-{gpu_short(gpu_name(device)) if device.type == 'cuda' else 'cpu'}-{started.strftime('%Y%m%d')}"
     json_path = out / f"{stem}.json"
     json_path.write_text(json.dumps(doc, indent=2) + "\n")
     png_path = out / f"{stem}.png"

@@ -82,7 +82,7 @@ def e4m3_f32(b):
 def e8m0_f32(e):
     """E8M0 byte -> fp32 2^(e-127), built from bits. e = 0 gives the fp32 subnormal 2^-127."""
     e = e.to(tl.int32)
-    bits = e << 23
+    bits = tl.where(e == 0, 0x00400000, e << 23)
     return bits.to(tl.float32, bitcast=True)
 
 

@@ -54,8 +54,9 @@ def check_w4_layout(qweight: torch.Tensor, scales: torch.Tensor, scale_kind: str
     if qweight.dtype != torch.uint8 or qweight.dim() != 2:
         raise ValueError(f"qweight must be uint8 [N, K//2], got {qweight.dtype} {tuple(qweight.shape)}")
     n, k = qweight.shape[0], qweight.shape[1] * 2
-    if group_size <= 0 or group_size % 8 or k % group_size:
-        raise ValueError(f"group_size {group_size} must be a positive multiple of 8 dividing K={k}")
+    if group_size < 8 or group_size & (group_size - 1) or k % group_size:
+        # ModelOpt uses 16/32/64/128; powers of two keep every tile view a power of two.
+        raise ValueError(f"group_size {group_size} must be a power of two >= 8 dividing K={k}")
     want = _SCALE_DTYPES[scale_kind]
     if scales.dtype != want or tuple(scales.shape) != (k // group_size, n):
         raise ValueError(f"{scale_kind} scales must be {want} [K//G, N] = [{k // group_size}, {n}], "

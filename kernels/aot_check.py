@@ -42,8 +42,10 @@ def _w4_types(act: str, w: str, s: str, out: str):
 
 
 def _from_config(name, fn, types, consts, cfg, min_arch=80) -> Variant:
-    return Variant(f"{name} {cfg.kwargs}", fn, types, dict(consts, **cfg.kwargs), cfg.num_warps, cfg.num_stages,
-                   min_arch)
+    consts = dict(consts, **cfg.kwargs)
+    if "EVEN_K" in fn.arg_names:
+        consts["EVEN_K"] = True     # the common case: K a multiple of BLOCK_K * SPLIT_K
+    return Variant(f"{name} {cfg.kwargs}", fn, types, consts, cfg.num_warps, cfg.num_stages, min_arch)
 
 
 def variants(all_configs: bool = False) -> list[Variant]:

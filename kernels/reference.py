@@ -229,3 +229,62 @@ def w4a8_gemm(x, qweight, scales, weight_scale_2, input_scale, *, element: str, 
     w = w4a8_weight_fp8(qweight, scales, weight_scale_2, element=element, scale_kind=scale_kind,
                         group_size=group_size)
     return _linear(xq, w, bias, scalar(input_scale) * scalar(weight_scale_2)).to(x.dtype)
+
+
+def mxfp4_fake_quant(x: torch.Tensor, out_dtype: Optional[torch.dtype] = None, block: int = 32) -> torch.Tensor:
+    """MXFP4 dynamic activation fake-quant (FORMATS §4.11), per 32-block along K.
+
+    e = clamp(ceil(log2(amax_b / 6)), -127, 127); x_q = e2m1(clamp(x * 2^-e, +-6)); returns
+    x_q * 2^e in `out_dtype` (default x.dtype).
+    """
+    k = x.shape[-1]
+    if k % block:
+        raise ValueError(f"K={k} must be a multiple of {block}")
+    xb = x.float().reshape(*x.shape[:-1], k // block, block)
+    e = ceil_log2_clamped(xb.abs().amax(dim=-1, keepdim=True) / E2M1_MAX).float()
+    q = round_e2m1((xb * torch.exp2(-e)).clamp(-E2M1_MAX, E2M1_MAX))
+    return (q * torch.exp2(e)).reshape(x.shape).to(out_dtype or x.dtype)
+
+
+def fp8_fake_quant(x: torch.Tensor, input_scale: Optional[torch.Tensor]) -> torch.Tensor:
+    """Per-tensor FP8 fake-quant in x.dtype: static with `input_scale`, else dynamic (amax/448)."""
+    s = scalar(input_scale) if input_scale is not None else x.float().abs().amax() / FP8_MAX
+    safe = torch.where(s == 0, torch.ones_like(s), s)
+    return (round_e4m3(x.float() / safe) * s).to(x.dtype)
+
+
+def fp8_linear(x, weight, weight_scale, input_scale=None, bias=None) -> torch.Tensor:
+    """FP8 weights with per-tensor (scalar) or per-channel ([N]) scales.
+
+    With `input_scale`: x quantized statically per tensor (FORMATS §4.1); without: dynamically per
+    token (FORMATS §4.2). y = (x_q @ w_q^T) * s_x * s_w (+ bias), fp32 math, output x.dtype.
+    """
+    if input_scale is not None:
+        xq, sx = fp8_quant_static(x, input_scale).float(), scalar(input_scale)
+    else:
+        xq, sx = fp8_quant_per_token(x)
+        xq = xq.float()
+    sw = weight_scale.float()
+    sw = sw.reshape(()) if sw.numel() == 1 else sw
+    return _linear(xq, weight.float(), bias, sx * sw).to(x.dtype)
+
+
+def int8_quant_static(x: torch.Tensor, input_scale: torch.Tensor) -> torch.Tensor:
+    """x_q = clamp(round(x / input_scale), -127, 127) as int8 (ModelOpt's narrow range, FORMATS §4.9)."""
+    return torch.round(x.float() / scalar(input_scale)).clamp(-127, 127).to(torch.int8)
+
+
+def int8_linear(x, weight, weight_scale, input_scale=None, bias=None) -> torch.Tensor:
+    """INT8 per-channel weights; static INT8 activations with `input_scale` (W8A8 SmoothQuant),
+    else weight-only (W8A16). fp32 math (the int8 products are exact in float64), output x.dtype."""
+    sw = weight_scale.float()
+    if input_scale is None:
+        return _linear(x.float(), weight.float() * sw[:, None], bias).to(x.dtype)
+    xq = int8_quant_static(x, input_scale)
+    acc = (xq.double() @ weight.double().t()).float()  # exact integer sums
+    return _linear_epilogue(acc, scalar(input_scale) * sw, bias).to(x.dtype)
+
+
+def _linear_epilogue(acc: torch.Tensor, scale, bias) -> torch.Tensor:
+    y = acc * scale
+    return y + bias.float() if bias is not None else y

@@ -5,7 +5,7 @@ scales [K//G, N] (one row per K-group, contiguous along N) of kind E4M3 (x globa
 or F32. See kernels/README.md for the layouts and the design notes.
 
 Paths (dispatch.py picks one; `path=` forces it):
-  "gemv"    M <= 4: FMA GEMV, split-K. Weight read as int32 words (8 nibbles; contiguous words
+  "gemv"    M <= 2: FMA GEMV, split-K. Weight read as int32 words (8 nibbles; contiguous words
             per row so loads vectorize). Nibbles i and i+4 are decoded together by one shift/mask
             pair into two fp16 bit patterns (no table, no interleave: nibble i of word j
             multiplies x[8j + i]); one group scale per word applied to the 8-element partial
@@ -66,6 +66,7 @@ def _gemv_kernel(
     ELEMENT: tl.constexpr, SCALE_KIND: tl.constexpr, GROUP: tl.constexpr,
     HAS_GS: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, SPLIT_K: tl.constexpr,
+    EVEN_K: tl.constexpr,
 ):
     """FMA GEMV. w_ptr: the packed weight viewed as int32 [N, K//8] (word j = elements 8j..8j+7,
     nibble i at bits 4i). Grid (cdiv(N, BLOCK_N), SPLIT_K, cdiv(M, BLOCK_M))."""
@@ -88,14 +89,18 @@ def _gemv_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_KW), dtype=tl.float32)
     for kw0 in range(kw_lo, kw_hi, BLOCK_KW):
         rkw = tl.max_contiguous(tl.multiple_of(kw0 + tl.arange(0, BLOCK_KW), BLOCK_KW), BLOCK_KW)[None, None, :]
-        mask_kw = rkw < kw_hi
-        w = tl.load(w_ptr + rn * stride_wn + rkw, mask=mask_n & mask_kw, other=0)            # [1, BN, BKW]
+        if EVEN_K:
+            w_mask = mask_n          # no K tail: masks constant along K keep the loads vectorized
+            x_mask = mask_m
+        else:
+            w_mask = mask_n & (rkw < kw_hi)
+            x_mask = mask_m & (rkw < kw_hi)
+        w = tl.load(w_ptr + rn * stride_wn + rkw, mask=w_mask, other=0)                      # [1, BN, BKW]
         # A word never straddles a group (G % 8 == 0): one scale per word, L1-resident
         # (the [K//G, N] layout makes it a contiguous run along N).
-        s_raw = tl.load(s_ptr + ((rkw * 8) // GROUP) * stride_sg + rn, mask=mask_n & mask_kw, other=0)
+        s_raw = tl.load(s_ptr + ((rkw * 8) // GROUP) * stride_sg + rn, mask=w_mask, other=0)
         s = group_scale_f32(s_raw, SCALE_KIND)
         x_word = x_ptr + rm * stride_xm + rkw * 8                                             # [BM, 1, BKW]
-        x_mask = mask_m & mask_kw
         part = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_KW), dtype=tl.float32)
         xsum = tl.zeros((BLOCK_M, 1, BLOCK_KW), dtype=tl.float32)
         for i in tl.static_range(4):
@@ -165,7 +170,7 @@ def _dot_kernel(
     ELEMENT: tl.constexpr, SCALE_KIND: tl.constexpr, GROUP: tl.constexpr,
     HAS_GS: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
+    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     """Tensor-core W4A16. Operand dtype = x's dtype (fp16, bf16, fp32 -> tf32 on GPU).
     Grid (cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N), SPLIT_K)."""
@@ -199,32 +204,51 @@ def _dot_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         kk = k0 + 2 * rj                       # even k of each byte; K is even so kk + 1 < k_hi too
-        mask_k = kk < k_hi
-        x_mask = mask_m[:, None] & mask_k[None, :]
+        if EVEN_K:
+            # No K tail anywhere: masks constant along K keep the loads vectorized.
+            x_mask = mask_m[:, None]
+            w_mask = mask_n[:, None]
+        else:
+            x_mask = mask_m[:, None] & (kk < k_hi)[None, :]
+            w_mask = mask_n[:, None] & (kk < k_hi)[None, :]
         x_row = x_ptr + rm[:, None] * stride_xm + kk[None, :]
         x_even = tl.load(x_row, mask=x_mask, other=0.0)
         x_odd = tl.load(x_row + 1, mask=x_mask, other=0.0)
-        rb = tl.max_contiguous(tl.multiple_of(k0 // 2 + rj, HALF), HALF)
-        w_mask = mask_k[:, None] & mask_n[None, :]
-        p = tl.load(w_ptr + rn[None, :] * stride_wn + rb[:, None], mask=w_mask, other=0).to(tl.int32)
-        lo = p & 0xF                            # [HALF, BLOCK_N], K-major
-        hi = p >> 4
+        # The packed tile is loaded N-major ([BLOCK_N, K/2], the memory order: contiguous bytes
+        # per thread, wide loads), decoded there and handed to the MMA transposed (`tl.trans` is a
+        # view of the shared-memory operand, not a data movement).
         if CHUNK_IN_GROUP:
+            rb = tl.max_contiguous(tl.multiple_of(k0 // 2 + rj, HALF), HALF)
+            p = tl.load(w_ptr + rn[:, None] * stride_wn + rb[None, :], mask=w_mask, other=0).to(tl.int32)
             s_raw = tl.load(s_ptr + (k0 // GROUP) * stride_sg + rn, mask=mask_n, other=0)
             if ELEMENT == ELEM_E2M1:
-                w_lo = e2m1_f16_scaled(lo).to(op_dtype)
-                w_hi = e2m1_f16_scaled(hi).to(op_dtype)
+                w_lo = e2m1_f16_scaled(p & 0xF).to(op_dtype)
+                w_hi = e2m1_f16_scaled(p >> 4).to(op_dtype)
             else:
-                w_lo = int4_f16(lo).to(op_dtype)
-                w_hi = int4_f16(hi).to(op_dtype)
-            part = tl.dot(x_even, w_lo)
-            part = tl.dot(x_odd, w_hi, part)
+                w_lo = int4_f16(p & 0xF).to(op_dtype)
+                w_hi = int4_f16(p >> 4).to(op_dtype)
+            part = tl.dot(x_even, tl.trans(w_lo))
+            part = tl.dot(x_odd, tl.trans(w_hi), part)
             acc += part * group_scale_f32(s_raw, SCALE_KIND)[None, :]
         else:
-            g = kk // GROUP                     # the pair (2j, 2j+1) shares a group
-            s_raw = tl.load(s_ptr + g[:, None] * stride_sg + rn[None, :], mask=w_mask, other=0)
-            acc = tl.dot(x_even, _dequant_tile(lo, s_raw, ELEMENT, SCALE_KIND, op_dtype), acc)
-            acc = tl.dot(x_odd, _dequant_tile(hi, s_raw, ELEMENT, SCALE_KIND, op_dtype), acc)
+            # Several groups per chunk: a [BLOCK_N, groups, G/2] view of the tile, so each group's
+            # scale is loaded and decoded once and broadcast in registers; the last two dims merge
+            # back into the operand's K.
+            NG: tl.constexpr = BLOCK_K // GROUP
+            rn3 = rn[:, None, None]
+            rg = tl.arange(0, NG)[None, :, None]
+            kb3 = k0 // 2 + rg * (GROUP // 2) + tl.arange(0, GROUP // 2)[None, None, :]   # byte along K/2
+            if EVEN_K:
+                mask3 = rn3 < N
+            else:
+                mask3 = (rn3 < N) & (2 * kb3 < k_hi)
+            p3 = tl.load(w_ptr + rn3 * stride_wn + kb3, mask=mask3, other=0).to(tl.int32)
+            s3 = tl.load(s_ptr + (k0 // GROUP + rg) * stride_sg + rn3,
+                         mask=(rn3 < N) & (k0 + rg * GROUP < k_hi), other=0)              # [BLOCK_N, NG, 1]
+            w_lo = tl.reshape(_dequant_tile(p3 & 0xF, s3, ELEMENT, SCALE_KIND, op_dtype), (BLOCK_N, HALF))
+            w_hi = tl.reshape(_dequant_tile(p3 >> 4, s3, ELEMENT, SCALE_KIND, op_dtype), (BLOCK_N, HALF))
+            acc = tl.dot(x_even, tl.trans(w_lo), acc)
+            acc = tl.dot(x_odd, tl.trans(w_hi), acc)
 
     # E2M1 operands carry a 2^-14 unless the fp32 prescale path folded it into the scale.
     if ELEMENT == ELEM_E2M1:
@@ -255,8 +279,8 @@ def _cfg(num_warps=4, num_stages=3, **kw):
 # `python -m motensor.kernels.aot_check --all-configs`; 128x256 tiles did and were dropped).
 # With fp32 activations (tf32) the BLOCK_K=128 tiled config spills; autotuning skips it by time.
 GEMV_CONFIGS = [
+    _cfg(BLOCK_N=64, BLOCK_KW=32, SPLIT_K=4),     # fewest SASS per weight offline (6.6 E2M1 / 5.5 INT4)
     _cfg(BLOCK_N=32, BLOCK_KW=32, SPLIT_K=4),
-    _cfg(BLOCK_N=64, BLOCK_KW=32, SPLIT_K=4),
     _cfg(BLOCK_N=64, BLOCK_KW=32, SPLIT_K=8),
     _cfg(BLOCK_N=64, BLOCK_KW=64, SPLIT_K=2, num_warps=8),
     _cfg(BLOCK_N=128, BLOCK_KW=16, SPLIT_K=4, num_warps=8),
@@ -285,9 +309,13 @@ INTERP_CONFIGS = {
     "tiled": dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, SPLIT_K=1, GROUP_M=4),
 }
 _KEY = ["N", "K", "M_BUCKET", "ELEMENT", "SCALE_KIND", "GROUP"]
-_gemv_tuned = triton.autotune(GEMV_CONFIGS, key=_KEY, reset_to_zero=["c_ptr"])(_gemv_kernel)
-_splitk_tuned = triton.autotune(SPLITK_CONFIGS, key=_KEY, reset_to_zero=["c_ptr"])(_dot_kernel)
-_tiled_tuned = triton.autotune(TILED_CONFIGS, key=_KEY)(_dot_kernel)
+# EVEN_K: every K split is whole BLOCK_K chunks, so the K mask can go (masks that vary along K
+# stop Triton from vectorizing the weight loads: byte-wise LDG in the SASS otherwise).
+_gemv = triton.heuristics({"EVEN_K": lambda a: (a["K"] // 8) % (a["BLOCK_KW"] * a["SPLIT_K"]) == 0})(_gemv_kernel)
+_dot = triton.heuristics({"EVEN_K": lambda a: a["K"] % (a["BLOCK_K"] * a["SPLIT_K"]) == 0})(_dot_kernel)
+_gemv_tuned = triton.autotune(GEMV_CONFIGS, key=_KEY, reset_to_zero=["c_ptr"])(_gemv)
+_splitk_tuned = triton.autotune(SPLITK_CONFIGS, key=_KEY, reset_to_zero=["c_ptr"])(_dot)
+_tiled_tuned = triton.autotune(TILED_CONFIGS, key=_KEY)(_dot)
 
 PATHS = ("gemv", "splitk", "tiled", "dequant_cublas")
 
@@ -347,14 +375,14 @@ def w4a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         block_m = min(triton.next_power_of_2(m), 4)
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"], triton.cdiv(m, block_m))
         if fixed is not None:
-            _gemv_kernel[grid](*args, **common, BLOCK_M=block_m, **fixed)
+            _gemv[grid](*args, **common, BLOCK_M=block_m, **fixed)
         else:
             _gemv_tuned[grid](*args, **common, BLOCK_M=block_m)
     else:
         args[1], args[10] = qw, qw.stride(0)
         grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
         if fixed is not None:
-            _dot_kernel[grid](*args, **common, **fixed)
+            _dot[grid](*args, **common, **fixed)
         else:
             (_splitk_tuned if path == "splitk" else _tiled_tuned)[grid](*args, **common)
     y = c if direct else c.to(x.dtype)

@@ -72,7 +72,7 @@ def _w4a8_kernel(
     ELEMENT: tl.constexpr, SCALE_KIND: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
     X_PREQUANT: tl.constexpr, OP_DTYPE: tl.constexpr, HW_CVT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
+    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     """Grid (cdiv(M, BM) * cdiv(N, BN), SPLIT_K). Even/odd K halves as in w4a16 (no interleave)."""
     tl.static_assert(BLOCK_K % 64 == 0, "each nibble half feeds an fp8 MMA with K >= 32")
@@ -103,26 +103,44 @@ def _w4a8_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         kk = k0 + 2 * rj
-        mask_k = kk < k_hi
-        x_mask = mask_m[:, None] & mask_k[None, :]
+        if EVEN_K:
+            x_mask = mask_m[:, None]   # no K tail: masks constant along K keep loads vectorized
+        else:
+            x_mask = mask_m[:, None] & (kk < k_hi)[None, :]
         x_offs = rm[:, None] * stride_xm + kk[None, :]
         x_even = _x_operand(x_ptr, x_offs, x_mask, in_scale, X_PREQUANT, OP_DTYPE, HW_CVT)
         x_odd = _x_operand(x_ptr, x_offs + 1, x_mask, in_scale, X_PREQUANT, OP_DTYPE, HW_CVT)
-        rb = tl.max_contiguous(tl.multiple_of(k0 // 2 + rj, HALF), HALF)
-        w_mask = mask_k[:, None] & mask_n[None, :]
-        p = tl.load(w_ptr + rn[None, :] * stride_wn + rb[:, None], mask=w_mask, other=0).to(tl.int32)
+        # Packed tile N-major (memory order), FP8 operand handed to the MMA transposed.
         if CHUNK_IN_GROUP:
             # One scale per column for the whole chunk: one division per column, not per element.
-            s_raw = tl.load(s_ptr + (k0 // GROUP) * stride_sg + rn, mask=mask_n, other=0)
-            s_raw = s_raw[None, :]
+            rb = tl.max_contiguous(tl.multiple_of(k0 // 2 + rj, HALF), HALF)
+            if EVEN_K:
+                w_mask = mask_n[:, None]
+            else:
+                w_mask = mask_n[:, None] & (kk < k_hi)[None, :]
+            p = tl.load(w_ptr + rn[:, None] * stride_wn + rb[None, :], mask=w_mask, other=0).to(tl.int32)
+            s_raw = tl.load(s_ptr + (k0 // GROUP) * stride_sg + rn, mask=mask_n, other=0)[:, None]
         else:
-            s_raw = tl.load(s_ptr + (kk // GROUP)[:, None] * stride_sg + rn[None, :], mask=w_mask, other=0)
+            # [BN, groups, G/2] view: one scale load (and AWQ division) per group.
+            NG: tl.constexpr = BLOCK_K // GROUP
+            rn3 = rn[:, None, None]
+            rg = tl.arange(0, NG)[None, :, None]
+            kb3 = k0 // 2 + rg * (GROUP // 2) + tl.arange(0, GROUP // 2)[None, None, :]
+            if EVEN_K:
+                mask3 = rn3 < N
+            else:
+                mask3 = (rn3 < N) & (2 * kb3 < k_hi)
+            p = tl.load(w_ptr + rn3 * stride_wn + kb3, mask=mask3, other=0).to(tl.int32)
+            s_raw = tl.load(s_ptr + (k0 // GROUP + rg) * stride_sg + rn3,
+                            mask=(rn3 < N) & (k0 + rg * GROUP < k_hi), other=0)
         if SCALE_KIND == SCALE_E4M3:
             scale = e4m3_f16_scaled(s_raw).to(tl.float32) * 256.0
         else:
             scale = tl.math.div_rn(s_raw.to(tl.float32), ws2)      # correctly rounded, as the reference
-        acc = tl.dot(x_even, _w_operand(p & 0xF, scale, ELEMENT, OP_DTYPE, HW_CVT), acc)
-        acc = tl.dot(x_odd, _w_operand(p >> 4, scale, ELEMENT, OP_DTYPE, HW_CVT), acc)
+        w_lo = tl.reshape(_w_operand(p & 0xF, scale, ELEMENT, OP_DTYPE, HW_CVT), (BLOCK_N, HALF))
+        w_hi = tl.reshape(_w_operand(p >> 4, scale, ELEMENT, OP_DTYPE, HW_CVT), (BLOCK_N, HALF))
+        acc = tl.dot(x_even, tl.trans(w_lo), acc)
+        acc = tl.dot(x_odd, tl.trans(w_hi), acc)
 
     acc = acc * (in_scale * ws2)
     if HAS_BIAS:
@@ -159,8 +177,9 @@ INTERP_CONFIGS = {
     "tiled": dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=64, SPLIT_K=1, GROUP_M=4),
 }
 _KEY = ["N", "K", "M_BUCKET", "ELEMENT", "GROUP"]
-_splitk_tuned = triton.autotune(SPLITK_CONFIGS, key=_KEY, reset_to_zero=["c_ptr"])(_w4a8_kernel)
-_tiled_tuned = triton.autotune(TILED_CONFIGS, key=_KEY)(_w4a8_kernel)
+_kernel = triton.heuristics({"EVEN_K": lambda a: a["K"] % (a["BLOCK_K"] * a["SPLIT_K"]) == 0})(_w4a8_kernel)
+_splitk_tuned = triton.autotune(SPLITK_CONFIGS, key=_KEY, reset_to_zero=["c_ptr"])(_kernel)
+_tiled_tuned = triton.autotune(TILED_CONFIGS, key=_KEY)(_kernel)
 PATHS = ("splitk", "tiled")
 OPERANDS = {"fp8e4m3": tl.float8e4nv, "fp16(fp8 values)": tl.float16}
 
@@ -216,7 +235,7 @@ def w4a8_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, weig
                 HAS_BIAS=bias is not None, X_PREQUANT=prequant, OP_DTYPE=OPERANDS[operand], HW_CVT=hw_cvt)
     grid = lambda mt: (triton.cdiv(m, mt["BLOCK_M"]) * triton.cdiv(n, mt["BLOCK_N"]), mt["SPLIT_K"])
     if fixed is not None:
-        _w4a8_kernel[grid](*args, **meta, **fixed)
+        _kernel[grid](*args, **meta, **fixed)
     else:
         (_splitk_tuned if path == "splitk" else _tiled_tuned)[grid](*args, **meta)
     y = c if direct else c.to(x.dtype)

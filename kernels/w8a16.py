@@ -34,7 +34,7 @@ def _w8a16_kernel(
     M, N, K, stride_xm, stride_wn, stride_s0, stride_cm, M_BUCKET,
     SCALE_KIND: tl.constexpr, SBLOCK: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
+    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     """w_ptr: the FP8 weight viewed as uint8 [N, K]. Grid (cdiv(M, BM) * cdiv(N, BN), SPLIT_K)."""
     pid = tl.program_id(0)
@@ -49,6 +49,7 @@ def _w8a16_kernel(
     pid_n = (pid % num_pid_in_group) // group_size_m
 
     CHUNK_IN_BLOCK: tl.constexpr = SBLOCK % BLOCK_K == 0
+    tl.static_assert(CHUNK_IN_BLOCK or SCALE_KIND == SCALE_E8M0_T, "F32_BLOCK needs BLOCK_K | block size")
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = rm < M
@@ -61,21 +62,39 @@ def _w8a16_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         rk = tl.max_contiguous(tl.multiple_of(k0 + tl.arange(0, BLOCK_K), BLOCK_K), BLOCK_K)
-        mask_k = rk < k_hi
-        x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        w_mask = mask_k[:, None] & mask_n[None, :]
-        wb = tl.load(w_ptr + rn[None, :] * stride_wn + rk[:, None], mask=w_mask, other=0)   # [BK, BN]
-        h = e4m3_f16_scaled(wb)                                                           # w * 2^-8
+        if EVEN_K:
+            # No K tail anywhere: masks constant along K keep the loads vectorized.
+            x_mask = mask_m[:, None]
+            w_mask = mask_n[:, None]
+        else:
+            x_mask = mask_m[:, None] & (rk < k_hi)[None, :]
+            w_mask = mask_n[:, None] & (rk < k_hi)[None, :]
+        x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=x_mask, other=0.0)
         if CHUNK_IN_BLOCK:
+            # N-major tile (memory order, wide loads), handed to the MMA transposed (a smem view).
+            wb = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=w_mask, other=0)   # [BN, BK]
+            h = e4m3_f16_scaled(wb)                                                            # w * 2^-8
             if SCALE_KIND == SCALE_F32_BLOCK:
                 s = tl.load(s_ptr + (rn // SBLOCK) * stride_s0 + k0 // SBLOCK, mask=mask_n, other=0.0)
             else:
                 s = e8m0_f32(tl.load(s_ptr + (k0 // SBLOCK) * stride_s0 + rn, mask=mask_n, other=0))
-            acc += tl.dot(x, h.to(op_dtype)) * s[None, :]
+            acc += tl.dot(x, tl.trans(h.to(op_dtype))) * s[None, :]
         else:
-            # Only E8M0 gets here (the launcher keeps F32_BLOCK chunks inside a block).
-            s = e8m0_f32(tl.load(s_ptr + (rk // SBLOCK)[:, None] * stride_s0 + rn[None, :], mask=w_mask, other=0))
-            acc = tl.dot(x, (h.to(tl.float32) * (s * 256.0)).to(op_dtype), acc)
+            # Only E8M0 gets here (F32_BLOCK chunks always lie inside one block, asserted above).
+            # [BN, groups, G] view: one scale load/decode per group, broadcast in registers.
+            NG: tl.constexpr = BLOCK_K // SBLOCK
+            rn3 = rn[:, None, None]
+            rg = tl.arange(0, NG)[None, :, None]
+            k3 = k0 + rg * SBLOCK + tl.arange(0, SBLOCK)[None, None, :]
+            if EVEN_K:
+                mask3 = rn3 < N
+            else:
+                mask3 = (rn3 < N) & (k3 < k_hi)
+            wb3 = tl.load(w_ptr + rn3 * stride_wn + k3, mask=mask3, other=0)
+            s3 = e8m0_f32(tl.load(s_ptr + (k0 // SBLOCK + rg) * stride_s0 + rn3,
+                                  mask=(rn3 < N) & (k0 + rg * SBLOCK < k_hi), other=0))
+            w = (e4m3_f16_scaled(wb3).to(tl.float32) * (s3 * 256.0)).to(op_dtype)
+            acc = tl.dot(x, tl.trans(tl.reshape(w, (BLOCK_N, BLOCK_K))), acc)
 
     if CHUNK_IN_BLOCK:
         acc = acc * 256.0
@@ -114,8 +133,9 @@ INTERP_CONFIGS = {
     "tiled": dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, SPLIT_K=1, GROUP_M=4),
 }
 _KEY = ["N", "K", "M_BUCKET", "SCALE_KIND", "SBLOCK"]
-_splitk_tuned = triton.autotune(SPLITK_CONFIGS, key=_KEY, reset_to_zero=["c_ptr"])(_w8a16_kernel)
-_tiled_tuned = triton.autotune(TILED_CONFIGS, key=_KEY)(_w8a16_kernel)
+_kernel = triton.heuristics({"EVEN_K": lambda a: a["K"] % (a["BLOCK_K"] * a["SPLIT_K"]) == 0})(_w8a16_kernel)
+_splitk_tuned = triton.autotune(SPLITK_CONFIGS, key=_KEY, reset_to_zero=["c_ptr"])(_kernel)
+_tiled_tuned = triton.autotune(TILED_CONFIGS, key=_KEY)(_kernel)
 PATHS = ("splitk", "tiled")
 
 
@@ -170,7 +190,7 @@ def w8a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, *, 
     meta = dict(SCALE_KIND=W8_SCALE_KINDS[scale_kind], SBLOCK=block_size, HAS_BIAS=bias is not None)
     grid = lambda mt: (triton.cdiv(m, mt["BLOCK_M"]) * triton.cdiv(n, mt["BLOCK_N"]), mt["SPLIT_K"])
     if fixed is not None:
-        _w8a16_kernel[grid](*args, **meta, **fixed)
+        _kernel[grid](*args, **meta, **fixed)
     else:
         (_splitk_tuned if path == "splitk" else _tiled_tuned)[grid](*args, **meta)
     y = c if direct else c.to(x.dtype)

@@ -16,7 +16,7 @@ if [ ! -x .venv/bin/python ]; then
   uv venv --quiet --python "$PY" .venv
 fi
 if ! cmp -s requirements/test.txt "$stamp" 2>/dev/null; then
-  uv pip install --quiet --python .venv/bin/python -r requirements/test.txt
+  uv pip install --quiet --compile-bytecode --python .venv/bin/python -r requirements/test.txt
   cp requirements/test.txt "$stamp"
 fi
 

@@ -100,9 +100,13 @@ def _quantize_into(out: dict, name: str, w: torch.Tensor) -> None:
         out[f"{name}.{role}"] = t.contiguous()
 
 
-def export_checkpoint(model, out_dir: Path, *, quantize_experts: bool = True, legacy_mixtral: bool = True) -> Path:
+def export_checkpoint(model, out_dir: Path, *, quantize_experts: bool | int = True, legacy_mixtral: bool = True,
+                      kv_cache: str | None = None) -> Path:
     """Writes ``model`` the way ModelOpt's export would: quantized Linears in ModelOpt layout,
-    fused experts split per expert, the rest in bf16, tied weights stored once."""
+    fused experts split per expert, the rest in bf16, tied weights stored once.
+    ``quantize_experts``: True, False, or the number of experts (per layer) to quantize, the others
+    written in bf16 and listed in ``exclude_modules``. ``kv_cache``: a ``kv_cache_quant_algo``;
+    KV scales (``amax / 448`` with amax 2.0) are written under ``self_attn.{k,v}_proj`` as ModelOpt does."""
     from safetensors.torch import save_file
 
     from motensor.models.moe import is_fused_experts
@@ -123,7 +127,7 @@ def export_checkpoint(model, out_dir: Path, *, quantize_experts: bool = True, le
                          "down_proj": mod.down_proj[e]}
                 for leaf, w in parts.items():
                     pname = f"{name}.{e}.{leaf}"
-                    if quantize_experts:
+                    if quantize_experts is True or (quantize_experts is not False and e < quantize_experts):
                         _quantize_into(tensors, pname, w.detach())
                     else:
                         tensors[f"{pname}.weight"] = w.detach().clone().contiguous()
@@ -134,6 +138,10 @@ def export_checkpoint(model, out_dir: Path, *, quantize_experts: bool = True, le
     for name, p in model.state_dict().items():
         if name not in done and name not in tied:
             tensors[name] = p.detach().clone().contiguous()
+    if kv_cache:
+        for i in range(model.config.num_hidden_layers):
+            tensors[f"model.layers.{i}.self_attn.k_proj.k_scale"] = torch.tensor(2.0 / 448)
+            tensors[f"model.layers.{i}.self_attn.v_proj.v_scale"] = torch.tensor(1.5 / 448)
     if arch == "MixtralForCausalLM" and legacy_mixtral:  # what ModelOpt's export writes (FIXTURES.md)
         legacy = {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}
 
@@ -144,13 +152,17 @@ def export_checkpoint(model, out_dir: Path, *, quantize_experts: bool = True, le
         tensors = {old(n): t for n, t in tensors.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    quant = {"quant_algo": QUANT_ALGO, "kv_cache_quant_algo": None, "group_size": GROUP, "has_zero_point": False,
-             "pre_quant_scale": True, "exclude_modules": EXCLUDE}
+    exclude = list(EXCLUDE)
+    if quantize_experts is not True:
+        exclude += sorted({n.rsplit(".", 2)[0] for n in tensors if ".experts." in n and n.endswith(".weight")
+                           and n.replace(".weight", ".weight_scale") not in tensors})
+    quant = {"quant_algo": QUANT_ALGO, "kv_cache_quant_algo": kv_cache, "group_size": GROUP, "has_zero_point": False,
+             "pre_quant_scale": True, "exclude_modules": exclude}
     (out_dir / "hf_quant_config.json").write_text(json.dumps(
         {"producer": {"name": "modelopt", "version": "0.47.0"}, "quantization": quant}, indent=2))
     cfg = model.config.to_dict()
     cfg["architectures"] = [arch]
-    cfg["quantization_config"] = {"quant_method": "modelopt", "quant_algo": QUANT_ALGO, "ignore": EXCLUDE,
+    cfg["quantization_config"] = {"quant_method": "modelopt", "quant_algo": QUANT_ALGO, "ignore": exclude,
                                   "producer": {"name": "modelopt", "version": "0.47.0"}}
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
     return out_dir
@@ -167,20 +179,29 @@ def dequantized_reference(model, ckpt_dir: Path):
     mods = ckpt.modules
     legacy = {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}
 
-    def deq(name: str) -> torch.Tensor:
-        if name not in mods:  # Mixtral legacy names
-            m = re.match(r"(.*)\.mlp\.experts\.(\d+)\.(\w+)$", name)
-            name = f"{m.group(1)}.block_sparse_moe.experts.{m.group(2)}.{legacy[m.group(3)]}"
-        return ckpt.dequantize(name).to(torch.bfloat16)
+    def stored(name: str):
+        """The checkpoint's module name for a model module name, or None if not quantized."""
+        if name in mods:
+            return name
+        m = re.match(r"(.*)\.mlp\.experts\.(\d+)\.(\w+)$", name)  # Mixtral legacy names
+        legacy_name = m and f"{m.group(1)}.block_sparse_moe.experts.{m.group(2)}.{legacy[m.group(3)]}"
+        return legacy_name if legacy_name in mods else None
+
+    def deq(name: str, current: torch.Tensor) -> torch.Tensor:
+        s = stored(name)
+        return current if s is None else ckpt.dequantize(s).to(torch.bfloat16)
 
     with torch.no_grad():
         for name, mod in ref.named_modules():
             if isinstance(mod, torch.nn.Linear) and not _excluded(name):
-                mod.weight.copy_(deq(name))
-            elif is_fused_experts(mod) and any(".experts." in n for n in mods):
+                mod.weight.copy_(deq(name, mod.weight))
+            elif is_fused_experts(mod):
+                inter = mod.gate_up_proj.shape[1] // 2
                 for e in range(mod.gate_up_proj.shape[0]):
-                    mod.gate_up_proj[e].copy_(torch.cat([deq(f"{name}.{e}.gate_proj"), deq(f"{name}.{e}.up_proj")]))
-                    mod.down_proj[e].copy_(deq(f"{name}.{e}.down_proj"))
+                    gu = mod.gate_up_proj[e]
+                    mod.gate_up_proj[e].copy_(torch.cat([deq(f"{name}.{e}.gate_proj", gu[:inter]),
+                                                         deq(f"{name}.{e}.up_proj", gu[inter:])]))
+                    mod.down_proj[e].copy_(deq(f"{name}.{e}.down_proj", mod.down_proj[e]))
     return ref
 
 
@@ -272,6 +293,19 @@ def test_unquantized_experts_are_stacked_into_the_fused_container(exported):
     _assert_close(_logits(m), _logits(dequantized_reference(model, d)), "qwen3_moe bf16 experts")
 
 
+def test_partly_quantized_experts(exported):
+    """Experts the checkpoint leaves in bf16 (excluded) run as plain Linears beside quantized ones."""
+    from motensor.models.moe import QuantExperts
+
+    model, d = exported("mixtral", quantize_experts=2)
+    m = motensor.from_pretrained(d, device="cpu")
+    experts = m.model.layers[0].mlp.experts
+    assert isinstance(experts, QuantExperts)
+    assert type(experts.gate[0]).__name__ == "QuantLinear" and type(experts.gate[3]) is torch.nn.Linear
+    assert torch.equal(experts.down[3].weight, model.model.layers[0].mlp.experts.down_proj[3])
+    _assert_close(_logits(m), _logits(dequantized_reference(model, d)), "mixtral, experts 2-3 in bf16")
+
+
 @pytest.mark.parametrize("arch", ["llama3", "mixtral"])
 def test_generate_matches_dequantized_reference(arch, exported):
     """``generate()`` with the KV cache (and, for MoE, the expert loop at one token per step)."""
@@ -289,6 +323,37 @@ def _edit_config(src: Path, dst: Path, **changes) -> Path:
     cfg.update(changes)
     (dst / "config.json").write_text(json.dumps(cfg))
     return dst
+
+
+def test_fp8_kv_cache_scales_quantize_k_and_v(exported, monkeypatch):
+    """ModelOpt's FP8 KV-cache scales act where its fake-quant model applies them: on K and V as
+    they enter the attention function (after RoPE, with the cache), so every K/V the attention sees
+    is on the E4M3 grid of its scale, in the prompt forward and in each cached decode step."""
+    from transformers.modeling_utils import AttentionInterface
+
+    from motensor.models.kv_cache import fp8_fake_quant
+
+    _, d = exported("llama3", kv_cache="FP8")
+    m = motensor.from_pretrained(d, device="cpu")
+    assert m.config._attn_implementation == "motensor_fp8kv_sdpa"
+    assert m.motensor_report.kv_cache_scales == m.config.num_hidden_layers
+    seen = []
+    base = AttentionInterface._global_mapping["sdpa"]
+
+    def spy(module, q, k, v, *args, **kwargs):
+        seen.append((module.k_scale, module.v_scale, k, v))
+        return base(module, q, k, v, *args, **kwargs)
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", spy)
+    m.generate(IDS, max_new_tokens=3, do_sample=False, pad_token_id=0, eos_token_id=None)
+    assert len(seen) == 3 * m.config.num_hidden_layers
+    for ks, vs, k, v in seen:
+        assert ks.item() == pytest.approx(2.0 / 448) and vs.item() == pytest.approx(1.5 / 448)
+        assert torch.equal(fp8_fake_quant(k, ks), k) and torch.equal(fp8_fake_quant(v, vs), v)
+        assert k.abs().max() <= 2.0 and not torch.equal(fp8_fake_quant(k, ks * 3), k)
+    # without scales in the checkpoint, nothing changes: same model as the plain one
+    plain = motensor.from_pretrained(exported("llama3")[1], device="cpu")
+    assert plain.config._attn_implementation == "sdpa"
 
 
 def test_unsupported_architecture_is_refused_by_name(exported, tmp_path):
@@ -319,3 +384,35 @@ def test_missing_tensor_is_named(exported, tmp_path):
     save_file(t, str(broken / "model.safetensors"))
     with pytest.raises(motensor.FormatError, match="model.layers.1.post_attention_layernorm.weight"):
         motensor.from_pretrained(broken, device="cpu")
+
+
+@pytest.mark.slow
+def test_torch_compile_forward(exported):
+    """The whole model traces into one graph (custom ops with fake kernels, no graph break) and
+    computes the same logits. Backend ``aot_eager`` (functionalization + AOT autograd, no code
+    generation): inductor also works on CPU but compiles for minutes on 2 cores."""
+    _, d = exported("llama3")
+    m = motensor.from_pretrained(d, device="cpu")
+    compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        got = compiled(IDS).logits.float()
+    assert torch.equal(got, _logits(m))
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_static_cache_compiled_generate_moe(exported):
+    """transformers' static KV cache + automatic ``torch.compile`` of the decode step (fullgraph),
+    through an MoE model: QuantExperts switches to its graph-friendly dense path while traced."""
+    from transformers import CompileConfig
+
+    _, d = exported("qwen3_moe")
+    m = motensor.from_pretrained(d, device="cpu")
+    kw = dict(max_new_tokens=5, do_sample=False, pad_token_id=0, eos_token_id=None)
+    eager = m.generate(IDS, **kw)
+    cc = CompileConfig(backend="aot_eager", fullgraph=True, mode=None)
+    cc._compile_all_devices = True  # transformers auto-compiles on accelerators only, unless told
+    compiled = m.generate(IDS, cache_implementation="static", compile_config=cc, **kw)
+    assert getattr(m, "_compiled_call", None) is not None, "generate did not compile the forward"
+    assert torch.equal(compiled, eager)
+    torch._dynamo.reset()

@@ -114,7 +114,7 @@ def _generate(args: argparse.Namespace) -> int:
     gen_s = time.perf_counter() - t1
     new = out.shape[1] - enc["input_ids"].shape[1]
     text = tok.decode(out[0], skip_special_tokens=True)
-    print(text)
+    print(text, flush=True)
     if not args.quiet:
         print(f"[{model.motensor_report.architecture} {model.motensor_report.quant_algo} on {device}: "
               f"loaded in {load_s:.2f} s, {new} tokens in {gen_s:.2f} s ({new / max(gen_s, 1e-9):.1f} tok/s)]",

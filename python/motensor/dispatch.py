@@ -9,8 +9,8 @@ decision, so a module's kernel can always be inspected:
     >>> dispatch.choose("w4a16", device="cuda", dtype=torch.bfloat16, M=1, capability=(9, 0))
     KernelChoice(name='w4a16_gemv_splitk', backend='triton', path='gemv', operand='bf16')
 
-The M thresholds are first guesses from MEASUREMENTS.md (FMA is ALU-bound past a few rows;
-tensor cores from M > 1; dequant + cuBLAS wins for prefill), not yet measured on a GPU.
+The M thresholds come from MEASUREMENTS.md (dequant + cuBLAS wins for prefill) and from static
+SASS instruction counts of the compiled kernels (kernels/README.md), not from GPU timings yet.
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ import torch
 
 log = logging.getLogger("motensor.dispatch")
 
-GEMV_MAX_M = 4               # FMA GEMV: M FMAs per decoded weight, fine for a few rows only
+GEMV_MAX_M = 2               # FMA GEMV: per-weight SASS 6.6 / 8.5 / 11.5 at M = 1 / 2 / 4 vs ~11.7 for
+                             # the split-K dot (sm90, offline compile; kernels/README.md)
 SPLITK_MAX_M = 16            # one 16-row MMA tile, split-K to fill the GPU
 DEQUANT_CUBLAS_MIN_M = 1024  # dequantize once (CuPy) + cuBLAS when the GEMM is compute-bound
 

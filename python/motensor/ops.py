@@ -222,3 +222,119 @@ def _(qweight, scales, global_scale, element, scale_kind, group_size, dtype):
 @dequant_w4.register_fake
 def _(qweight, scales, global_scale, element, scale_kind, group_size, dtype):
     return qweight.new_empty((qweight.shape[0], qweight.shape[1] * 2), dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- MX / FP8 fake quant
+@torch.library.custom_op("motensor::mxfp4_fake_quant", mutates_args=(), device_types=("cpu", "cuda"))
+def mxfp4_fake_quant(x: Tensor, out_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """MXFP4 dynamic per-32-block fake-quant (E8M0 ceil(log2(amax/6))); dequantized values.
+
+    Torch on every device: MXFP4 activations matter only for the rare W4A4 MXFP4 checkpoints.
+    """
+    return ref.mxfp4_fake_quant(x, out_dtype)
+
+
+@mxfp4_fake_quant.register_fake
+def _(x, out_dtype=None):
+    return x.new_empty(x.shape, dtype=out_dtype or x.dtype)
+
+
+@torch.library.custom_op("motensor::fp8_fake_quant", mutates_args=(), device_types=("cpu", "cuda"))
+def fp8_fake_quant(x: Tensor, input_scale: Optional[Tensor]) -> Tensor:
+    """Per-tensor FP8 fake-quant in x.dtype: static with input_scale, else dynamic (amax/448)."""
+    return ref.fp8_fake_quant(x, input_scale)
+
+
+@fp8_fake_quant.register_fake
+def _(x, input_scale):
+    return x.new_empty(x.shape)
+
+
+# ----------------------------------------------------------------------------- FP8 / INT8 on torch's own GEMMs
+# FP8 weights with per-tensor or per-channel scales map onto torch._scaled_mm (FP8 tensor cores,
+# sm89+), and INT8 SmoothQuant onto torch._int_mm; both are cuBLAS(Lt) underneath, so no Triton
+# kernel is needed. Where their shape rules are not met, the exact reference runs instead.
+def _scaled_mm_ok(x: Tensor, weight: Tensor) -> bool:
+    return (x.is_cuda and hasattr(torch, "_scaled_mm") and torch.cuda.get_device_capability(x.device) >= (8, 9)
+            and x.shape[-1] % 16 == 0 and weight.shape[0] % 16 == 0)
+
+
+def _int_mm_ok(x2: Tensor, weight: Tensor) -> bool:
+    return x2.is_cuda and x2.shape[-1] % 8 == 0 and weight.shape[0] % 8 == 0
+
+
+def native_choice(forward: str, device: torch.device, M: int) -> str:
+    """Which torch GEMM an FP8/INT8 forward runs (for `QuantLinear.kernel_for`)."""
+    if device.type != "cuda":
+        return f"{forward}: exact torch reference ({device.type})"
+    if forward.startswith("fp8"):
+        cap = torch.cuda.get_device_capability(device)
+        return f"{forward}: torch._scaled_mm (cuBLASLt FP8)" if cap >= (8, 9) else f"{forward}: torch reference (< sm89)"
+    if forward == "int8_static":
+        return f"{forward}: torch._int_mm (cuBLASLt INT8{', M padded to 17' if M <= 16 else ''})"
+    return f"{forward}: dequantize + torch.matmul"
+
+
+@torch.library.custom_op("motensor::fp8_linear", mutates_args=(), device_types="cpu")
+def fp8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, input_scale: Optional[Tensor],
+               bias: Optional[Tensor]) -> Tensor:
+    """FP8 weight [N, K]: per-tensor static activations (input_scale) or per-token dynamic."""
+    return ref.fp8_linear(x, weight, weight_scale, input_scale, bias)
+
+
+@fp8_linear.register_kernel("cuda")
+def _(x, weight, weight_scale, input_scale, bias):
+    if not _scaled_mm_ok(x, weight):
+        return ref.fp8_linear(x, weight, weight_scale, input_scale, bias)
+    out_dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+    if input_scale is not None:
+        xq = fp8_quant_static(x, input_scale)
+        sa, sb = input_scale.float().reshape(()), weight_scale.float().reshape(())
+        y = torch._scaled_mm(xq, weight.t(), scale_a=sa, scale_b=sb, out_dtype=out_dtype)
+    else:
+        xq, sa = fp8_quant_per_token(x)
+        sb = weight_scale.float().reshape(1, -1)
+        # Row-wise scaling is implemented for bf16 output.
+        y = torch._scaled_mm(xq, weight.t(), scale_a=sa.float(), scale_b=sb, out_dtype=torch.bfloat16)
+    if bias is not None:
+        y = y + bias.to(y.dtype)
+    return y.to(x.dtype)
+
+
+@fp8_linear.register_fake
+def _(x, weight, weight_scale, input_scale, bias):
+    return x.new_empty(_out_shape(x, weight.shape[0]))
+
+
+@torch.library.custom_op("motensor::int8_linear", mutates_args=(), device_types="cpu")
+def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, input_scale: Optional[Tensor],
+                bias: Optional[Tensor]) -> Tensor:
+    """INT8 weight [N, K] with per-channel scales: W8A8 (static input_scale) or weight-only."""
+    return ref.int8_linear(x, weight, weight_scale, input_scale, bias)
+
+
+@int8_linear.register_kernel("cuda")
+def _(x, weight, weight_scale, input_scale, bias):
+    if input_scale is None or not _int_mm_ok(x, weight):
+        if input_scale is None:
+            w = weight.to(x.dtype) * weight_scale.to(x.dtype)[:, None]
+            y = x @ w.t()
+            return y + bias.to(y.dtype) if bias is not None else y
+        return ref.int8_linear(x, weight, weight_scale, input_scale, bias)
+    xq = ref.int8_quant_static(x, input_scale)
+    m = xq.shape[0]
+    if m <= 16:  # cuBLASLt's int8 GEMM wants more than 16 rows
+        xq = torch.nn.functional.pad(xq, (0, 0, 0, 17 - m))
+    acc = torch._int_mm(xq, weight.t())[:m]
+    y = acc.float() * (input_scale.float().reshape(()) * weight_scale.float())
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+@int8_linear.register_fake
+def _(x, weight, weight_scale, input_scale, bias):
+    return x.new_empty(_out_shape(x, weight.shape[0]))
+
+
+__all__ += ["mxfp4_fake_quant", "fp8_fake_quant", "fp8_linear", "int8_linear", "native_choice"]

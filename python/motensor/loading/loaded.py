@@ -1,7 +1,7 @@
 """What :func:`motensor.load` returns: tensors on the device, in the layout motensor's kernels use."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Mapping
 
 import torch
@@ -43,17 +43,17 @@ class LoadStats:
 
     def __str__(self) -> str:
         how = (
-            f"{self.batches} batches through {self.staging_bytes / 2**20:.0f} MiB of staging"
+            f"{self.batches} batches through {_size(self.staging_bytes)} of staging"
             if self.staged
             else f"{self.batches} batches in place"
         )
         return (
-            f"{self.source_bytes / 1e9:.3f} GB in {self.seconds:.3f} s ({self.gbps:.1f} GB/s; "
+            f"{_size(self.source_bytes)} in {self.seconds:.3f} s ({self.gbps:.2f} GB/s; "
             f"fill {self.fill_seconds:.3f} s, copy wait {self.wait_seconds:.3f} s, {how}, {self.threads} threads)"
         )
 
 
-@dataclass
+@dataclass(eq=False)
 class LoadedModule:
     """One quantized Linear (or a stack of experts) with its tensors on the device.
 
@@ -88,7 +88,7 @@ class LoadedModule:
         return f"LoadedModule({self.name!r}, {self.info.quant_algo}, {parts})"
 
 
-@dataclass
+@dataclass(eq=False)
 class LoadedCheckpoint:
     """A checkpoint loaded onto one device.
 
@@ -98,6 +98,8 @@ class LoadedCheckpoint:
     *every* view is gone: deleting some tensors (or modules) frees nothing while others live.
     Copy (``.clone()``) the tensors you want to keep apart from the rest. Tensors cast by
     ``dtype=`` to a wider type are the exception: they are separate allocations.
+
+    ``loaded[name]``, ``len(loaded)`` and ``iter(loaded)`` go over the quantized modules.
     """
 
     checkpoint: Checkpoint
@@ -109,7 +111,7 @@ class LoadedCheckpoint:
     tensors: dict[str, torch.Tensor]
     stats: LoadStats
     #: The one uint8 device allocation every tensor views.
-    arena: torch.Tensor = field(repr=False)
+    arena: torch.Tensor
 
     @property
     def quant_config(self) -> QuantConfig | None:
@@ -146,6 +148,10 @@ class LoadedCheckpoint:
             f"<motensor.LoadedCheckpoint {str(self.checkpoint.root)!r} {algo} on {self.device}: "
             f"{len(self.modules)} quantized modules, {len(self.tensors)} other tensors; {self.stats}>"
         )
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def _describe(t: torch.Tensor) -> str:

@@ -18,11 +18,14 @@ system call per piece and no intermediate buffer, which the re-layouts need anyw
 re-packing and scale transposes read the source out of order). Measured on the H100 machine
 (``shared/MEASUREMENTS.md``): mmap'd page cache -> pinned buffer at 69 GB/s with 16 threads,
 above the 53 GB/s pinned host-to-device limit, whereas file reads into a pinned double buffer
-reached 36 GB/s. ``O_DIRECT`` bypasses the page cache, so every load, even the second one, would
-pay the disk, and it needs aligned buffers and offsets that safetensors does not give.
-Registering the mapping itself with CUDA (``cudaHostRegister``) was measured slower than the
-memcpy it saves. For cold files the ``MADV_WILLNEED`` hints keep the disk busy ahead of the copy
-threads, whose page faults would otherwise issue small synchronous reads.
+reached 36 GB/s. On the 2-core CI box, one thread, ``pread`` out of the page cache and a copy
+out of a fresh mapping cost the same (4.2 GB per CPU-second each: the first touch of a page is
+the cost either way), so ``pread`` would buy nothing and lose the random access. ``O_DIRECT``
+bypasses the page cache, so every load, even the second one, would pay the disk, and it needs
+aligned buffers and offsets that safetensors does not give. Registering the mapping itself with
+CUDA (``cudaHostRegister``) was measured slower than the memcpy it saves. For cold files the
+``MADV_WILLNEED`` hints keep the disk busy ahead of the copy threads, whose page faults would
+otherwise issue small synchronous reads.
 """
 from __future__ import annotations
 

@@ -5,9 +5,14 @@ holding 3-D parameters ``gate_up_proj [E, 2I, H]`` and ``down_proj [E, H, I]``, 
 ``experts(hidden_states [T, H], top_k_index [T, k], top_k_weights [T, k]) -> [T, H]``.
 ModelOpt exports those experts split per expert (``experts.E.{gate,up,down}_proj``, Mixtral
 ``experts.E.{w1,w3,w2}``; FORMATS.md section 5) with one quantizer per expert and projection,
-gate and up sharing theirs. :class:`QuantExperts` replaces the container: per expert, one
-``QuantLinear`` for gate+up (fused with :func:`motensor.nn.fuse_modules`, an exact concatenation
-since ModelOpt exports the pair with shared scales) and one for down.
+gate and up sharing theirs. :class:`QuantExperts` replaces the container and holds, per expert,
+the checkpoint's ``QuantLinear``s for gate, up and down as loaded.
+
+Gate and up are not concatenated into one module (``motensor.nn.fuse_modules`` could, exactly):
+concatenation makes new tensors, while the loaded ones stay alive as views of the loader's single
+device arena, so the experts' gate/up bytes (most of an MoE model) would be held twice. Two
+products instead of one per expert give the same numbers (every output element is the same dot
+product) for the same weight bytes read.
 
 Two execution paths, same result up to bf16 summation order:
 
@@ -33,42 +38,41 @@ MODES = ("auto", "loop", "dense")
 class QuantExperts(nn.Module):
     """Drop-in for a transformers-5 fused experts module, with quantized per-expert Linears.
 
-    ``gate_up[e]`` maps ``[*, H] -> [*, 2I]`` (gate rows first, then up, as transformers'
-    ``gate_up_proj``), ``down[e]`` maps ``[*, I] -> [*, H]``; each is a ``QuantLinear`` (or a plain
-    ``nn.Linear`` for an expert a MIXED_PRECISION checkpoint left unquantized).
+    ``gate[e]`` and ``up[e]`` map ``[*, H] -> [*, I]``, ``down[e]`` maps ``[*, I] -> [*, H]``; each
+    is a ``QuantLinear`` (or a plain ``nn.Linear`` for a projection a MIXED_PRECISION checkpoint
+    left unquantized). Expert ``e`` computes ``down(act_fn(gate(x)) * up(x))``.
     """
 
-    def __init__(self, gate_up: Sequence[nn.Module], down: Sequence[nn.Module], act_fn: Callable,
-                 *, name: str = "", mode: str = "auto"):
+    def __init__(self, gate: Sequence[nn.Module], up: Sequence[nn.Module], down: Sequence[nn.Module],
+                 act_fn: Callable, *, name: str = "", mode: str = "auto"):
         super().__init__()
-        if len(gate_up) != len(down) or not gate_up:
-            raise ValueError(f"{name or 'QuantExperts'}: {len(gate_up)} gate_up and {len(down)} down projections")
+        label = name or "QuantExperts"
+        if not (len(gate) == len(up) == len(down)) or not down:
+            raise ValueError(f"{label}: {len(gate)} gate, {len(up)} up and {len(down)} down projections")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.gate_up = nn.ModuleList(gate_up)
+        self.gate = nn.ModuleList(gate)
+        self.up = nn.ModuleList(up)
         self.down = nn.ModuleList(down)
         self.act_fn = act_fn
         self.name = name
         self.mode = mode
         self.num_experts = len(down)
-        self.hidden_dim = int(gate_up[0].in_features)
+        self.hidden_dim = int(down[0].out_features)
         self.intermediate_dim = int(down[0].in_features)
-        for e, (gu, dn) in enumerate(zip(gate_up, down)):
-            if (gu.in_features, gu.out_features) != (self.hidden_dim, 2 * self.intermediate_dim) or (
-                dn.in_features, dn.out_features) != (self.intermediate_dim, self.hidden_dim):
-                raise ValueError(
-                    f"{name or 'QuantExperts'}: expert {e} has gate_up [{gu.out_features}, {gu.in_features}] and "
-                    f"down [{dn.out_features}, {dn.in_features}]; expected [{2 * self.intermediate_dim}, "
-                    f"{self.hidden_dim}] and [{self.hidden_dim}, {self.intermediate_dim}]"
-                )
+        h, i = self.hidden_dim, self.intermediate_dim
+        for e in range(self.num_experts):
+            shapes = [(p[e].out_features, p[e].in_features) for p in (self.gate, self.up, self.down)]
+            if shapes != [(i, h), (i, h), (h, i)]:
+                raise ValueError(f"{label}: expert {e} has gate/up/down [N, K] = {shapes}; expected "
+                                 f"{[(i, h), (i, h), (h, i)]}")
 
     def extra_repr(self) -> str:
         return (f"num_experts={self.num_experts}, hidden_dim={self.hidden_dim}, "
                 f"intermediate_dim={self.intermediate_dim}, mode={self.mode}")
 
     def _expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up[e](x).chunk(2, dim=-1)
-        return self.down[e](self.act_fn(gate) * up)
+        return self.down[e](self.act_fn(self.gate[e](x)) * self.up[e](x))
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                 top_k_weights: torch.Tensor) -> torch.Tensor:

@@ -118,15 +118,13 @@ def from_pretrained(
     import motensor
 
     t0 = time.perf_counter()
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
     ckpt = motensor.open(path)
     config, arch = _config(ckpt, hf_kwargs, check_architecture)
     attn = hf_kwargs.pop("attn_implementation", None)
     model = _build_on_meta(arch, config, dtype, attn)
 
     loaded = motensor.load(ckpt, device=device, dtype=dtype, progress=progress)
+    device = loaded.device  # resolved ("cuda" -> "cuda:0"), checked by the loader
     q = ckpt.quant_config
     report = ModelReport(architecture=arch, quant_algo=q.quant_algo if q else None, load_stats=loaded.stats)
     rename = naming.renamer(model)
@@ -219,89 +217,64 @@ def _renamed_modules(loaded: "LoadedCheckpoint", rename) -> dict[str, Any]:
 
 
 def _install_experts(model, loaded, rename, report: ModelReport, mode: str) -> dict[str, dict]:
-    """Replaces fused expert containers whose experts the checkpoint quantizes.
+    """Replaces the fused expert containers whose experts the checkpoint quantizes by
+    :class:`QuantExperts`. Returns ``{container name: {"module": module, "quantized": bool}}`` for
+    every container the checkpoint has per-expert tensors for (quantized or not)."""
+    from motensor.nn import QuantLinear
 
-    Returns ``{container: {"quantized": {(e, role): LoadedModule}}}`` for every container named
-    by a quantized or a plain per-expert tensor (the latter filled in ``_fill_plain``)."""
-    from motensor.nn import QuantLinear, fuse_modules
-
-    groups: dict[str, dict[tuple[int, str], Any]] = {}
+    quantized: dict[str, dict[tuple[int, str], Any]] = {}
     for name, lm in _renamed_modules(loaded, rename).items():
         split = naming.split_expert_name(name)
         if split is not None:
-            container, e, role = split
-            groups.setdefault(container, {})[(e, role)] = lm
-    for name in loaded.tensors:
-        mod = naming.rename_module(rename, name.rsplit(".", 1)[0])
+            quantized.setdefault(split[0], {})[(split[1], split[2])] = lm
+    plain: dict[str, dict[tuple[int, str], str]] = {}  # unquantized expert weights (MIXED_PRECISION, excluded)
+    for tname in loaded.tensors:
+        mod, _, attr = rename(tname).rpartition(".")
         split = naming.split_expert_name(mod)
-        if split is not None:
-            groups.setdefault(split[0], {})
+        if split is not None and attr == "weight":
+            plain.setdefault(split[0], {})[(split[1], split[2])] = tname
     out: dict[str, dict] = {}
-    for container_name, parts in groups.items():
+    for container_name in sorted(set(quantized) | set(plain)):
         try:
             container = model.get_submodule(container_name)
         except AttributeError:
             raise FormatError(f"checkpoint has experts under {container_name!r}, which the "
                               f"{type(model).__name__} has no module for") from None
-        out[container_name] = {"quantized": parts, "module": container}
-        if not parts:
-            continue  # unquantized experts: stacked into the container's own parameters later
         why = check_supported_container(container, container_name)
         if why:
             raise FormatError(why)
+        parts = quantized.get(container_name)
+        out[container_name] = {"module": container, "quantized": bool(parts)}
+        if not parts:
+            continue  # all unquantized: stacked into the container's own parameters by _fill_plain
         n_exp = container.gate_up_proj.shape[0]
-        gate_up, down = [], []
-        for e in range(n_exp):
-            def part(role: str):
-                lm = parts.get((e, role))
-                if lm is None:
-                    return _plain_expert_linear(loaded, rename, container_name, e, role)
-                return QuantLinear.from_loaded(lm)
-
-            g, u, d = part("gate"), part("up"), part("down")
-            if isinstance(g, QuantLinear) and isinstance(u, QuantLinear):
-                gate_up.append(fuse_modules(f"{container_name}.{e}.gate_up_proj", [g, u]))
-            else:
-                gate_up.append(_cat_linears(g, u))
-            down.append(d)
         extra = sorted(e for e, _ in parts if e >= n_exp)
         if extra:
             raise FormatError(f"{container_name}: checkpoint has expert {extra[0]} but the model has {n_exp} experts")
-        q = QuantExperts(gate_up, down, experts_act_fn(container), name=container_name, mode=mode)
+        projections: dict[str, list[nn.Module]] = {"gate": [], "up": [], "down": []}
+        for e in range(n_exp):
+            for role, mods in projections.items():
+                lm = parts.get((e, role))
+                if lm is not None:
+                    mods.append(QuantLinear.from_loaded(lm))
+                    continue
+                tname = plain.get(container_name, {}).get((e, role))
+                if tname is None:
+                    raise FormatError(f"{container_name}: the checkpoint has no {role} projection for expert {e}")
+                mods.append(_plain_linear(loaded.tensors[tname]))
+        q = QuantExperts(projections["gate"], projections["up"], projections["down"], experts_act_fn(container),
+                         name=container_name, mode=mode)
         _set_submodule(model, container_name, q)
         out[container_name]["module"] = q
         report.quantized_experts.append(container_name)
     return out
 
 
-def _plain_expert_linear(loaded, rename, container: str, e: int, role: str) -> nn.Linear:
-    """One unquantized expert projection (MIXED_PRECISION checkpoints) as an nn.Linear."""
-    leaves = {"gate": ("gate_proj", "w1"), "up": ("up_proj", "w3"), "down": ("down_proj", "w2")}[role]
-    by_model_name = {naming.rename_module(rename, n.rsplit(".", 1)[0]): n for n in loaded.tensors if n.endswith(".weight")}
-    for leaf in leaves:
-        src = by_model_name.get(f"{container}.{e}.{leaf}")
-        if src is not None:
-            w = loaded.tensors[src]
-            lin = nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
-            lin.weight = nn.Parameter(w, requires_grad=False)
-            return lin
-    raise FormatError(f"{container}: expert {e} has no {role} projection in the checkpoint")
-
-
-def _cat_linears(a: nn.Module, b: nn.Module) -> nn.Module:
-    """gate/up of one expert when they are not both quantized: run them side by side."""
-    return _Concat(a, b)
-
-
-class _Concat(nn.Module):
-    def __init__(self, a: nn.Module, b: nn.Module):
-        super().__init__()
-        self.a, self.b = a, b
-        self.in_features = a.in_features
-        self.out_features = a.out_features + b.out_features
-
-    def forward(self, x):
-        return torch.cat([self.a(x), self.b(x)], dim=-1)
+def _plain_linear(w: torch.Tensor) -> nn.Linear:
+    """An unquantized expert projection (MIXED_PRECISION checkpoints) as an nn.Linear, no copy."""
+    lin = nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
+    lin.weight = nn.Parameter(w, requires_grad=False)
+    return lin
 
 
 def _install_linears(model, loaded, rename, report: ModelReport, experts: dict) -> None:
@@ -346,8 +319,8 @@ def _fill_plain(model, loaded, rename, report: ModelReport, experts: dict, devic
         mod, _, attr = target.rpartition(".")
         split = naming.split_expert_name(mod)
         if split is not None and split[0] in experts:
-            if isinstance(experts[split[0]]["module"], QuantExperts):
-                continue  # consumed by _plain_expert_linear
+            if experts[split[0]]["quantized"]:
+                continue  # taken by _install_experts
             if attr != "weight":
                 raise FormatError(f"{name}: unquantized expert tensors other than weights are not supported")
             stacks.setdefault(split[0], {})[(split[1], split[2])] = t

@@ -86,14 +86,6 @@ pub fn prefetch(ck: &Checkpoint, items: &[LoadItem], pieces: &[Piece]) {
 fn fill_piece(ck: &Checkpoint, it: &LoadItem, out_begin: u64, out: &mut [u8]) -> Result<()> {
     let src = ck.tensor_data(&it.tensor)?;
     let ob = out_begin as usize;
-    // Each worker maps the source pages of its own piece in one system call before reading
-    // them: a fresh mapping otherwise takes a page fault per 16 pages (fault-around), which on
-    // the CI box cost as much CPU as the copy itself (4.2 GB per CPU-second from a fresh mapping
-    // vs 10 from an already mapped one; 5.4 with populating first). Done here, in parallel,
-    // rather than in `prefetch`, which runs on the one thread that drives the batches.
-    if let (Some(shard), Some(info), Some((b, e))) = (ck.shard_of(&it.tensor), ck.tensor_info(&it.tensor), source_span(it, ob, out.len())) {
-        shard.populate(info, b as u64, e as u64);
-    }
     match it.transform {
         Transform::Copy => {
             out.copy_from_slice(&src[ob..ob + out.len()]);
@@ -149,32 +141,6 @@ fn fill_piece(ck: &Checkpoint, it: &LoadItem, out_begin: u64, out: &mut [u8]) ->
     Ok(())
 }
 
-/// The bytes of the source tensor that output bytes `[ob, ob + len)` of `it` are made from
-/// (None when not worth a system call).
-fn source_span(it: &LoadItem, ob: usize, len: usize) -> Option<(usize, usize)> {
-    if len < 64 << 10 {
-        return None;
-    }
-    match it.transform {
-        Transform::Copy => Some((ob, ob + len)),
-        Transform::Int4ToKPacked { n, k } => {
-            let (n, k) = (n as usize, k as usize);
-            let half_k = (k / 2).max(1);
-            let src_row = |r: usize| (r / n) * (n / 2) + (r % n) / 2;
-            let (r0, r1) = (ob / half_k, (ob + len - 1) / half_k);
-            Some((src_row(r0) * k, (src_row(r1) + 1) * k))
-        }
-        Transform::Transpose { rows, cols, elem } => {
-            let (rows, cols, elem) = (rows as usize, cols as usize, elem as usize);
-            let row_bytes = (rows * elem).max(1);
-            let first_expert = ob / row_bytes / cols.max(1);
-            let end = src_rows_needed(ob, len, row_bytes, rows, cols, elem);
-            Some((first_expert * rows * cols * elem, end))
-        }
-        Transform::ScalarToF32 { .. } => None,
-    }
-}
-
 fn short_source(it: &LoadItem, needed: usize, have: usize) -> Error {
     Error::argument(format!(
         "'{}' holds {have} bytes but its re-layout reads {needed}",
@@ -192,10 +158,10 @@ fn src_rows_needed(ob: usize, len: usize, row_bytes: usize, rows: usize, cols: u
 }
 
 // The re-layout inner loops below were rewritten for speed (issue 3, motensor.load): the first
-// versions divided per element and, on one core of the 2-core CI box, transposed 1-byte NVFP4
-// block scales at 0.12 GB/s and re-packed INT4 at 0.8 GB/s, against ~5 GB/s for a plain copy.
-// Block scales are 1/9 of an NVFP4 checkpoint's bytes, so that transpose alone would have held
-// a 16-core load near 2 GB/s. See benches/README.md for the figures after the change.
+// versions divided per element and, on the 2-core CI box, transposed 1-byte NVFP4 block scales
+// at 0.27 GB per CPU-second and re-packed INT4 at 1.1, against 11 for a plain copy. The 0.44 GB
+// of block scales of an 8B NVFP4 checkpoint alone would then have kept 16 cores busy for 0.1 s,
+// as long as the whole 6 GB takes at the 53 GB/s H2D limit. Figures after: benches/README.md.
 
 /// One INT4 output row: `out[j] = code(src[2j]) | code(src[2j+1]) << 4` with
 /// `code(b) = ((b >> SHIFT) & 0xF) ^ 8` (two's complement nibble -> offset-binary q + 8).
@@ -228,7 +194,8 @@ fn int4_row<const SHIFT: u32>(srow: &[u8], orow: &mut [u8]) {
 /// (a few KiB, in L1) is read, and each output row gets its 64-byte segment of the tile written
 /// in one go. Writing all output rows per source row instead (the obvious loop) strides by the
 /// output row length, a multiple of a large power of two for real shapes (N = 14336 = 7 * 2^11),
-/// so the stores crowd into a few L1 sets and the cache thrashes. The caller checked that `src` holds every expert the piece touches.
+/// so the stores crowd into a few L1 sets and the cache thrashes. The caller checked that `src`
+/// holds every expert the piece touches.
 fn transpose_rows<const E: usize>(src: &[u8], out: &mut [u8], rows: usize, cols: usize, first: usize) {
     let tile = (64 / E).max(1);
     let row_bytes = rows * E;

@@ -111,26 +111,6 @@ impl Shard {
         }
     }
 
-    /// Maps bytes `[begin, end)` of `t` (relative to the tensor) into the process in one system
-    /// call, `MADV_POPULATE_READ` (Linux 5.14+), reading from disk whatever is not cached; a
-    /// no-op elsewhere or where refused. Added for `motensor.load` (see `fill::fill`): on a fresh
-    /// mapping, populating before copying cost ~30% less CPU than taking the page faults.
-    /// Call it only after `data()` checked that the file still backs `t`.
-    pub fn populate(&self, t: &TensorInfo, begin: u64, end: u64) {
-        #[cfg(target_os = "linux")]
-        {
-            let (b, e) = self.file_range(t);
-            let (pb, pe) = (b + begin.min(e - b), b + end.min(e - b));
-            if pe > pb && pe as usize <= self.mmap.len() {
-                let _ = self
-                    .mmap
-                    .advise_range(Advice::PopulateRead, pb as usize, (pe - pb) as usize);
-            }
-        }
-        #[cfg(not(target_os = "linux"))]
-        let _ = (t, begin, end);
-    }
-
     /// Hint that the mapping will be read front to back.
     pub fn advise_sequential(&self) {
         let _ = self.mmap.advise(Advice::Sequential);
