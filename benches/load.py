@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -270,7 +271,7 @@ def bench_format(b: Bench, shape: str, fmt: str, cache: Path | None, cold: bool,
     if sweep:
         for chunk_mib in (16, 32, 64, 128):
             for nbuf in (2, 4):
-                ts, last = b.time_runs(lambda: run_motensor(path, files, t, chunk_bytes=chunk_mib << 20, num_buffers=nbuf), b.repeats)
+                ts, last = b.time_runs(partial(run_motensor, path, files, t, chunk_bytes=chunk_mib << 20, num_buffers=nbuf), b.repeats)
                 del last
                 b.row(warm, f"motensor_chunk{chunk_mib}M_x{nbuf}", "GB/s", nbytes / min(ts) / 1e9, f"runs {fmt_times(ts)} s")
 
@@ -281,7 +282,7 @@ def bench_format(b: Bench, shape: str, fmt: str, cache: Path | None, cold: bool,
             print(f"  skip {impl}: {why}")
             continue
         try:
-            ts, last = b.time_runs(lambda: runner(path, files, t), b.repeats)
+            ts, last = b.time_runs(partial(runner, path, files, t), b.repeats)
             del last  # before the next loader runs
         except Exception as e:  # noqa: BLE001 - a peer failing must not lose the other rows
             b.skipped[impl] = f"failed: {type(e).__name__}: {e}"
@@ -316,7 +317,7 @@ def bench_cold(b: Bench, shape: str, fmt: str, path: Path, files: list[Path], nb
             rates[impl] = disk_read_limit(files)
             note = f"{RAW_THREADS} threads, pread, file bytes; cache dropped by {method}"
         else:
-            sec, out = common.timed(lambda: runner(path, files, t), t.sync)
+            sec, out = common.timed(partial(runner, path, files, t), t.sync)
             del out
             rates[impl] = nbytes / sec / 1e9
             note = f"one run, {sec:.3f} s; cache dropped by {method} ({left:.1%} resident before)"

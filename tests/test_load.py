@@ -219,15 +219,7 @@ def test_sharded_checkpoint_staged_and_direct(sharded, chunk, buffers):
     assert_matches_reference(load_cpu(ck, staged=False, chunk_bytes=chunk), ref)
 
 
-def _fixture_params():
-    # ModelOpt squeezes a single-block FP8_PB_WO scale to 0-d. The loader returns it as [1, 1]
-    # (the kernel contract: [N/128, K/128]); motensor.layout.squeeze_blocks still returns the
-    # 0-d tensor as stored. strict: this fails loudly once layout.py is brought in line.
-    pb_wo = pytest.mark.xfail(strict=True, reason="layout.squeeze_blocks keeps a 0-d single-block scale 0-d; the loader gives [1, 1]")
-    return [pytest.param(p, marks=pb_wo) if p.name.endswith("fp8_pb_wo") else p for p in fixture_dirs()]
-
-
-@pytest.mark.parametrize("fixture", _fixture_params(), ids=lambda p: p.name)
+@pytest.mark.parametrize("fixture", fixture_dirs(), ids=lambda p: p.name)
 def test_real_modelopt_fixtures(fixture):
     ck = motensor.open(fixture)
     ref = reference(ck)

@@ -30,7 +30,10 @@ def transpose_groups(s: torch.Tensor) -> torch.Tensor:
 
 
 def squeeze_blocks(s: torch.Tensor) -> torch.Tensor:
-    """2-D block scales ``[*, NB, 1, KB, 1]`` -> ``[*, NB, KB]``."""
+    """2-D block scales ``[*, NB, 1, KB, 1]`` -> ``[*, NB, KB]``; ModelOpt's 0-d single-block
+    scale (a weight of at most 128x128) -> ``[1, 1]``."""
+    if s.dim() <= 1 and s.numel() == 1:
+        return s.reshape(1, 1).contiguous()
     if s.dim() >= 4 and s.shape[-1] == 1 and s.shape[-3] == 1:
         return s.squeeze(-1).squeeze(-2).contiguous()
     return s.contiguous()

@@ -65,8 +65,8 @@ def _w4a8(m: "QuantLinear", x: torch.Tensor) -> torch.Tensor:
 
 def _w4a8_mx(m: "QuantLinear", x: torch.Tensor) -> torch.Tensor:
     # W4A8_MXFP4_FP8: E8M0 block scales do not fold into one FP8 operand per tensor, so the FP8
-    # activation is fake-quantized (static if the checkpoint has input_scale, else per tensor)
-    # and the weight runs through the W4A16 kernel.
+    # activation is fake-quantized per tensor (static if the checkpoint has input_scale; ModelOpt
+    # exports none and quantizes dynamically) and the weight runs through the W4A16 kernel.
     return _w4a16(m, ops.fp8_fake_quant(x, m.input_scale))
 
 
