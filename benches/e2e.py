@@ -5,7 +5,8 @@ One command on a GPU machine (from the repository root, after ``./scripts/setup.
 
     .venv/bin/python benches/e2e.py
 
-writes ``benches/results/e2e-<gpu>-<YYYYMMDD>.json`` (shared/BENCHMARKS.md) and a PNG beside it.
+writes ``benches/results/e2e-<gpu>-<YYYYMMDD>.json`` (shared/BENCHMARKS.md) and a PNG beside it
+(``benches/common.py``; the PNG needs matplotlib).
 
 Cases (``<shape>`` = ``8b``): ``8b-decode-b1`` and ``8b-decode-b16`` (greedy ``generate``, prompt
 128, 256 new tokens; tok/s = batch * 255 / (t(256 tokens) - t(1 token)), so prefill and set-up
@@ -22,22 +23,20 @@ under ``benches/.cache`` (about 6 GB each; the bf16 one for the transformers loa
 
 ``--smoke`` runs the whole harness on a tiny model on the CPU in a minute or two (compiled impls
 with the ``aot_eager`` backend), writing into a temporary directory unless ``--out`` is given.
+
+Not yet run on a GPU (written on a CPU-only machine): expect a full run to take tens of minutes
+(eager decode of 4 x 257 tokens per batch size and impl, plus compilation); ``--formats nvfp4
+--repeat 1`` or ``--no-compiled`` give a quicker first look.
 """
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
-import json
 import os
-import platform
-import re
-import subprocess
 import sys
 import tempfile
 import time
 import traceback
-import zlib
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -47,6 +46,7 @@ sys.path.insert(0, str(ROOT / "benches"))
 import torch  # noqa: E402
 
 import synthetic  # noqa: E402  (benches/synthetic.py)
+from common import RESULTS_DIR, write_results  # noqa: E402  (benches/common.py: JSON + PNG)
 
 FULL = dict(shape="8b", device="cuda", prompt=128, new_tokens=256, batches=(1, 16), prefill=2048, repeat=3,
             compile_backend="inductor", compile_mode="reduce-overhead")
@@ -56,40 +56,6 @@ SMOKE = dict(shape="tiny", device="cpu", prompt=16, new_tokens=6, batches=(1, 2)
 
 def log(*a) -> None:
     print(f"[e2e {time.strftime('%H:%M:%S')}]", *a, flush=True)
-
-
-# -- machine -------------------------------------------------------------------------------------
-def gpu_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-
-
-def gpu_short(name: str) -> str:
-    """``"NVIDIA H100 80GB HBM3"`` -> ``"h100"`` (the file-name part, shared/BENCHMARKS.md)."""
-    name = name.lower()
-    m = re.search(r"\b(gb\d{3}|[abhlt]\d{1,3}s?|rtx ?\d{4}|v100)\b", name)
-    return re.sub(r"[^a-z0-9]", "", m.group(1)) if m else re.sub(r"[^a-z0-9]+", "-", name).strip("-")
-
-
-def machine(device: torch.device) -> dict:
-    import motensor
-
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
-        sha += "-dirty" if dirty.strip() else ""
-    except Exception:
-        sha = "unknown"
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except Exception:
-        triton_version = None
-    import transformers
-
-    return {"gpu": gpu_name(device), "torch": torch.__version__, "cuda": torch.version.cuda, "triton": triton_version,
-            "transformers": transformers.__version__, "cpus": os.cpu_count(), "motensor": f"{motensor.__version__}+{sha}"}
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -291,145 +257,32 @@ def main(argv: Optional[list[str]] = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    out = args.out or (Path(tempfile.mkdtemp(prefix="motensor-e2e-")) if args.smoke else ROOT / "benches" / "results")
+    out = args.out or (Path(tempfile.mkdtemp(prefix="motensor-e2e-")) if args.smoke else RESULTS_DIR)
     cache = args.cache_dir or (out / ".cache" if args.smoke else synthetic.CACHE_DIR)
     compiled = not args.no_compiled
 
     res = Results(cfg["shape"])
-    started = dt.datetime.now(dt.timezone.utc)
     for fmt in args.formats:
         res.attempt(f"motensor {fmt}", lambda fmt=fmt: bench_motensor(res, fmt, cfg, cache, device, compiled))
     if not args.no_hf:
         res.attempt("hf bf16", lambda: bench_hf(res, cfg, cache, device, compiled, not args.no_hf_load,
                                                 args.formats[0]))
 
-    doc = {
-        "bench": "e2e",
-        "when": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])]),
-        "machine": machine(device),
+    import transformers
+
+    extra = {
         "note": (f"{cfg['shape']} Llama-3.1 shape, random weights; decode: greedy generate, prompt {cfg['prompt']}, "
                  f"{cfg['new_tokens']} new tokens, tok/s = batch*(new-1)/(t(new)-t(1)); prefill: one forward of "
                  f"{cfg['prefill']} tokens; best of {cfg['repeat']} after a warm-up; compiled = static cache + "
                  f"torch.compile({cfg['compile_backend']}, {cfg['compile_mode']}) via transformers CompileConfig"),
-        "rows": res.rows,
+        "transformers": transformers.__version__,
     }
     if res.failures:
-        doc["failures"] = res.failures
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"e2e-{gpu_short(gpu_name(device)) if device.type == 'cuda' else 'cpu'}-{started.strftime('%Y%m%d')}"
-    json_path = out / f"{stem}.json"
-    json_path.write_text(json.dumps(doc, indent=2) + "\n")
-    png_path = out / f"{stem}.png"
-    plot(doc, png_path)
-    log(f"wrote {json_path} and {png_path}" + (f"; {len(res.failures)} failure(s)" if res.failures else ""))
+        extra["failures"] = res.failures
+    command = "python " + " ".join([os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])])
+    path = write_results("e2e", res.rows, command, out, **extra)
+    log(f"wrote {path}" + (f"; {len(res.failures)} failure(s)" if res.failures else ""))
     return 1 if res.failures and not res.rows else 0
-
-
-# -- the picture -----------------------------------------------------------------------------------
-def plot(doc: dict, path: Path) -> None:
-    """One panel per case, one bar per impl. matplotlib if installed, else a built-in PNG writer."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        _plot_builtin(doc, path)
-        return
-    cases = list(dict.fromkeys(r["case"] for r in doc["rows"]))
-    fig, axes = plt.subplots(1, max(1, len(cases)), figsize=(4.2 * max(1, len(cases)), 4.2), squeeze=False)
-    for ax, case in zip(axes[0], cases):
-        rows = [r for r in doc["rows"] if r["case"] == case]
-        ax.barh([r["impl"] for r in rows], [r["value"] for r in rows], color=[_color(r["impl"], hexa=True) for r in rows])
-        ax.set_title(f"{case} ({rows[0]['metric']})", fontsize=9)
-        ax.tick_params(labelsize=7)
-        for i, r in enumerate(rows):
-            ax.text(r["value"], i, f" {r['value']:.3g}", va="center", fontsize=7)
-    fig.suptitle(f"motensor e2e on {doc['machine']['gpu']} ({doc['when'][:10]})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-_PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-            (227, 119, 194), (127, 127, 127)]
-_IMPL_ORDER: list[str] = []
-
-
-def _color(impl: str, hexa: bool = False):
-    if impl not in _IMPL_ORDER:
-        _IMPL_ORDER.append(impl)
-    c = _PALETTE[_IMPL_ORDER.index(impl) % len(_PALETTE)]
-    return "#%02x%02x%02x" % c if hexa else c
-
-
-# 3x5 pixel glyphs, rows top to bottom, 3 bits each (bit 2 = left column).
-_FONT = {
-    "0": "75557", "1": "26227", "2": "71747", "3": "71717", "4": "55711", "5": "74717", "6": "74757", "7": "71111",
-    "8": "75757", "9": "75717", "A": "25755", "B": "65656", "C": "34443", "D": "65556", "E": "74647", "F": "74644",
-    "G": "34553", "H": "55755", "I": "72227", "J": "11157", "K": "55655", "L": "44447", "M": "57555", "N": "65555",
-    "O": "25552", "P": "65644", "Q": "25573", "R": "65655", "S": "34216", "T": "72222", "U": "55557", "V": "55552",
-    "W": "55575", "X": "55255", "Y": "55222", "Z": "71247", ".": "00002", "-": "00700", "_": "00007", "/": "11244",
-    "(": "24442", ")": "42224", ":": "02020", " ": "00000", "=": "07070", "+": "02720",
-}
-
-
-def _plot_builtin(doc: dict, path: Path) -> None:
-    cases = list(dict.fromkeys(r["case"] for r in doc["rows"])) or ["(no results)"]
-    impls = list(dict.fromkeys(r["impl"] for r in doc["rows"]))
-    s = 2  # pixel scale of the font
-    bar_h, gap, panel_w, label_w = 14, 4, 300, 10
-    panel_h = 40 + len(impls) * (bar_h + gap)
-    width = 20 + max(2, len(cases)) * (panel_w + 20)
-    height = 40 + panel_h + 20 + len(impls) * (bar_h + gap)
-    img = bytearray(b"\xff" * (width * height * 3))
-
-    def rect(x0, y0, w, h, c):
-        for y in range(max(0, y0), min(height, y0 + h)):
-            row = y * width * 3
-            for x in range(max(0, x0), min(width, x0 + w)):
-                img[row + 3 * x: row + 3 * x + 3] = bytes(c)
-
-    def text(x, y, t, c=(0, 0, 0)):
-        for ch in t.upper():
-            glyph = _FONT.get(ch, _FONT[" "])
-            for ry, bits in enumerate(glyph):
-                v = int(bits)
-                for rx in range(3):
-                    if v & (4 >> rx):
-                        rect(x + rx * s, y + ry * s, s, s, c)
-            x += 4 * s
-
-    text(10, 10, f"MOTENSOR E2E {doc['machine']['gpu']} {doc['when'][:10]}"[:120])
-    for ci, case in enumerate(cases):
-        x0, y0 = 20 + ci * (panel_w + 20), 40
-        rows = {r["impl"]: r for r in doc["rows"] if r["case"] == case}
-        metric = next(iter(rows.values()))["metric"] if rows else ""
-        text(x0, y0, f"{case} {metric}")
-        vmax = max([r["value"] for r in rows.values()] + [1e-9])
-        for ii, impl in enumerate(impls):
-            r = rows.get(impl)
-            if r is None:
-                continue
-            y = y0 + 20 + ii * (bar_h + gap)
-            w = max(1, int((panel_w - 80) * r["value"] / vmax))
-            rect(x0 + label_w, y, w, bar_h, _color(impl))
-            text(x0 + label_w + w + 4, y + 2, f"{r['value']:.3g}")
-    ly = 40 + panel_h + 10
-    for ii, impl in enumerate(impls):
-        y = ly + ii * (bar_h + gap)
-        rect(20, y, bar_h, bar_h, _color(impl))
-        text(20 + bar_h + 8, y + 2, impl)
-
-    raw = b"".join(b"\x00" + bytes(img[y * width * 3:(y + 1) * width * 3]) for y in range(height))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
-
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", width.to_bytes(4, "big") + height.to_bytes(4, "big") + b"\x08\x02\x00\x00\x00")
-    png += chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
-    path.write_bytes(png)
 
 
 if __name__ == "__main__":

@@ -84,24 +84,10 @@ def dequant_w8(qweight, scales, *, scale_kind: str, block_size: int):
     raise ValueError(f"unknown FP8 weight scale kind {scale_kind!r}")
 
 
-def int4_awq_from_modelopt(weight: torch.Tensor, weight_scale: torch.Tensor):
-    """ModelOpt W4A16_AWQ/W4A8_AWQ tensors -> the kernel layout.
-
-    ModelOpt (FORMATS §4.7): weight [N/2, K] uint8 (or int8), signed nibbles packed along N (row
-    2r low, 2r+1 high); weight_scale fp32 [N, K/G]. Kernel layout: qweight [N, K/2] uint8,
-    nibble = q + 8, packed along K (even k low); scales [K/G, N] fp32.
-    """
-    b = weight.view(torch.uint8).to(torch.int32)
-    q = torch.stack([b & 0xF, b >> 4], dim=1).reshape(-1, weight.shape[-1])      # [N, K] signed nibbles
-    u = ((q ^ 8) & 0xF)                                                           # two's complement -> +8
-    packed = (u[:, 0::2] | (u[:, 1::2] << 4)).to(torch.uint8)
-    return packed.contiguous(), weight_scale.float().t().contiguous()
-
-
 def pack_4bit(codes: torch.Tensor) -> torch.Tensor:
-    """[N, K] nibble codes (0..15) -> uint8 [N, K//2], even k in the low nibble."""
+    """[..., K] nibble codes (0..15) -> uint8 [..., K//2], even k in the low nibble."""
     c = codes.to(torch.uint8)
-    return (c[:, 0::2] | (c[:, 1::2] << 4)).contiguous()
+    return (c[..., 0::2] | (c[..., 1::2] << 4)).contiguous()
 
 
 # ----------------------------------------------------------------------------- rounding
@@ -110,12 +96,23 @@ def round_e4m3(t: torch.Tensor) -> torch.Tensor:
     return t.float().clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float()
 
 
-def round_e2m1(t: torch.Tensor) -> torch.Tensor:
-    """fp32 -> nearest E2M1 value, ties to even mantissa (ModelOpt `_cast_fp4`), saturated to +-6."""
-    a = t.abs()
+def e2m1_codes(t: torch.Tensor) -> torch.Tensor:
+    """fp32 -> nearest E2M1 code (uint8 nibble, sign in bit 3), ties to even mantissa, saturated.
+
+    The bounds between magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6 are .25, .75, 1.25, 1.75, 2.5, 3.5, 5;
+    a value on a bound goes to the code with an even mantissa (ModelOpt `nvfp4._cast_fp4`), so a
+    bound below an odd code compares with `>` and one below an even code with `>=`.
+    """
+    a = t.abs().float()
     code = ((a > 0.25).int() + (a >= 0.75).int() + (a > 1.25).int() + (a >= 1.75).int()
             + (a > 2.5).int() + (a >= 3.5).int() + (a > 5.0).int())
-    mag = torch.tensor(E2M1_VALUES[:8], dtype=torch.float32, device=t.device)[code.long()]
+    return (code | ((t < 0).int() << 3)).to(torch.uint8)
+
+
+def round_e2m1(t: torch.Tensor) -> torch.Tensor:
+    """fp32 -> nearest E2M1 value, ties to even mantissa (ModelOpt `_cast_fp4`), saturated to +-6."""
+    table = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=t.device)
+    mag = table[(e2m1_codes(t) & 0x7).long()]
     return torch.where(t < 0, -mag, mag)
 
 

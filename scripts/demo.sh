@@ -10,7 +10,8 @@ DEVICE=${2:-cpu}
 PROMPT=${PROMPT:-"And God said unto Moses,"}
 MOTENSOR=.venv/bin/motensor
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
+step() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
 
 step "motensor inspect $CKPT    (headers and quantization metadata, nothing loaded)"
 "$MOTENSOR" inspect "$CKPT"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -78,10 +79,10 @@ def test_generate_prints_the_text(capsys):
     assert "tok/s" in cap.err  # the timing line goes to stderr, the text alone to stdout
 
 
-def test_generate_without_tokenizer_is_a_clear_error(capsys):
-    path = first_fixture("qwen3-nvfp4", "qwen3-w4a16_awq", "mixtral-nvfp4")
-    if (path / "tokenizer.json").exists():
-        pytest.skip("fixture has a tokenizer")
+def test_generate_without_tokenizer_is_a_clear_error(capsys, tmp_path):
+    src = with_tokenizer()
+    path = tmp_path / "no-tokenizer"
+    shutil.copytree(src, path, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens_map.json"))
     assert main(["generate", str(path), "--prompt", "hi", "--device", "cpu"]) == 2
     assert "tokenizer" in capsys.readouterr().err
 

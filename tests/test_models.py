@@ -61,7 +61,7 @@ REFS = DATA / "references"
 # |logit|, trained Llama fixtures unless noted).
 LOGIT_TOL = {
     None: 0.015,  # the unquantized bf16 export: 0.67% (one bf16 step)
-    "W4A16_AWQ": 0.02,  # 0.86% (item 3: a few weights)
+    "W4A16_AWQ": 0.025,  # 0.86% Llama, 1.14% Gemma 3 (item 3: a few weights)
     "W4A16_NVFP4": 0.02,  # 0.65%
     "W8A16": 0.02,  # 0.67%
     "FP8_PB_WO": 0.02,  # 0.68%

@@ -77,12 +77,9 @@ def _load(args: argparse.Namespace) -> int:
             print(f"  FP8 KV-cache scales on {r.kv_cache_scales} attention modules")
         return 0
     loaded = motensor.load(args.path, device=device, dtype=args.dtype, progress=not args.quiet)
-    s = loaded.stats
-    print(f"loaded {loaded.checkpoint.root} onto {loaded.device}: {s.source_bytes / 1e9:.3f} GB in {s.seconds:.3f} s "
-          f"= {s.gbps:.2f} GB/s")
-    print(f"  {s}")
+    print(f"loaded {loaded.checkpoint.root} onto {loaded.device}: {loaded.stats}")
     print(f"  quantized modules: {len(loaded.modules)} ({_counts(m.info.quant_algo for m in loaded.modules.values())})")
-    print(f"  other tensors: {len(loaded.tensors)}")
+    print(f"  other tensors: {len(loaded.tensors)} (embeddings, norms, excluded layers, KV-cache scales)")
     return 0
 
 

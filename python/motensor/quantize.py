@@ -13,36 +13,10 @@ from __future__ import annotations
 import torch
 
 from motensor.formats import FormatSpec, get_format
+from motensor.kernels.reference import e2m1_codes, pack_4bit
 
 E4M3_MAX = 448.0
 E2M1_MAX = 6.0
-E2M1_VALUES = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6])
-
-
-def e2m1_codes(x: torch.Tensor) -> torch.Tensor:
-    """Nearest E2M1 code (uint8 nibble, sign in bit 3) of each value of ``x`` (already scaled).
-
-    The bounds between magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6 are .25, .75, 1.25, 1.75, 2.5, 3.5, 5;
-    a value exactly on a bound goes to the code with an even mantissa (ModelOpt
-    ``nvfp4._cast_fp4``), so a bound below an odd code compares with ``>`` and one below an even
-    code with ``>=``. Magnitudes above 6 saturate.
-    """
-    a = x.abs().float()
-    code = (
-        (a > 0.25).to(torch.uint8)
-        + (a >= 0.75)
-        + (a > 1.25)
-        + (a >= 1.75)
-        + (a > 2.5)
-        + (a >= 3.5)
-        + (a > 5.0)
-    ).to(torch.uint8)
-    return code | ((x < 0).to(torch.uint8) << 3)
-
-
-def pack_pairs_along_k(codes: torch.Tensor) -> torch.Tensor:
-    """``[*, K]`` nibbles -> ``[*, K/2]`` bytes, element 2j in the low nibble."""
-    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).contiguous()
 
 
 def pack_int4_along_n(q: torch.Tensor) -> torch.Tensor:
@@ -71,7 +45,7 @@ def _nvfp4(w: torch.Tensor, g: int, ws2_divisor: float) -> dict[str, torch.Tenso
     scale = _e4m3(per_block.clamp(min=2.0**-9))
     denom = scale.float() * ws2
     codes = e2m1_codes(blocks / denom.unsqueeze(-1)).flatten(-2)
-    return {"weight": pack_pairs_along_k(codes), "weight_scale": scale, "weight_scale_2": ws2.reshape(())}
+    return {"weight": pack_4bit(codes), "weight_scale": scale, "weight_scale_2": ws2.reshape(())}
 
 
 def _mx_exponent(amax: torch.Tensor, element_max: float) -> torch.Tensor:
@@ -117,7 +91,7 @@ def quantize_weight(
     elif spec.element == "e4m3" and spec.scale_shape == "blocks2d":
         n, k = w.shape
         nb, kb = -(-n // g), -(-k // g)
-        padded = torch.zeros(nb * g, kb * g)
+        padded = w.new_zeros(nb * g, kb * g)
         padded[:n, :k] = w
         s = padded.view(nb, g, kb, g).abs().amax(dim=(1, 3)) / E4M3_MAX
         s = torch.where(s == 0, torch.ones_like(s), s)
@@ -135,7 +109,7 @@ def quantize_weight(
         blocks = _groups(w, g)
         e = _mx_exponent(blocks.abs().amax(-1), E2M1_MAX)
         codes = e2m1_codes(blocks * torch.exp2(-e).unsqueeze(-1)).flatten(-2)
-        out = {"weight": pack_pairs_along_k(codes), "weight_scale": (e + 127).to(torch.uint8)}
+        out = {"weight": pack_4bit(codes), "weight_scale": (e + 127).to(torch.uint8)}
     elif spec.element == "int4":
         q, s = _int4_groups(w, g)
         out = {"weight": pack_int4_along_n(q), "weight_scale": s}

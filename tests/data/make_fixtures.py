@@ -263,7 +263,7 @@ ACT_EMULATION = {
     "FP8": "static per-tensor FP8 E4M3: xq = e4m3(clamp(x/input_scale, +-448)) * input_scale "
     "(input_scale = amax_x/448, calibrated; fp32 math, result rounded to the model dtype)",
     "FP8_PER_CHANNEL_PER_TOKEN": "dynamic per-token FP8 E4M3: s_m = amax(|x[m, :]|)/448 per row "
-    "(token), xq = e4m3(x/s_m) * s_m; no input_scale in the checkpoint",
+    "(token), xq = e4m3(x*(448/amax_m)) * (amax_m/448); no input_scale in the checkpoint",
     "FP8_PB_WO": "none (weight-only; activations stay in the model dtype)",
     "NVFP4": "NVFP4, dynamic 16-element blocks along K with the calibrated static global scale "
     "input_scale (= amax_x/2688): s_b = e4m3(amax_b/(6*input_scale)) * input_scale, "
@@ -275,16 +275,19 @@ ACT_EMULATION = {
     "W4A16_AWQ": "none besides x2 = x * pre_quant_scale where the tensor exists (model dtype)",
     "W4A8_AWQ": "x2 = x * pre_quant_scale where the tensor exists, then static per-tensor FP8 "
     "E4M3 with input_scale = amax_x2/448",
-    "W8A8_SQ_PER_CHANNEL": "x2 = x * pre_quant_scale (present on every linear), then static "
-    "per-tensor INT8, narrow range: xq = clamp(round_half_even(x2/input_scale), -127, 127) * input_scale",
+    "W8A8_SQ_PER_CHANNEL": "x2 = x * pre_quant_scale (present on every linear; bf16 multiply), then "
+    "static per-tensor INT8 with the FULL range: xq = clamp(round_half_even(x2/input_scale), -128, 127) "
+    "* input_scale (the quantizer's narrow_range defaults to False, so values below -amax clip to "
+    "-128*input_scale, not -127*input_scale; FORMATS 4.9 says narrow range)",
     "W8A16": "none (weight-only)",
     "MXFP8": "dynamic MXFP8: 32-element blocks along K, e = ceil(log2(amax_b/448)) (E8M0), "
     "xq = e4m3(x*2^-e)*2^e; no input_scale (CPU stand-in used)",
     "MXFP4": "dynamic MXFP4: 32-element blocks along K, e = ceil(log2(amax_b/6)) (E8M0), "
     "xq = e2m1_rne(x*2^-e)*2^e; no input_scale (CPU stand-in used)",
     "W4A8_MXFP4_FP8": "ModelOpt's W4A8_MXFP4_FP8_CFG has no calibration algorithm, so the FP8 "
-    "input quantizer never gets an amax: activations are cast straight to E4M3 with NO scale "
-    "(xq = e4m3(x)), and no input_scale is exported",
+    "input quantizer never gets a calibrated amax and runs DYNAMIC per-tensor: s = amax(|x|)/448 over "
+    "the whole activation tensor of that call ([1, T, K]; one token per call when decoding), "
+    "xq = e4m3(x/s)*s; no input_scale is exported",
 }
 
 
@@ -338,17 +341,30 @@ DEQUANT_NOTES = {
 DEQUANT_NOTES["W4A8_MXFP4_FP8"] = DEQUANT_NOTES["MXFP4"]
 
 
+def _mo_amax(scale: torch.Tensor, maxbound: float) -> torch.Tensor:
+    """Calibrated amax back from an exported scale (= amax/maxbound). ModelOpt keeps calibrated
+    activation amax in the model dtype (bf16), so rounding to bf16 recovers it exactly."""
+    return (s_(scale) * maxbound).to(torch.bfloat16).float()
+
+
+def _fp8_eager(x: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
+    """ModelOpt tensor_quant._fp8_eager arithmetic: x * (448/amax) -> clamp -> e4m3 -> * (1/scale)."""
+    sc = 448.0 / torch.where(amax <= 2.0**-24, torch.ones_like(amax), amax)
+    return (x * sc).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).float() * (1 / sc)
+
+
 def act_quant(algo: str, x2: torch.Tensor, t: dict) -> torch.Tensor:
-    """Emulated activation fake-quant (fp32 in, fp32 out) for one Linear (after x*pqs)."""
+    """Emulated activation fake-quant (fp32 in, fp32 out) for one Linear (after x*pqs), written
+    with ModelOpt's own arithmetic (multiply by maxbound/amax rather than divide by the exported
+    scale: the two differ in the last ulp, which flips a rounding tie now and then)."""
     a = algo.upper()
     x = x2.float()
-    if a in ("FP8", "W4A8_NVFP4_FP8", "W4A8_AWQ"):
-        s = s_(t["input_scale"])
-        return (x / s).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).float() * s
-    if a == "FP8_PER_CHANNEL_PER_TOKEN":
-        s = x.abs().amax(-1, keepdim=True) / E4M3_MAX
-        s = torch.where(s > 0, s, torch.ones_like(s))
-        return (x / s).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).float() * s
+    if a in ("FP8", "W4A8_NVFP4_FP8", "W4A8_AWQ"):  # static per-tensor
+        return _fp8_eager(x, _mo_amax(t["input_scale"], E4M3_MAX))
+    if a == "FP8_PER_CHANNEL_PER_TOKEN":  # dynamic, amax per token (row)
+        return _fp8_eager(x, x.abs().amax(-1, keepdim=True))
+    if a == "W4A8_MXFP4_FP8":  # uncalibrated FP8 input quantizer: dynamic amax of the whole tensor
+        return _fp8_eager(x, x.abs().amax())
     if a in ("NVFP4", "NVFP4_AWQ"):  # FORMATS section 8, written out (not via the stand-in)
         s = s_(t["input_scale"])
         xb = x.unflatten(-1, (-1, 16))
@@ -357,9 +373,9 @@ def act_quant(algo: str, x2: torch.Tensor, t: dict) -> torch.Tensor:
         sc = torch.where(sc > 0, sc, torch.ones_like(sc))
         q = e2m1_round((xb / sc).abs().clamp(max=6.0)) * sc
         return torch.where(xb < 0, -q, q).flatten(-2)
-    if a == "W8A8_SQ_PER_CHANNEL":
-        s = s_(t["input_scale"])
-        return torch.clamp(torch.round(x / s), -127, 127) * s
+    if a == "W8A8_SQ_PER_CHANNEL":  # static per-tensor INT8, FULL range [-128, 127]: the quantizer's
+        sc = torch.tensor(127.0) / _mo_amax(t["input_scale"], 127.0)  # narrow_range defaults to False
+        return torch.clamp((x * sc).round(), -128, 127) / sc
     if a in ("MXFP8", "MXFP4"):  # FORMATS 4.10/4.11: e = ceil(log2(amax_b/emax)), E8M0
         emax = E4M3_MAX if a == "MXFP8" else 6.0
         xb = x.unflatten(-1, (-1, 32))
@@ -369,8 +385,6 @@ def act_quant(algo: str, x2: torch.Tensor, t: dict) -> torch.Tensor:
         v = xb.abs() * torch.exp2(-e)
         v = v.clamp(max=E4M3_MAX).to(torch.float8_e4m3fn).float() if a == "MXFP8" else e2m1_round(v)
         return torch.where(xb < 0, -v, v).mul(torch.exp2(e)).flatten(-2)
-    if a == "W4A8_MXFP4_FP8":
-        return x.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).float()
     return x  # weight-only formats
 
 
@@ -745,13 +759,16 @@ def save_refs(fixture: str, tensors: dict, meta: dict):
     os.chmod(REFS / f"{fixture}.safetensors", 0o644)
 
 
+REF_WEIGHTS = ("model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.qkv_proj",
+               "model.layers.0.mlp.down_proj", "model.layers.0.mlp.experts.0.down_proj")
+
+
 def ref_weight_keep(name: str) -> bool:
-    """Which fake-quant weights are stored in the reference file (size budget): every quantized
-    linear of decoder layer 0 (MoE: expert 0 only). dequant_check covers all of them."""
-    if not name.startswith("model.layers.0."):
-        return False
-    m = re.search(r"experts\.(\d+)\.", name)
-    return m is None or m.group(1) == "0"
+    """Which fake-quant weights are stored in the reference file (size budget): layer 0's k_proj
+    (N=64: a partial 128-block, member of the fused q/k/v group; Phi-3: qkv_proj) and down_proj (K up
+    to 384: several groups/blocks along K, pre_quant_scale for AWQ/SQ; MoE: expert 0's).
+    dequant_check covers every quantized linear."""
+    return name in REF_WEIGHTS
 
 
 def quantize_export_reference(fixture: str, model, qcfg, cfg_text: str, forward_loop, ids,
@@ -803,7 +820,8 @@ def quantize_export_reference(fixture: str, model, qcfg, cfg_text: str, forward_
         "weights_note": "weights.<module> = module.weight_quantizer(module.weight) on the re-balanced "
         "copy, [N, K]. Stored in the dtype ModelOpt computed it in (the model dtype, bfloat16): "
         "the fake-quant op returns its input dtype, so .float() of it is exactly the fp32 value. "
-        "Only decoder layer 0 is stored (size budget); dequant_check covers every quantized linear.",
+        "Only the linears in weights_stored are kept (size budget); dequant_check covers every "
+        "quantized linear.",
         "activation_emulation": {a: ACT_EMULATION.get(a, "?") for a in algos},
         "dequant_check_explanation": {a: DEQUANT_NOTES.get(a, "?") for a in algos},
         "standin_op_calls": dict(STANDIN_CALLS),
@@ -833,7 +851,7 @@ BASE = DATA / "llama-bf16"
 FORMAT_MODEL = dict(hidden=128, inter=384, layers=2, heads=4, kv_heads=2)
 FORMAT_STEPS = 1500
 DEMO_MODEL = dict(hidden=256, inter=768, layers=4, heads=4, kv_heads=2)
-DEMO_STEPS = 600
+DEMO_STEPS = 1000
 
 
 def greedy_text(model, tok, ids, n=N_NEW) -> str:
@@ -978,7 +996,7 @@ def step_demo():
 def arch_specs():
     import transformers as T
 
-    common = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=1, num_attention_heads=4,
+    common = dict(hidden_size=128, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=256, max_position_embeddings=256,
                   bos_token_id=0, eos_token_id=1, pad_token_id=0)
     return {
@@ -999,7 +1017,7 @@ def arch_specs():
 ARCH_FORMATS = {  # arch -> slugs to export
     "qwen3": ["nvfp4", "w4a16_awq"],
     "qwen3moe": ["nvfp4", "fp8", "w4a16_awq"],
-    "mixtral": ["nvfp4", "fp8", "w4a16_awq"],
+    "mixtral": ["nvfp4", "w4a16_awq"],
     "qwen2": ["nvfp4", "w4a16_awq"],
     "mistral": ["nvfp4", "w4a16_awq"],
     "phi3": ["nvfp4", "w4a16_awq"],
@@ -1014,8 +1032,9 @@ def step_arch(arch: str, slug: str):
     cfg = C(**{**common, **extra})
     cfg.architectures = [M.__name__]
     torch.manual_seed(SEED)
-    model = M(cfg).to(torch.bfloat16).eval()
-    model.config.dtype = torch.bfloat16
+    with tempfile.TemporaryDirectory() as td:  # save + from_pretrained(bf16), as a user loads a model:
+        M(cfg).save_pretrained(td)  # `.to(bfloat16)` would also round the RoPE inv_freq buffer
+        model = M.from_pretrained(td, dtype=torch.bfloat16).eval()
     g = torch.Generator().manual_seed(SEED + 2)
     batches = [torch.randint(2, cfg.vocab_size, (1, 64), generator=g) for _ in range(8)]
     ids = torch.randint(2, cfg.vocab_size, (1, N_PROMPT), generator=g)
@@ -1024,7 +1043,9 @@ def step_arch(arch: str, slug: str):
     try:
         quantize_export_reference(fixture, model, factory(), text, make_forward_loop(batches), ids, None,
                                   slug.upper(),
-                                  extra_meta={"random_init_seed": SEED})
+                                  extra_meta={"init": {"random_seed": SEED, "how": "M(config) in fp32 "
+                                              "with torch.manual_seed, saved, reloaded with from_pretrained("
+                                              "dtype=bfloat16) (RoPE inv_freq stays fp32)"}})
     except Exception as e:  # record, clean up, keep going
         msg = f"{type(e).__name__}: {e}"
         ARCH_FAILED[fixture] = msg

@@ -5,6 +5,8 @@ by comparing it with the spec's own pseudo-code and ModelOpt's algorithms, writt
 """
 import torch
 
+from motensor import layout
+
 from kcases import gen
 from motensor.kernels import reference as R
 
@@ -45,13 +47,13 @@ def test_awq_layout_conversion_matches_spec():
     q = torch.randint(-8, 8, (n, k), generator=g)
     packed = ((q[0::2] & 0xF) | ((q[1::2] & 0xF) << 4)).to(torch.uint8)     # MO pack_int4_in_uint8
     ws = torch.rand(n, k // gsz, generator=g) + 0.1                           # [N, K/G]
-    qw, sc = R.int4_awq_from_modelopt(packed, ws)
+    qw, sc = layout.int4_to_k_packed(packed), layout.transpose_groups(ws)
     assert qw.shape == (n, k // 2) and sc.shape == (k // gsz, n)
     ours = R.dequant_w4(qw, sc, element="INT4", scale_kind="F32", group_size=gsz)
     assert torch.equal(ours, spec_int4_awq(packed, ws, gsz))
     assert torch.equal(ours, q.float() * ws.repeat_interleave(gsz, 1))
     # int8-typed checkpoints (MO 0.23) carry the same bits
-    qw8, _ = R.int4_awq_from_modelopt(packed.view(torch.int8), ws)
+    qw8 = layout.int4_to_k_packed(packed.view(torch.int8))
     assert torch.equal(qw8, qw)
 
 

@@ -26,11 +26,11 @@ PREFIX = "motensor_fp8kv_"
 
 
 def fp8_fake_quant(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``e4m3(clamp(x / scale, +-448)) * scale`` in fp32, returned in ``x``'s dtype."""
+    """``e4m3(clamp(x / scale, +-448)) * scale`` (fp32 math), in ``x``'s dtype: the ``motensor::``
+    custom op, so it traces under ``torch.compile``."""
     from motensor import ops
 
-    q = ops.fp8_quant_static(x.contiguous(), scale)
-    return (q.float() * scale.float()).to(x.dtype)
+    return ops.fp8_fake_quant(x.contiguous(), scale)
 
 
 def _base_function(module: nn.Module, base: str) -> Callable:
