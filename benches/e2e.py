@@ -243,6 +243,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="results directory (default: benches/results; --smoke: a temporary directory)")
     p.add_argument("--cache-dir", type=Path, default=None, help="synthetic checkpoints (default: benches/.cache)")
     p.add_argument("--repeat", type=int, default=None, help="timed runs per figure, best kept (default: 3)")
+    p.add_argument("--batches", type=int, nargs="+", default=None, help="decode batch sizes (default: 1 16)")
     p.add_argument("--no-compiled", action="store_true", help="skip the static-cache + torch.compile impls")
     p.add_argument("--no-hf", action="store_true", help="skip the bf16 transformers baselines")
     p.add_argument("--no-hf-load", action="store_true", help="skip transformers' load-to-first-token (16 GB bf16 write)")
@@ -251,6 +252,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     cfg = dict(SMOKE if args.smoke else FULL)
     if args.repeat:
         cfg["repeat"] = args.repeat
+    if args.batches:
+        cfg["batches"] = tuple(args.batches)
     device = torch.device(cfg["device"])
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error("no CUDA GPU: run with --smoke for the CPU harness check")

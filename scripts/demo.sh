@@ -20,4 +20,4 @@ step "motensor load $CKPT --device $DEVICE    (every tensor onto the device, in 
 "$MOTENSOR" load "$CKPT" --device "$DEVICE" --quiet
 
 step "motensor generate $CKPT --prompt \"$PROMPT\" --device $DEVICE"
-"$MOTENSOR" generate "$CKPT" --prompt "$PROMPT" --max-new-tokens 48 --device "$DEVICE"
+"$MOTENSOR" generate "$CKPT" --prompt "$PROMPT" --max-new-tokens 32 --device "$DEVICE"

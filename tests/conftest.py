@@ -17,8 +17,7 @@ except Exception:  # pragma: no cover - torch is a hard dependency of the tests
 if not _HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-DATA = Path(__file__).parent / "data"
-REFERENCES = DATA / "references"
+from helpers.fixtures import DATA, REFERENCES, fixture_dirs  # noqa: E402,F401  (re-exported)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -33,12 +32,3 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA
-
-
-def fixture_dirs(prefix: str = "") -> list[Path]:
-    """Every checked-in ModelOpt export under tests/data (directories with a config.json)."""
-    if not DATA.is_dir():
-        return []
-    return sorted(
-        p for p in DATA.iterdir() if p.is_dir() and (p / "config.json").is_file() and p.name.startswith(prefix)
-    )

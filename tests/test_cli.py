@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA
+from helpers.fixtures import DATA
 from motensor.cli import build_parser, main
 
 
@@ -19,7 +19,7 @@ def first_fixture(*names: str) -> Path:
 
 
 def with_tokenizer() -> Path:
-    return first_fixture("demo", "llama-nvfp4", "llama-w4a16_awq")
+    return first_fixture("llama-nvfp4", "demo", "llama-w4a16_awq")  # the smallest first
 
 
 def test_help_lists_every_command(capsys):
@@ -48,7 +48,7 @@ def test_generate_requires_a_prompt(capsys):
 
 
 def test_inspect(capsys):
-    path = first_fixture("llama-nvfp4", "demo")
+    path = first_fixture("demo", "llama-nvfp4")
     assert main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
     assert "NVFP4" in out and "model.layers.0.mlp.down_proj" in out

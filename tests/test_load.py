@@ -25,7 +25,7 @@ from motensor.loading import staging
 from motensor.loading.load import _load
 from motensor.quantize import quantize_weight
 
-from conftest import fixture_dirs
+from helpers.fixtures import fixture_dirs
 
 N, K = 256, 512
 VOCAB = 128

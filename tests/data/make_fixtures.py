@@ -32,7 +32,7 @@ Intermediate artifacts (corpus, trained demo base model) are cached in $MOTENSOR
 
 Run (from the repo root):
 
-    /work/fixenv/bin/python tests/data/make_fixtures.py              # everything (~15 min, 2 cores)
+    /work/fixenv/bin/python tests/data/make_fixtures.py              # everything (~10-40 min, 2 cores)
     /work/fixenv/bin/python tests/data/make_fixtures.py --only llama-nvfp4 qwen3-nvfp4
     /work/fixenv/bin/python tests/data/make_fixtures.py --list
 
@@ -577,14 +577,18 @@ REP_LAYERS = [  # representative Linears for layers.<module>.input/output (those
 
 
 def versions() -> dict:
+    import accelerate
     import modelopt
+    import numpy
     import safetensors
     import tokenizers
     import transformers
 
     return {"modelopt": modelopt.__version__, "torch": torch.__version__,
             "transformers": transformers.__version__, "safetensors": safetensors.__version__,
-            "tokenizers": tokenizers.__version__, "python": sys.version.split()[0]}
+            "tokenizers": tokenizers.__version__, "accelerate": accelerate.__version__,
+            "numpy": numpy.__version__, "python": sys.version.split()[0],
+            "threads": torch.get_num_threads()}
 
 
 def prepare_like_export(model):
@@ -759,20 +763,17 @@ def save_refs(fixture: str, tensors: dict, meta: dict):
     os.chmod(REFS / f"{fixture}.safetensors", 0o644)
 
 
-REF_WEIGHTS = ("model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.qkv_proj",
-               "model.layers.0.mlp.down_proj", "model.layers.0.mlp.experts.0.down_proj")
-
-
-def ref_weight_keep(name: str) -> bool:
-    """Which fake-quant weights are stored in the reference file (size budget): layer 0's k_proj
-    (N=64: a partial 128-block, member of the fused q/k/v group; Phi-3: qkv_proj) and down_proj (K up
-    to 384: several groups/blocks along K, pre_quant_scale for AWQ/SQ; MoE: expert 0's).
-    dequant_check covers every quantized linear."""
-    return name in REF_WEIGHTS
+REF_WEIGHTS_LLAMA = ("model.layers.0.self_attn.k_proj", "model.layers.0.mlp.down_proj")
+REF_WEIGHTS_SMALL = ("model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.qkv_proj")
+# Which fake-quant weights go into the reference file (size budget; dequant_check in the JSON covers
+# every quantized linear). Llama format fixtures: layer 0's k_proj (N=64: a partial 128-block, member
+# of the fused q/k/v group) and down_proj (K=384: several groups/blocks along K, a 4-D FP8_PB_WO
+# scale, pre_quant_scale for AWQ/SQ). Other architectures and the demo: k_proj (Phi-3: qkv_proj).
 
 
 def quantize_export_reference(fixture: str, model, qcfg, cfg_text: str, forward_loop, ids,
-                              tok_dir: Path | None, expect_algo: str | None = None, extra_meta=None):
+                              tok_dir: Path | None, expect_algo: str | None = None, extra_meta=None,
+                              ref_weights=REF_WEIGHTS_SMALL):
     import modelopt.torch.quantization as mtq
     from modelopt.torch.export import export_hf_checkpoint
 
@@ -806,7 +807,7 @@ def quantize_export_reference(fixture: str, model, qcfg, cfg_text: str, forward_
         tensors[f"layers.{n}.input"] = x
         tensors[f"layers.{n}.output"] = y
     for n, w in fq.items():
-        if ref_weight_keep(n):
+        if n in ref_weights:
             tensors[f"weights.{n}"] = w
     dtypes = {str(w.dtype) for w in fq.values()}
     algos = sorted({layer_algo(hq, n)[0].upper() for n in fq})
@@ -815,7 +816,7 @@ def quantize_export_reference(fixture: str, model, qcfg, cfg_text: str, forward_
         "group_size": q.get("group_size"), "modelopt_config": cfg_text, "versions": versions(),
         "model_dtype": str(model.dtype).replace("torch.", ""), "architecture": type(model).__name__,
         "layers": list(acts), "quantized_linears": list(fq),
-        "weights_stored": sorted(n for n in fq if ref_weight_keep(n)),
+        "weights_stored": sorted(n for n in fq if n in ref_weights),
         "weights_dtype": sorted(dtypes),
         "weights_note": "weights.<module> = module.weight_quantizer(module.weight) on the re-balanced "
         "copy, [N, K]. Stored in the dtype ModelOpt computed it in (the model dtype, bfloat16): "
@@ -873,6 +874,7 @@ def step_base():
     copy_tokenizer(tok_dir, BASE)
     for f in BASE.iterdir():
         os.chmod(f, 0o644)
+    model = load_base()  # reload: the trained model's `.to(bfloat16)` also rounded RoPE inv_freq
     ids = prompt_ids(tok)
     layers = [n for n in REP_LAYERS if n in dict(model.named_modules())]
     logits, acts, seq, margins = run_references(model, ids, layers)
@@ -911,7 +913,8 @@ def step_llama(slug: str):
     ids = prompt_ids(tok)
     model = load_base()
     meta = quantize_export_reference(f"llama-{slug}", model, factory(), text,
-                                     make_forward_loop(calib_batches(tok)), ids, BASE)
+                                     make_forward_loop(calib_batches(tok)), ids, BASE,
+                                     ref_weights=REF_WEIGHTS_LLAMA)
     algo = meta["quant_algo"].lower()
     want = slug.replace("-kv", "")
     assert algo == want, f"exported quant_algo {meta['quant_algo']} does not match fixture slug {slug}"
@@ -961,7 +964,8 @@ def step_sharded():
 
 
 def step_demo():
-    """Bigger trained Llama, NVFP4 (falls back to W4A16_AWQ if NVFP4 text degrades) -> demo/."""
+    """Bigger trained Llama exported as NVFP4 -> demo/ (its NVFP4 greedy text stays close to the
+    bf16 model's; both are recorded in references/demo.json)."""
     from transformers import LlamaForCausalLM
 
     tok = load_tokenizer(BASE)
