@@ -147,8 +147,10 @@ def dequantize(m: "QuantLinear") -> torch.Tensor:
     if kind.startswith("4bit/"):
         args = _w4_args(m)
         if spec.global_scale == "fp8_requant":
-            w8 = ref.w4a8_weight_fp8(m.weight, m.weight_scale, m.weight_scale_2, **args)
-            return w8 * ref.scalar(m.weight_scale_2)
+            # ModelOpt's FP8 stage quantizes the bf16 INT4-dequantized weight (as the Rust core).
+            ws2 = ref.scalar(m.weight_scale_2)
+            w4 = ref.dequant_w4(m.weight, m.weight_scale, None, **args).bfloat16().float()
+            return ref.round_e4m3(w4 / ws2) * ws2
         return ref.dequant_w4(m.weight, m.weight_scale, _global(m), **args)
     if kind == "fp8/blocks2d":
         return ref.dequant_fp8_block(m.weight, m.weight_scale, m.group_size)

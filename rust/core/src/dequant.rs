@@ -160,7 +160,10 @@ impl Parts<'_> {
             let s = self.scale_at(e, n, j);
             *o = match (m.spec.global_scale, self.global) {
                 (GlobalScale::Multiplies, Some(g)) => q * s * g,
-                (GlobalScale::Fp8Requant, Some(g)) => round_e4m3(q * s / g) * g,
+                // ModelOpt's second (FP8) quantizer sees the INT4-dequantized weight in the
+                // model dtype (bf16): rounding there first reproduces its fake quant except for
+                // INT4 ties (tests/test_dequant_oracle.py).
+                (GlobalScale::Fp8Requant, Some(g)) => round_e4m3(half::bf16::from_f32(q * s).to_f32() / g) * g,
                 _ => q * s,
             };
         }

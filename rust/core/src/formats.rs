@@ -149,8 +149,9 @@ pub enum GlobalScale {
     /// `W = element * weight_scale * weight_scale_2` (NVFP4 family, FORMATS 4.4).
     Multiplies,
     /// A second, FP8 per-tensor weight quantizer on top of the INT4 one (W4A8_AWQ, FORMATS 4.8):
-    /// `W = e4m3(q * weight_scale / weight_scale_2) * weight_scale_2`, which is what ModelOpt's
-    /// fake-quant computes with and what the FP8 tensor-core kernel feeds the MMA.
+    /// `W = e4m3(bf16(q * weight_scale) / weight_scale_2) * weight_scale_2`, which is what
+    /// ModelOpt's fake-quant computes with (the FP8 stage sees the bf16 INT4-dequantized weight);
+    /// the FP8 tensor-core kernel feeds the MMA `e4m3(q * weight_scale / weight_scale_2)`.
     Fp8Requant,
 }
 
