@@ -50,9 +50,11 @@ def test_cuda_source_compiles_with_nvrtc(element, scale_kind, dtype):
     opts = [b"--std=c++17", f"-I{_nvrtc_and_headers()}".encode(), b"-arch=compute_80"]
     (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
     _, n = nvrtc.nvrtcGetProgramLogSize(prog)
-    log = b" " * n
+    # A fresh, mutable buffer: NVRTC writes into it. (`b" " * n` is the interned one-byte object
+    # when the log is empty, n == 1; writing into it corrupted every later b" " in the process.)
+    log = bytearray(n)
     nvrtc.nvrtcGetProgramLog(prog, log)
-    assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode()
+    assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode(errors="replace")
 
 
 @pytest.mark.gpu
