@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from motensor.kernels import _util
+from motensor.kernels._epilogue import store_tile
 from motensor.kernels._decode import (ELEM_E2M1, E2M1_F16_FACTOR, SCALE_E4M3, e2m1_f16_scaled, e4m3_f16_scaled,
                                       int4_f32, round_e4m3)
 
@@ -143,19 +144,10 @@ def _w4a8_kernel(
         acc = tl.dot(x_odd, tl.trans(w_hi), acc)
 
     acc = acc * (in_scale * ws2)
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)
-        acc += tl.where(pid_k == 0, 1.0, 0.0) * bias[None, :]
-    c_ptrs = c_ptr + rm[:, None] * stride_cm + rn[None, :]
-    c_mask = mask_m[:, None] & mask_n[None, :]
-    if SPLIT_K == 1:
-        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
-    else:
-        tl.atomic_add(c_ptrs, acc, mask=c_mask)
+    store_tile(acc, c_ptr, b_ptr, rm, rn, mask_m, mask_n, stride_cm, pid_k, HAS_BIAS, SPLIT_K)
 
 
-def _cfg(num_warps=4, num_stages=3, **kw):
-    return triton.Config(kw, num_warps=num_warps, num_stages=num_stages)
+_cfg = _util.config
 
 
 # H100 candidates, unmeasured; none spills registers on sm90 (python -m motensor.kernels.aot_check

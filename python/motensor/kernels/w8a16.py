@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from motensor.kernels import _util
+from motensor.kernels._epilogue import store_tile
 from motensor.kernels._decode import e4m3_f16_scaled, e8m0_f32
 
 SCALE_F32_BLOCK = tl.constexpr(0)
@@ -98,19 +99,10 @@ def _w8a16_kernel(
 
     if CHUNK_IN_BLOCK:
         acc = acc * 256.0
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)
-        acc += tl.where(pid_k == 0, 1.0, 0.0) * bias[None, :]
-    c_ptrs = c_ptr + rm[:, None] * stride_cm + rn[None, :]
-    c_mask = mask_m[:, None] & mask_n[None, :]
-    if SPLIT_K == 1:
-        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
-    else:
-        tl.atomic_add(c_ptrs, acc, mask=c_mask)
+    store_tile(acc, c_ptr, b_ptr, rm, rn, mask_m, mask_n, stride_cm, pid_k, HAS_BIAS, SPLIT_K)
 
 
-def _cfg(num_warps=4, num_stages=3, **kw):
-    return triton.Config(kw, num_warps=num_warps, num_stages=num_stages)
+_cfg = _util.config
 
 
 # H100 candidates, unmeasured. BLOCK_K always divides 128 (one FP8_PB_WO block per chunk).
