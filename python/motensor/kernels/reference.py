@@ -191,12 +191,7 @@ def mxfp8_fake_quant(x: torch.Tensor, out_dtype: Optional[torch.dtype] = None, b
 # ----------------------------------------------------------------------------- GEMMs
 def _linear(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], post_scale=None) -> torch.Tensor:
     """fp32 x[..., K] @ w[N, K]^T (* post_scale) (+ bias) -> fp32."""
-    y = x.float() @ w.t()
-    if post_scale is not None:
-        y = y * post_scale
-    if bias is not None:
-        y = y + bias.float()
-    return y
+    return _epilogue(x.float() @ w.t(), post_scale, bias)
 
 
 def _as_operand(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -308,9 +303,10 @@ def int8_linear(x, weight, weight_scale, input_scale=None, bias=None) -> torch.T
         return _linear(x.float(), _as_operand(weight.float() * sw[:, None], x.dtype), bias).to(x.dtype)
     xq = int8_quant_static(x, input_scale)
     acc = (xq.double() @ weight.double().t()).float()  # exact integer sums
-    return _linear_epilogue(acc, scalar(input_scale) * sw, bias).to(x.dtype)
+    return _epilogue(acc, scalar(input_scale) * sw, bias).to(x.dtype)
 
 
-def _linear_epilogue(acc: torch.Tensor, scale, bias) -> torch.Tensor:
-    y = acc * scale
+def _epilogue(acc: torch.Tensor, scale, bias) -> torch.Tensor:
+    """fp32 accumulator (* scale) (+ bias)."""
+    y = acc * scale if scale is not None else acc
     return y + bias.float() if bias is not None else y

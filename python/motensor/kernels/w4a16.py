@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from motensor.kernels import _util
-from motensor.kernels._epilogue import store_tile
+from motensor.kernels._tiles import grouped_tile, split_k_range, store_tile
 from motensor.kernels._decode import (ELEM_E2M1, E2M1_F16_FACTOR, SCALE_E4M3, e2m1_f16_scaled, e4m3_f16_scaled,
                                       group_scale_f32, int4_f16)
 
@@ -176,17 +176,8 @@ def _dot_kernel(
     """Tensor-core W4A16. Operand dtype = x's dtype (fp16, bf16, fp32 -> tf32 on GPU).
     Grid (cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N), SPLIT_K)."""
     tl.static_assert(BLOCK_K % 32 == 0, "BLOCK_K/2 must be a multiple of 16 (MMA K)")
-    pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    # Grouped ordering: GROUP_M row-blocks sweep the N tiles together so W tiles are reused from L2.
-    num_pid_in_group = GROUP_M * num_pid_n
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_M
-    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m, pid_n = grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     HALF: tl.constexpr = BLOCK_K // 2
     # A K chunk inside one group: the scale is one [BLOCK_N] vector, applied to the fp32 partial
@@ -197,9 +188,7 @@ def _dot_kernel(
     rj = tl.arange(0, HALF)
     mask_m = rm < M
     mask_n = rn < N
-    k_per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
-    k_lo = pid_k * k_per_split
-    k_hi = tl.minimum(k_lo + k_per_split, K)
+    k_lo, k_hi = split_k_range(K, pid_k, SPLIT_K, BLOCK_K)
     op_dtype = x_ptr.dtype.element_ty
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from motensor.kernels import _util
-from motensor.kernels._epilogue import store_tile
+from motensor.kernels._tiles import grouped_tile, split_k_range, store_tile
 from motensor.kernels._decode import (ELEM_E2M1, E2M1_F16_FACTOR, SCALE_E4M3, e2m1_f16_scaled, e4m3_f16_scaled,
                                       int4_f32, round_e4m3)
 
@@ -77,16 +77,8 @@ def _w4a8_kernel(
 ):
     """Grid (cdiv(M, BM) * cdiv(N, BN), SPLIT_K). Even/odd K halves as in w4a16 (no interleave)."""
     tl.static_assert(BLOCK_K % 64 == 0, "each nibble half feeds an fp8 MMA with K >= 32")
-    pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    num_pid_in_group = GROUP_M * num_pid_n
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_M
-    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m, pid_n = grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     HALF: tl.constexpr = BLOCK_K // 2
     CHUNK_IN_GROUP: tl.constexpr = GROUP % BLOCK_K == 0
@@ -95,9 +87,7 @@ def _w4a8_kernel(
     rj = tl.arange(0, HALF)
     mask_m = rm < M
     mask_n = rn < N
-    k_per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
-    k_lo = pid_k * k_per_split
-    k_hi = tl.minimum(k_lo + k_per_split, K)
+    k_lo, k_hi = split_k_range(K, pid_k, SPLIT_K, BLOCK_K)
     ws2 = tl.load(ws2_ptr)
     in_scale = tl.load(is_ptr)
 

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from motensor.kernels import _util
-from motensor.kernels._epilogue import store_tile
+from motensor.kernels._tiles import grouped_tile, split_k_range, store_tile
 from motensor.kernels._decode import e4m3_f16_scaled, e8m0_f32
 
 SCALE_F32_BLOCK = tl.constexpr(0)
@@ -38,16 +38,8 @@ def _w8a16_kernel(
     SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     """w_ptr: the FP8 weight viewed as uint8 [N, K]. Grid (cdiv(M, BM) * cdiv(N, BN), SPLIT_K)."""
-    pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    num_pid_in_group = GROUP_M * num_pid_n
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_M
-    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m, pid_n = grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     CHUNK_IN_BLOCK: tl.constexpr = SBLOCK % BLOCK_K == 0
     tl.static_assert(CHUNK_IN_BLOCK or SCALE_KIND == SCALE_E8M0_T, "F32_BLOCK needs BLOCK_K | block size")
@@ -55,9 +47,7 @@ def _w8a16_kernel(
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = rm < M
     mask_n = rn < N
-    k_per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
-    k_lo = pid_k * k_per_split
-    k_hi = tl.minimum(k_lo + k_per_split, K)
+    k_lo, k_hi = split_k_range(K, pid_k, SPLIT_K, BLOCK_K)
     op_dtype = x_ptr.dtype.element_ty
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
