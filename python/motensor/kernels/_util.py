@@ -108,3 +108,14 @@ def config(num_warps: int = 4, num_stages: int = 3, **meta) -> "triton.Config":
     import triton
 
     return triton.Config(meta, num_warps=num_warps, num_stages=num_stages)
+
+
+def resolve_path(family: str, x: torch.Tensor, m: int, path: Optional[str], paths: tuple) -> str:
+    """The launcher path: the caller's, checked, or dispatch's choice for M rows of x."""
+    if path is None:
+        from motensor import dispatch
+
+        path = dispatch.triton_choice(family, x.device, x.dtype, m).path
+    if path not in paths:
+        raise ValueError(f"path must be one of {paths}, got {path!r}")
+    return path

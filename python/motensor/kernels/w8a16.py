@@ -149,11 +149,7 @@ def w8a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, *, 
     x2 = _util.flatten_rows(x, k)
     m = x2.shape[0]
     out_shape = (*x.shape[:-1], n)
-    if path is None:
-        from motensor import dispatch
-        path = dispatch.triton_choice("w8a16", x.device, x.dtype, m).path
-    if path not in PATHS:
-        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    path = _util.resolve_path("w8a16", x, m, path, PATHS)
     if m == 0:
         return x.new_empty(out_shape)
     fixed = config if config is not None else (INTERP_CONFIGS[path] if _util.interpreting() else None)

@@ -71,6 +71,21 @@ pub fn fill(ck: &Checkpoint, items: &[LoadItem], pieces: &[Piece], dst: &mut [u8
         .try_for_each(|(out, p)| fill_piece(ck, &items[p.item], p.out_begin, out))
 }
 
+/// Fills a whole arena (`dst` of at least the plan's total bytes) with every item at its offset.
+pub fn fill_all(ck: &Checkpoint, items: &[LoadItem], dst: &mut [u8]) -> Result<()> {
+    let pieces: Vec<Piece> = items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| Piece {
+            item: i,
+            out_begin: 0,
+            out_end: it.out_bytes,
+            dst: it.offset,
+        })
+        .collect();
+    fill(ck, items, &pieces, dst)
+}
+
 /// Asks the kernel to start reading the source bytes of these pieces (page-cache readahead),
 /// so that the next batch's reads overlap the current batch's work.
 pub fn prefetch(ck: &Checkpoint, items: &[LoadItem], pieces: &[Piece]) {

@@ -13,7 +13,7 @@ use common::*;
 use motensor_core::dequant::{dequantize_into, OutDType};
 use motensor_core::dtype::DType;
 use motensor_core::formats::{FormatSpec, Presence, Role, ShapeRule, FORMATS};
-use motensor_core::plan::{batches, build_plan, Piece};
+use motensor_core::plan::{batches, build_plan};
 use motensor_core::{fill, Checkpoint, Error, ErrorKind};
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -634,18 +634,8 @@ fn truncated_after_open_every_read_path_errors() {
     assert!(e.tensor().is_some_and(|t| t.starts_with(M)), "{e}");
 
     let (items, total) = build_plan(&ck, None).unwrap();
-    let pieces: Vec<Piece> = items
-        .iter()
-        .enumerate()
-        .map(|(i, it)| Piece {
-            item: i,
-            out_begin: 0,
-            out_end: it.out_bytes,
-            dst: it.offset,
-        })
-        .collect();
     let mut arena = vec![0u8; total as usize];
-    let e = fill::fill(&ck, &items, &pieces, &mut arena).unwrap_err();
+    let e = fill::fill_all(&ck, &items, &mut arena).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Shard, "{e}");
     assert_eq!(
         e.file()
@@ -803,18 +793,8 @@ fn exercise(ck: &Checkpoint, chunk: u64) -> Result<(), Error> {
     }
     let (items, total) = build_plan(ck, None)?;
     assert!(total <= 1 << 28, "plan of {total} bytes from a tiny file");
-    let pieces: Vec<Piece> = items
-        .iter()
-        .enumerate()
-        .map(|(i, it)| Piece {
-            item: i,
-            out_begin: 0,
-            out_end: it.out_bytes,
-            dst: it.offset,
-        })
-        .collect();
     let mut arena = vec![0u8; total as usize];
-    fill::fill(ck, &items, &pieces, &mut arena)?;
+    fill::fill_all(ck, &items, &mut arena)?;
     match batches(&items, chunk) {
         Ok(bs) => {
             let mut buf = vec![0u8; chunk as usize];

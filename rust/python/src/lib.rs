@@ -376,21 +376,10 @@ impl LoadPlan {
                 buf.len, self.total
             )));
         }
-        let pieces: Vec<plan::Piece> = self
-            .items
-            .iter()
-            .enumerate()
-            .map(|(i, it)| plan::Piece {
-                item: i,
-                out_begin: 0,
-                out_end: it.out_bytes,
-                dst: it.offset,
-            })
-            .collect();
         let (ck, items) = (self.ck.clone(), self.items.clone());
         py.detach(move || {
             // SAFETY: `buf` is the only handle on this memory inside this call.
-            fill::fill(&ck, &items, &pieces, unsafe { buf.slice() })
+            fill::fill_all(&ck, &items, unsafe { buf.slice() })
         })
         .map_err(to_py)
     }

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use motensor_core::dequant::{dequantize_into, OutDType};
-use motensor_core::plan::{batches, build_plan, Piece};
+use motensor_core::plan::{batches, build_plan};
 use motensor_core::{fill, Checkpoint, ErrorKind};
 
 fn scratch() -> &'static PathBuf {
@@ -70,18 +70,8 @@ fuzz_target!(|data: &[u8]| {
         "plan of {total} bytes from a {}-byte file",
         st.len()
     );
-    let pieces: Vec<Piece> = items
-        .iter()
-        .enumerate()
-        .map(|(i, it)| Piece {
-            item: i,
-            out_begin: 0,
-            out_end: it.out_bytes,
-            dst: it.offset,
-        })
-        .collect();
     let mut arena = vec![0u8; total as usize];
-    if let Err(e) = fill::fill(&ck, &items, &pieces, &mut arena) {
+    if let Err(e) = fill::fill_all(&ck, &items, &mut arena) {
         found("fill", e);
     }
     if let Ok(bs) = batches(&items, 4096) {
