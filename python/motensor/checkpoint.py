@@ -95,12 +95,29 @@ class Checkpoint:
     Headers of every shard are validated when it is opened (offsets, dtypes, shapes), the
     quantization metadata is parsed, and every quantized module's tensors are checked against
     its format; any problem raises a :class:`motensor.errors.MotensorError` naming the file and
-    tensor. Tensor data is memory-mapped and read only when asked for.
+    tensor. Tensor data is read (``pread``) only when asked for; no file stays mapped.
+
+    ``validate_scales`` (default True): refuse poisoned scales with a
+    :class:`motensor.errors.FormatError` naming file, tensor and module: NaN or Inf anywhere,
+    zero or negative per-tensor scales (``weight_scale_2``, ``input_scale``, per-tensor
+    ``weight_scale``, KV ``k_scale``/``v_scale``; checked here), negative block or channel scales
+    and ``pre_quant_scale`` (checked as :func:`motensor.load` and :meth:`dequantize` read them).
+    Block scales of 0 (all-zero blocks) are legal. ``False`` is for inspecting a broken file:
+    its numbers will be wrong.
     """
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], *, validate_scales: bool = True):
+        if not isinstance(path, (str, os.PathLike)):
+            raise ArgumentError(f"a checkpoint path is a str or os.PathLike, not {type(path).__name__}")
+        if not isinstance(validate_scales, bool):
+            raise ArgumentError(f"validate_scales is True or False, not {validate_scales!r}")
         self.path = Path(path)
-        self._core = _core.Checkpoint(os.fspath(path))
+        self._core = _core.Checkpoint(os.fspath(path), validate_scales)
+
+    @property
+    def validate_scales(self) -> bool:
+        """Whether scales are validated (see the class docstring)."""
+        return self._core.validate_scales
 
     # -- what is in it -------------------------------------------------------------------------
     @property
@@ -160,16 +177,16 @@ class Checkpoint:
     @cached_property
     def config(self) -> dict | None:
         """``config.json`` (the model's architecture), if present."""
-        p = self.root / "config.json"
-        if not p.is_file():
+        # Read by the Rust core: bounded in size and nesting depth (a 3 GiB or 100k-deep
+        # config.json is a ConfigError naming the file, not gigabytes of memory or a
+        # RecursionError); the text it returns is valid JSON within those bounds.
+        text = self._core.config_text()
+        if text is None:
             return None
-        # The Rust core reads config.json only when there is no hf_quant_config.json, so a broken
-        # one can get this far: report it as a ConfigError naming the file, not a bare
-        # JSONDecodeError / UnicodeDecodeError (both ValueErrors).
         try:
-            return json.loads(p.read_bytes())
-        except ValueError as e:
-            raise _error(ConfigError, f"{p}: invalid JSON: {e}", file=p) from None
+            return json.loads(text)
+        except (ValueError, RecursionError) as e:
+            raise _error(ConfigError, f"{self.root / 'config.json'}: invalid JSON: {e}", file=self.root / "config.json") from None
 
     def tensor_names(self) -> list[str]:
         return list(self._core.tensor_names())
@@ -196,7 +213,10 @@ class Checkpoint:
 
     # -- reading -------------------------------------------------------------------------------
     def tensor(self, name: str) -> torch.Tensor:
-        """The stored tensor ``name`` as a CPU torch tensor (exact bytes, stored dtype/shape)."""
+        """The stored tensor ``name`` as a CPU torch tensor (exact bytes, stored dtype/shape;
+        scales are not validated here: this is the raw view for inspection)."""
+        if not isinstance(name, str):
+            raise ArgumentError(f"a tensor name is a str, not {type(name).__name__}")
         info = self.tensor_info(name)
         out = torch.empty(info.shape, dtype=info.torch_dtype)
         self._core.read_into(name, out.view(-1).view(torch.uint8) if out.numel() else out)
@@ -208,11 +228,19 @@ class Checkpoint:
         The math follows the format table (FORMATS.md section 8) and equals the weight
         ModelOpt's fake-quant model computes with. Multi-threaded in Rust, GIL released.
         """
+        if not isinstance(module, str):
+            raise ArgumentError(f"module is a name (str), not {type(module).__name__}")
         info = self.modules.get(module)
         if info is None:
             raise _error(ArgumentError, f"{module!r} is not a quantized module of {self.root}", module=module)
+        if not isinstance(dtype, torch.dtype):
+            raise ArgumentError(f"dtype is a torch.dtype (float32, bfloat16 or float16), not {dtype!r}")
+        try:
+            name = dtype_name(dtype)
+        except ValueError as e:
+            raise _error(ArgumentError, f"{module}: {e}", module=module) from None
         out = torch.empty((*info.lead, info.n, info.k), dtype=dtype)
-        self._core.dequantize_into(module, out, dtype_name(dtype))
+        self._core.dequantize_into(module, out, name)
         return out
 
     # -- display -------------------------------------------------------------------------------
@@ -262,11 +290,7 @@ def _error(cls: type[MotensorError], msg: str, *, file=None, tensor: str | None 
            module: str | None = None) -> MotensorError:
     """A motensor exception raised from Python, with the ``file``/``tensor``/``module``
     attributes the Rust core sets on the ones it raises (so handlers can read them on all)."""
-    e = cls(msg)
-    e.file = None if file is None else str(file)
-    e.tensor = tensor
-    e.module = module
-    return e
+    return cls(msg, file=file, tensor=tensor, module=module)
 
 
 def _human(n: int) -> str:
@@ -277,11 +301,14 @@ def _human(n: int) -> str:
     return f"{n:.1f} GiB"
 
 
-def open(path: str | os.PathLike[str]) -> Checkpoint:  # noqa: A001 - mirrors safetensors.safe_open / builtins
+def open(path: str | os.PathLike[str], *, validate_scales: bool = True) -> Checkpoint:  # noqa: A001 - mirrors safetensors.safe_open / builtins
     """Opens a ModelOpt checkpoint directory (or a single ``.safetensors`` file) for reading.
+
+    ``validate_scales=False`` turns off the poisoned-scale checks (see :class:`Checkpoint`), to
+    inspect a broken file.
 
     >>> ckpt = motensor.open("tests/data/llama-nvfp4")
     >>> ckpt.modules["model.layers.0.mlp.down_proj"].quant_algo
     'NVFP4'
     """
-    return Checkpoint(path)
+    return Checkpoint(path, validate_scales=validate_scales)

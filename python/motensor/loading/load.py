@@ -47,6 +47,7 @@ def load(
     progress: bool = True,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     num_buffers: int = DEFAULT_NUM_BUFFERS,
+    validate_scales: bool | None = None,
 ) -> LoadedCheckpoint:
     """Loads a ModelOpt checkpoint onto ``device``, every tensor in motensor's kernel layout.
 
@@ -63,6 +64,10 @@ def load(
         progress: show a byte progress bar (``tqdm``) for loads that take more than a second.
         chunk_bytes, num_buffers: the host staging ring (CUDA): at most
             ``num_buffers * chunk_bytes`` bytes of pinned memory, whatever the checkpoint's size.
+        validate_scales: refuse poisoned scales (NaN/Inf, negative, non-positive per-tensor) with
+            a ``FormatError`` naming file, tensor and module (see :class:`motensor.Checkpoint`).
+            Default: on, or as the given opened checkpoint was opened. ``False`` only to
+            inspect a broken file.
 
     Returns:
         A :class:`LoadedCheckpoint`: ``.modules`` (quantized modules, tensors by role),
@@ -72,14 +77,17 @@ def load(
 
     How: the Rust core plans where every tensor goes in one arena, then fills it batch by batch
     on all cores (``MOTENSOR_NUM_THREADS``, default: every core) with the GIL released,
-    re-laying-out while it copies out of the memory-mapped files. On CUDA each batch goes
+    reading the files with ``pread`` straight into place (re-layouts through a small per-thread
+    buffer), so a shard truncated meanwhile is a ``ShardError``, never SIGBUS. On CUDA each batch goes
     through a pinned staging buffer and an asynchronous copy on a dedicated stream, so the
     CPU fill of one batch overlaps the DMA of the previous one; on the CPU Rust writes straight
     into the result. ``logging`` (``motensor.loading``, INFO) reports the rate at the end.
 
     Raises:
         motensor.errors.ShardError: a shard vanished or was truncated after it was opened.
-        motensor.errors.ArgumentError: a bad argument, or ``modules`` matching nothing.
+        motensor.errors.FormatError: a poisoned scale (with ``validate_scales``).
+        motensor.errors.ArgumentError: a bad argument (device, dtype, sizes), or ``modules``
+            matching nothing.
         motensor.errors.MotensorError: any problem opening the checkpoint (headers, formats).
     """
     return _load(
@@ -90,6 +98,7 @@ def load(
         progress=progress,
         chunk_bytes=chunk_bytes,
         num_buffers=num_buffers,
+        validate_scales=validate_scales,
     )
 
 
@@ -103,6 +112,7 @@ def _load(
     chunk_bytes: int,
     num_buffers: int,
     staged: bool | None = None,
+    validate_scales: bool | None = None,
 ) -> LoadedCheckpoint:
     """:func:`load`, plus ``staged``: force (``True``) or forbid (``False``) the staging ring.
     Forcing it on the CPU runs the CUDA path's batch loop with ordinary buffers and
@@ -112,14 +122,24 @@ def _load(
     patterns = _patterns(modules)
     if dtype is not None and dtype not in _CASTABLE:
         raise ArgumentError(f"dtype= converts to one of {_names(_CASTABLE)}, not {dtype}")
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise ArgumentError(f"dtype is a torch.dtype or None, not {dtype!r}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (chunk_bytes, num_buffers)):
+        raise ArgumentError(f"chunk_bytes ({chunk_bytes!r}) and num_buffers ({num_buffers!r}) are integers")
     chunk_bytes, num_buffers = int(chunk_bytes), int(num_buffers)
     if chunk_bytes < 1 or num_buffers < 1:
         raise ArgumentError(f"chunk_bytes ({chunk_bytes}) and num_buffers ({num_buffers}) must be positive")
+    if validate_scales is not None and not isinstance(validate_scales, bool):
+        raise ArgumentError(f"validate_scales is True, False or None, not {validate_scales!r}")
 
     if isinstance(checkpoint, Checkpoint):
         ck, open_seconds = checkpoint, 0.0
+        if validate_scales is not None and validate_scales != ck.validate_scales:
+            # The flag belongs to the opened checkpoint (its scalars were checked at open).
+            ck = Checkpoint(ck.path, validate_scales=validate_scales)
+            open_seconds = time.perf_counter() - t0
     else:
-        ck = Checkpoint(checkpoint)
+        ck = Checkpoint(checkpoint, validate_scales=True if validate_scales is None else validate_scales)
         open_seconds = time.perf_counter() - t0
 
     plan = ck._core.plan(patterns)
@@ -177,9 +197,21 @@ def _fill_through_ring(plan, arena, dev: torch.device, chunk_bytes: int, num_buf
         return fill_staged(plan, arena, ring, transfer, progress=progress), chunk, nbuf
 
 
+#: Devices motensor loads onto: the CPU, and CUDA GPUs (where its kernels run).
+SUPPORTED_DEVICE_TYPES = ("cpu", "cuda")
+
+
 def resolve_device(device: DeviceLike) -> torch.device:
-    """``device`` as a ``torch.device`` with an explicit index for CUDA."""
-    dev = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    """``device`` as a ``torch.device`` with an explicit index for CUDA. Anything else than a
+    CPU or CUDA device, or no device at all, is an :class:`ArgumentError`."""
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        raise ArgumentError(f"device is a str, int or torch.device ('cpu', 'cuda', 'cuda:1', 0), not {device!r}")
+    try:
+        dev = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise ArgumentError(f"device {device!r} is not a device torch knows ({e})") from None
+    if dev.type not in SUPPORTED_DEVICE_TYPES:
+        raise ArgumentError(f"device {str(dev)!r}: motensor loads onto {' or '.join(SUPPORTED_DEVICE_TYPES)} devices only")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ArgumentError(f"device {str(device)!r} asked for, but torch sees no CUDA GPU (torch.cuda.is_available() is False)")

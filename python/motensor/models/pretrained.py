@@ -54,8 +54,8 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
 _KV_ROLES = ("k_scale", "v_scale")
 
 
-class UnsupportedArchitectureError(ConfigError):
-    """The checkpoint's ``config.json`` names an architecture motensor does not build."""
+# Defined with the other exceptions (so it prints as motensor.errors.*); re-exported here.
+from motensor.errors import UnsupportedArchitectureError  # noqa: E402
 
 
 @dataclass

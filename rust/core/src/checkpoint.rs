@@ -9,8 +9,12 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::header::TensorInfo;
+use crate::formats::{Role, ShapeRule};
+use crate::header::Entries;
 use crate::modules::{self, KvTensor, QuantModule, TensorLookup};
-use crate::quant_config::{read_json, QuantConfig};
+use crate::pool;
+use crate::quant_config::{read_json, read_side_file, QuantConfig};
+use crate::scales::{self, Rule};
 use crate::shard::Shard;
 
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -39,17 +43,36 @@ pub struct Checkpoint {
     pub kv: Vec<KvTensor>,
     /// Things worth telling the user that are not errors.
     pub notes: Vec<String>,
+    /// Whether scales are checked (scalars at open, block scales in fills and dequantization).
+    pub validate_scales: bool,
+}
+
+/// How to open a checkpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenOptions {
+    /// Refuse NaN/Inf/negative scales and non-positive per-tensor scales (`FormatError`).
+    /// Turn off only to inspect a broken file: its numbers will be wrong.
+    pub validate_scales: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions { validate_scales: true }
+    }
 }
 
 impl Checkpoint {
     /// Opens a checkpoint directory (single `model.safetensors`, an index with shards, or any
     /// `*.safetensors` files) or a single safetensors file.
     pub fn open(path: &Path) -> Result<Checkpoint> {
+        Checkpoint::open_with(path, OpenOptions::default())
+    }
+
+    /// [`Checkpoint::open`] with options.
+    pub fn open_with(path: &Path, opts: OpenOptions) -> Result<Checkpoint> {
         let (root, files, index) = discover(path)?;
-        let shards: Vec<Shard> = files
-            .par_iter()
-            .map(|f| Shard::open(f))
-            .collect::<Result<Vec<_>>>()?;
+        let shards: Vec<Shard> =
+            pool::install(|| files.par_iter().map(|f| Shard::open(f)).collect::<Result<Vec<_>>>())?;
 
         let mut tensors = BTreeMap::new();
         for (si, shard) in shards.iter().enumerate() {
@@ -82,6 +105,7 @@ impl Checkpoint {
             plain: Vec::new(),
             kv: Vec::new(),
             notes,
+            validate_scales: opts.validate_scales,
         };
         let names: Vec<String> = ckpt.tensors.keys().cloned().collect();
         let view = modules::build(&names, &ckpt, ckpt.quant.as_ref())?;
@@ -95,7 +119,126 @@ impl Checkpoint {
         ckpt.plain = view.plain;
         ckpt.kv = view.kv;
         ckpt.notes.extend(view.notes);
+        ckpt.check_kv_scales()?;
+        if ckpt.validate_scales {
+            ckpt.validate_scalar_scales()?;
+        }
         Ok(ckpt)
+    }
+
+    /// A KV-cache algorithm needs k/v scales, in pairs: FP8 KV without them would run with
+    /// scale 1 (wrong by the calibrated amax / 448). Without validation it is only a note.
+    fn check_kv_scales(&mut self) -> Result<()> {
+        let Some(q) = &self.quant else { return Ok(()) };
+        let Some(algo) = q.kv_cache_quant_algo.clone() else {
+            if !self.kv.is_empty() {
+                self.notes.push(format!(
+                    "{} KV-cache scale tensors, but no kv_cache_quant_algo: the cache stays unquantized",
+                    self.kv.len()
+                ));
+            }
+            return Ok(());
+        };
+        let source = q.source.clone();
+        let mut kinds: BTreeMap<&str, HashSet<&str>> = BTreeMap::new();
+        for k in &self.kv {
+            kinds.entry(k.attention.as_str()).or_default().insert(k.kind.as_str());
+        }
+        let problem = if kinds.is_empty() {
+            Some(Error::config(
+                &source,
+                format!("kv_cache_quant_algo is {algo} but the checkpoint has no k_scale/v_scale tensors"),
+            ))
+        } else {
+            kinds.iter().find_map(|(att, have)| {
+                let missing: Vec<&str> = ["k_scale", "v_scale"].into_iter().filter(|k| !have.contains(k)).collect();
+                (!missing.is_empty()).then(|| Error::Format {
+                    file: source.clone(),
+                    module: att.to_string(),
+                    algo: algo.clone(),
+                    tensor: format!("{att}.{}", missing.join("/")),
+                    msg: format!("the KV cache is {algo} but this attention has no {}", missing.join(" or ")),
+                })
+            })
+        };
+        match problem {
+            Some(e) if self.validate_scales => Err(e),
+            Some(e) => {
+                self.notes.push(format!("{e} (scale validation is off)"));
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Checks every per-tensor scale (`weight_scale_2`, `input_scale`, per-tensor
+    /// `weight_scale`, KV `k_scale`/`v_scale`) is finite and positive: a few bytes each.
+    fn validate_scalar_scales(&self) -> Result<()> {
+        let mut jobs: Vec<(&str, &str, String)> = Vec::new(); // (tensor, module, algo)
+        for m in &self.modules {
+            for (&role, t) in &m.tensors {
+                let scalar = matches!(m.spec.rule(role).map(|r| r.shape), Some(ShapeRule::Scalar));
+                if scalar && role != Role::Bias && role != Role::Weight {
+                    jobs.push((t, &m.name, m.spec.name.to_string()));
+                }
+            }
+        }
+        let kv_algo = self
+            .quant
+            .as_ref()
+            .and_then(|q| q.kv_cache_quant_algo.clone())
+            .unwrap_or_else(|| "KV cache".into());
+        for k in &self.kv {
+            if k.kind.ends_with("_scale") {
+                jobs.push((&k.tensor, &k.attention, kv_algo.clone()));
+            }
+        }
+        pool::install(|| {
+            jobs.par_iter()
+                .try_for_each(|(t, module, algo)| self.check_scale_tensor(t, module, algo, Rule::Positive))
+        })
+    }
+
+    /// Reads a (small) scale tensor whole and checks it against `rule`.
+    fn check_scale_tensor(&self, tensor: &str, module: &str, algo: &str, rule: Rule) -> Result<()> {
+        let (shard, info) = self.locate(tensor)?;
+        // Per-tensor scales are one element; a larger "scalar" was refused by the format check,
+        // but stay bounded whatever the header says.
+        if info.nbytes() > 1 << 20 {
+            return Ok(());
+        }
+        let bytes = shard.data(info)?;
+        match scales::first_bad(&bytes, info.dtype, rule) {
+            None => Ok(()),
+            Some((i, v)) => Err(self.bad_scale(tensor, module, algo, rule, i, v)),
+        }
+    }
+
+    /// The error for a poisoned scale.
+    pub fn bad_scale(&self, tensor: &str, module: &str, algo: &str, rule: Rule, index: usize, value: f32) -> Error {
+        let want = match rule {
+            Rule::Positive => "finite and > 0",
+            Rule::NonNegative => "finite and >= 0",
+        };
+        Error::Format {
+            file: self.file_of(tensor),
+            module: module.to_string(),
+            algo: algo.to_string(),
+            tensor: tensor.to_string(),
+            msg: format!(
+                "scale element {index} is {value}, a scale must be {want} (the file is corrupt; open it with validate_scales=False to inspect it anyway)"
+            ),
+        }
+    }
+
+    /// The shard and header entry of tensor `name`.
+    pub fn locate(&self, name: &str) -> Result<(&Shard, &TensorInfo)> {
+        let loc = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| Error::argument(format!("no tensor named '{name}' in the checkpoint")))?;
+        let shard = &self.shards[loc.shard];
+        Ok((shard, &shard.tensors()[loc.idx]))
     }
 
     pub fn module(&self, name: &str) -> Option<&QuantModule> {
@@ -112,14 +255,16 @@ impl Checkpoint {
         self.tensors.get(name).map(|l| &self.shards[l.shard])
     }
 
-    /// The bytes of a tensor (checked to still be backed by its file).
-    pub fn tensor_data(&self, name: &str) -> Result<&[u8]> {
-        let loc = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| Error::argument(format!("no tensor named '{name}' in the checkpoint")))?;
-        let shard = &self.shards[loc.shard];
-        shard.data(&shard.tensors()[loc.idx])
+    /// The bytes of a tensor, read into a new buffer (a truncated file is `Error::Truncated`).
+    pub fn tensor_data(&self, name: &str) -> Result<Vec<u8>> {
+        let (shard, info) = self.locate(name)?;
+        shard.data(info)
+    }
+
+    /// Reads bytes `[at, at + dst.len())` of tensor `name` straight into `dst`.
+    pub fn read_into(&self, name: &str, at: u64, dst: &mut [u8]) -> Result<()> {
+        let (shard, info) = self.locate(name)?;
+        shard.read_into(info, at, dst)
     }
 
     /// Total bytes of tensor data across shards.
@@ -139,6 +284,20 @@ impl Checkpoint {
         } else {
             Ok(None)
         }
+    }
+
+    /// `config.json` as text, checked to be valid JSON of bounded size and depth (so that a
+    /// parser without those limits can read it safely), if the checkpoint has one.
+    pub fn config_text(&self) -> Result<Option<String>> {
+        let p = self.root.join("config.json");
+        if !p.is_file() {
+            return Ok(None);
+        }
+        let bytes = read_side_file(&p)?;
+        serde_json::from_slice::<Value>(&bytes).map_err(|e| Error::config(&p, format!("invalid JSON: {e}")))?;
+        String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|e| Error::config(&p, format!("not UTF-8: {e}")))
     }
 }
 
@@ -205,14 +364,28 @@ fn discover(path: &Path) -> Result<(PathBuf, Vec<PathBuf>, Option<Index>)> {
     Ok((root, files, None))
 }
 
+/// The index document: only `weight_map` matters, read as an ordered list so that a name listed
+/// twice is caught (a JSON map would silently keep the last).
+#[derive(serde::Deserialize)]
+struct IndexDoc {
+    weight_map: Option<Entries>,
+}
+
 fn read_index(path: &Path) -> Result<BTreeMap<String, String>> {
-    let v = read_json(path)?;
-    let map = v
-        .get("weight_map")
-        .and_then(Value::as_object)
+    let bytes = read_side_file(path)?;
+    let doc: IndexDoc =
+        serde_json::from_slice(&bytes).map_err(|e| Error::config(path, format!("invalid JSON: {e}")))?;
+    let map = doc
+        .weight_map
         .ok_or_else(|| Error::config(path, "no 'weight_map' object"))?;
+    if map.0.is_empty() {
+        return Err(Error::config(
+            path,
+            "'weight_map' is empty: the index lists no tensors (a broken export? remove the index to load the shards beside it)",
+        ));
+    }
     let mut out = BTreeMap::new();
-    for (tensor, file) in map {
+    for (tensor, file) in &map.0 {
         let f = file
             .as_str()
             .ok_or_else(|| Error::config(path, format!("weight_map['{tensor}'] is not a string")))?;
@@ -226,7 +399,12 @@ fn read_index(path: &Path) -> Result<BTreeMap<String, String>> {
                 format!("weight_map['{tensor}'] = '{f}' is not a file name inside the checkpoint directory"),
             ));
         }
-        out.insert(tensor.clone(), f.to_string());
+        if let Some(prev) = out.insert(tensor.clone(), f.to_string()) {
+            return Err(Error::config(
+                path,
+                format!("weight_map lists '{tensor}' twice ('{prev}' and '{f}')"),
+            ));
+        }
     }
     Ok(out)
 }

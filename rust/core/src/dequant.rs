@@ -11,6 +11,8 @@ use crate::error::{Error, Result};
 use crate::formats::{Element, GlobalScale, Packing, Role, ShapeRule};
 use crate::modules::QuantModule;
 use crate::numeric::{int4, read_f32, round_e4m3, E2M1, E4M3};
+use crate::pool;
+use crate::scales::{self, Rule};
 
 /// The float type dequantized values are written as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,8 +61,13 @@ fn scalar(ck: &Checkpoint, name: &str) -> Result<f32> {
     let info = ck
         .tensor_info(name)
         .ok_or_else(|| Error::argument(format!("no tensor '{name}'")))?;
-    let bytes = ck.tensor_data(name)?;
-    Ok(read_f32(bytes, info.dtype, 0))
+    if info.nbytes() < info.dtype.size() as u64 || info.dtype.size() == 0 {
+        return Err(Error::argument(format!("scalar '{name}' holds no element")));
+    }
+    let mut raw = [0u8; 8];
+    let n = info.dtype.size().min(raw.len());
+    ck.read_into(name, 0, &mut raw[..n])?;
+    Ok(read_f32(&raw[..n], info.dtype, 0))
 }
 
 /// Dequantizes `m` into `out`, a buffer of exactly `m.numel() * out_dtype.size()` bytes laid
@@ -77,12 +84,24 @@ pub fn dequantize_into(ck: &Checkpoint, m: &QuantModule, out: &mut [u8], out_dty
     let wname = m
         .tensor(Role::Weight)
         .ok_or_else(|| Error::argument(format!("'{}' has no weight", m.name)))?;
+    // The module's bytes are read once into memory (less than the dequantized output); a file
+    // truncated meanwhile is an error here, never a fault later.
     let scale = match m.tensor(Role::WeightScale) {
         Some(s) => {
             let info = ck
                 .tensor_info(s)
                 .ok_or_else(|| Error::argument(format!("no tensor '{s}'")))?;
-            Some((ck.tensor_data(s)?, info.dtype))
+            let bytes = ck.tensor_data(s)?;
+            if ck.validate_scales {
+                let rule = match m.spec.rule(Role::WeightScale).map(|r| r.shape) {
+                    Some(ShapeRule::Scalar) => Rule::Positive,
+                    _ => Rule::NonNegative,
+                };
+                if let Some((i, v)) = scales::first_bad(&bytes, info.dtype, rule) {
+                    return Err(ck.bad_scale(s, &m.name, m.spec.name, rule, i, v));
+                }
+            }
+            Some((bytes, info.dtype))
         }
         None => None,
     };
@@ -90,18 +109,23 @@ pub fn dequantize_into(ck: &Checkpoint, m: &QuantModule, out: &mut [u8], out_dty
         (GlobalScale::None, _) | (_, None) => None,
         (_, Some(name)) => Some(scalar(ck, name)?),
     };
+    if let (true, Some(g), Some(name)) = (ck.validate_scales, global, m.tensor(Role::WeightScale2)) {
+        if !(g.is_finite() && g > 0.0) {
+            return Err(ck.bad_scale(name, &m.name, m.spec.name, Rule::Positive, 0, g));
+        }
+    }
+    let weight = ck.tensor_data(wname)?;
     let parts = Parts {
         m,
-        weight: ck.tensor_data(wname)?,
-        scale,
+        weight: &weight,
+        scale: scale.as_ref().map(|(b, d)| (b.as_slice(), *d)),
         global,
     };
     let k = m.k as usize;
     let n = m.n as usize;
     let row_bytes = k * out_dtype.size();
-    out.par_chunks_mut(row_bytes)
-        .enumerate()
-        .for_each_init(
+    pool::install(|| {
+        out.par_chunks_mut(row_bytes).enumerate().for_each_init(
             || vec![0f32; k],
             |buf, (row, dst)| {
                 parts.row(row / n, row % n, buf);
@@ -109,7 +133,8 @@ pub fn dequantize_into(ck: &Checkpoint, m: &QuantModule, out: &mut [u8], out_dty
                     out_dtype.write(dst, j, v);
                 }
             },
-        );
+        )
+    });
     Ok(())
 }
 

@@ -1,12 +1,25 @@
 //! Executes load-plan pieces into a caller-provided buffer (a pinned staging buffer, or the
-//! destination arena itself for CPU loads), re-laying-out while copying, on all cores.
+//! destination arena itself for CPU loads), re-laying-out while reading, on all cores.
+//!
+//! Bytes come in by `pread` (see `shard.rs` for why not a memory map): plain copies are read
+//! straight into their place in `dst`; re-layouts read their source span into a per-thread
+//! scratch buffer of about one piece (bounded by [`SPLIT_BYTES`] or one transposed matrix block
+//! of [`TRANSPOSE_BLOCK_BYTES`]) and re-lay from there. Scales are validated on the bytes
+//! as they are written (`scales.rs`).
+
+use std::cell::RefCell;
 
 use rayon::prelude::*;
 
 use crate::checkpoint::Checkpoint;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::formats::Role;
+use crate::header::TensorInfo;
 use crate::numeric::read_f32;
 use crate::plan::{LoadItem, Piece, Transform};
+use crate::pool;
+use crate::scales::{self, Rule};
 
 /// Pieces larger than this are split so that rayon can spread one big tensor over all cores.
 pub const SPLIT_BYTES: u64 = 1 << 20;
@@ -25,8 +38,14 @@ pub fn fill(ck: &Checkpoint, items: &[LoadItem], pieces: &[Piece], dst: &mut [u8
                 p.out_begin, p.out_end, it.tensor, it.out_bytes
             )));
         }
-        // Split along the item's granule so every sub-piece starts on a row.
-        let step = (SPLIT_BYTES / it.granule).max(1) * it.granule;
+        // Split along the item's granule so every sub-piece starts on a row. A transpose is
+        // split only at whole matrices (experts): a piece holding some of a matrix's output
+        // rows reads every source row of it, so cutting inside one would read it repeatedly.
+        let unit = match it.transform {
+            Transform::Transpose { rows, cols, elem } => (rows * cols * elem).max(it.granule),
+            _ => it.granule,
+        };
+        let step = (SPLIT_BYTES / unit).max(1) * unit;
         let mut b = p.out_begin;
         while b < p.out_end {
             let e = (b + step).min(p.out_end);
@@ -66,9 +85,11 @@ pub fn fill(ck: &Checkpoint, items: &[LoadItem], pieces: &[Piece], dst: &mut [u8
         slices.push((mine, p));
     }
 
-    slices
-        .into_par_iter()
-        .try_for_each(|(out, p)| fill_piece(ck, &items[p.item], p.out_begin, out))
+    pool::install(|| {
+        slices
+            .into_par_iter()
+            .try_for_each(|(out, p)| fill_piece(ck, &items[p.item], p.out_begin, out))
+    })
 }
 
 /// Fills a whole arena (`dst` of at least the plan's total bytes) with every item at its offset.
@@ -91,76 +112,209 @@ pub fn fill_all(ck: &Checkpoint, items: &[LoadItem], dst: &mut [u8]) -> Result<(
 pub fn prefetch(ck: &Checkpoint, items: &[LoadItem], pieces: &[Piece]) {
     for p in pieces {
         if let Some(it) = items.get(p.item) {
-            if let (Some(shard), Some(info)) = (ck.shard_of(&it.tensor), ck.tensor_info(&it.tensor)) {
+            if let Ok((shard, info)) = ck.locate(&it.tensor) {
                 shard.will_need(info);
             }
         }
     }
 }
 
+/// Largest source block a transpose reads at once (whole source rows, at least one).
+pub const TRANSPOSE_BLOCK_BYTES: usize = 256 << 10;
+
+thread_local! {
+    /// Source bytes of a re-layout piece; kept per worker thread so pieces reuse it.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a scratch buffer of exactly `len` bytes (contents unspecified).
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    SCRATCH.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        f(&mut buf[..len])
+    })
+}
+
 fn fill_piece(ck: &Checkpoint, it: &LoadItem, out_begin: u64, out: &mut [u8]) -> Result<()> {
-    let src = ck.tensor_data(&it.tensor)?;
+    let (shard, info) = ck.locate(&it.tensor)?;
     let ob = out_begin as usize;
     match it.transform {
         Transform::Copy => {
-            out.copy_from_slice(&src[ob..ob + out.len()]);
+            if (ob + out.len()) as u64 > info.nbytes() {
+                return Err(short_source(&it.tensor, ob + out.len(), info.nbytes() as usize));
+            }
+            shard.read_into(info, out_begin, out)?;
+            check_scales(ck, it, info, out)?;
         }
         Transform::ScalarToF32 { from } => {
-            let v = read_f32(src, from, 0);
-            let bytes = v.to_le_bytes();
+            let mut raw = [0u8; 8];
+            let n = from.size();
+            if n == 0 || n > raw.len() || info.nbytes() < n as u64 {
+                return Err(short_source(&it.tensor, n, info.nbytes() as usize));
+            }
+            shard.read_into(info, 0, &mut raw[..n])?;
+            check_scales(ck, it, info, &raw[..n])?;
+            let bytes = read_f32(&raw[..n], from, 0).to_le_bytes();
             out.copy_from_slice(&bytes[ob..ob + out.len()]);
         }
         Transform::Int4ToKPacked { n, k } => {
-            let (n, k) = (n as usize, k as usize);
-            let half_k = k / 2;
-            if half_k == 0 || ob % half_k != 0 || out.len() % half_k != 0 {
-                return Err(Error::argument(format!(
-                    "piece of '{}' does not start and end on output rows of {half_k} bytes",
-                    it.tensor
-                )));
-            }
-            // Pieces start on output rows (granule = K/2). Output row r (expert r / n, row
-            // r % n) takes one nibble of every byte of source row (e * N/2 + ni/2) of the
-            // [*, N/2, K] buffer: the low nibble for even ni, the high one for odd ni.
-            let row0 = ob / half_k;
-            for (ri, orow) in out.chunks_mut(half_k).enumerate() {
-                let r = row0 + ri;
-                let (e, ni) = (r / n, r % n);
-                let base = (e * (n / 2) + ni / 2) * k;
-                let srow = src.get(base..base + k).ok_or_else(|| short_source(it, base + k, src.len()))?;
-                if ni % 2 == 0 {
-                    int4_row::<0>(srow, orow);
-                } else {
-                    int4_row::<4>(srow, orow);
-                }
-            }
+            let read = |at: u64, dst: &mut [u8]| shard.read_into(info, at, dst);
+            int4_piece(&read, info.nbytes(), &it.tensor, n as usize, k as usize, ob, out)?
         }
         Transform::Transpose { rows, cols, elem } => {
-            let (rows, cols, elem) = (rows as usize, cols as usize, elem as usize);
-            let row_bytes = rows * elem;
-            let needed = src_rows_needed(ob, out.len(), row_bytes, rows, cols, elem);
-            if src.len() < needed {
-                return Err(short_source(it, needed, src.len()));
-            }
-            // Whole output rows (the plan's granule) take the cache-friendly path; the
-            // element-by-element loop stays for any other cut.
-            let aligned = row_bytes > 0 && ob % row_bytes == 0 && out.len() % row_bytes == 0;
-            match elem {
-                1 if aligned => transpose_rows::<1>(src, out, rows, cols, ob / row_bytes),
-                2 if aligned => transpose_rows::<2>(src, out, rows, cols, ob / row_bytes),
-                4 if aligned => transpose_rows::<4>(src, out, rows, cols, ob / row_bytes),
-                _ => transpose_elements(src, out, rows, cols, elem, ob),
-            }
+            let read = |at: u64, dst: &mut [u8]| shard.read_into(info, at, dst);
+            let shape = (rows as usize, cols as usize, elem as usize);
+            transpose_piece(&read, info.nbytes(), &it.tensor, shape, ob, out, TRANSPOSE_BLOCK_BYTES)?;
+            check_scales(ck, it, info, out)?;
         }
     }
     Ok(())
 }
 
-fn short_source(it: &LoadItem, needed: usize, have: usize) -> Error {
-    Error::argument(format!(
-        "'{}' holds {have} bytes but its re-layout reads {needed}",
-        it.tensor
-    ))
+/// INT4 re-pack of output rows `[ob / (k/2), ..)`: reads the contiguous source rows they take
+/// their nibbles from, then re-packs.
+/// Reads bytes `[at, at + dst.len())` of the source tensor.
+type Reader<'a> = dyn Fn(u64, &mut [u8]) -> Result<()> + 'a;
+
+fn int4_piece(read: &Reader, src_len: u64, tensor: &str, n: usize, k: usize, ob: usize, out: &mut [u8]) -> Result<()> {
+    let half_k = k / 2;
+    if half_k == 0 || n % 2 != 0 || ob % half_k != 0 || out.len() % half_k != 0 {
+        return Err(Error::argument(format!(
+            "piece of '{tensor}' does not start and end on output rows of {half_k} bytes"
+        )));
+    }
+    if out.is_empty() {
+        return Ok(());
+    }
+    // Pieces start on output rows (granule = K/2). Output row r (expert r / n, row r % n) takes
+    // one nibble of every byte of source row (e * N/2 + ni/2) of the [*, N/2, K] buffer: the
+    // low nibble for even ni, the high one for odd ni. Consecutive output rows map to
+    // non-decreasing, contiguous source rows (N is even), so one read covers the piece.
+    let row0 = ob / half_k;
+    let nrows = out.len() / half_k;
+    let src_row = |r: usize| (r / n) * (n / 2) + (r % n) / 2;
+    let (first, last) = (src_row(row0), src_row(row0 + nrows - 1));
+    let (sb, se) = (first * k, (last + 1) * k);
+    if se as u64 > src_len {
+        return Err(short_source(tensor, se, src_len as usize));
+    }
+    with_scratch(se - sb, |src| -> Result<()> {
+        read(sb as u64, src)?;
+        for (ri, orow) in out.chunks_mut(half_k).enumerate() {
+            let r = row0 + ri;
+            let base = (src_row(r) - first) * k;
+            let srow = &src[base..base + k];
+            if (r % n) % 2 == 0 {
+                int4_row::<0>(srow, orow);
+            } else {
+                int4_row::<4>(srow, orow);
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `[*, rows, cols] -> [*, cols, rows]` of output rows `[ob / (rows*elem), ..)`: for each matrix
+/// (expert) the piece touches, reads blocks of whole source rows into scratch and scatters the
+/// piece's columns of each block into the output.
+fn transpose_piece(
+    read: &Reader,
+    src_len: u64,
+    tensor: &str,
+    (rows, cols, elem): (usize, usize, usize),
+    ob: usize,
+    out: &mut [u8],
+    block_bytes: usize,
+) -> Result<()> {
+    let row_bytes = rows * elem;
+    let needed = src_rows_needed(ob, out.len(), row_bytes, rows, cols, elem);
+    if (needed as u64) > src_len {
+        return Err(short_source(tensor, needed, src_len as usize));
+    }
+    if out.is_empty() || row_bytes == 0 || cols == 0 {
+        return Ok(());
+    }
+    if ob % row_bytes != 0 || out.len() % row_bytes != 0 || !matches!(elem, 1 | 2 | 4) {
+        // Any other cut (no plan makes one): read the whole matrices touched, transpose by
+        // element.
+        let mat = rows * cols * elem;
+        let (e0, e1) = (ob / mat, (ob + out.len() - 1) / mat + 1);
+        return with_scratch((e1 - e0) * mat, |src| -> Result<()> {
+            read((e0 * mat) as u64, src)?;
+            transpose_elements(src, out, rows, cols, elem, ob - e0 * mat);
+            Ok(())
+        });
+    }
+    let src_row_bytes = cols * elem;
+    let block_rows = (block_bytes / src_row_bytes).clamp(1, rows);
+    let nout = out.len() / row_bytes;
+    let first = ob / row_bytes;
+    let mut i = 0;
+    while i < nout {
+        let g = first + i;
+        let (e, c0) = (g / cols, g % cols);
+        // Output rows of this piece that belong to matrix `e`: columns c0 .. c0 + run.
+        let run = (cols - c0).min(nout - i);
+        let block = &mut out[i * row_bytes..(i + run) * row_bytes];
+        let mut r0 = 0;
+        while r0 < rows {
+            let nr = block_rows.min(rows - r0);
+            let at = ((e * rows + r0) * cols * elem) as u64;
+            with_scratch(nr * src_row_bytes, |src| -> Result<()> {
+                read(at, src)?;
+                match elem {
+                    1 => transpose_block::<1>(src, block, rows, cols, c0, r0, nr),
+                    2 => transpose_block::<2>(src, block, rows, cols, c0, r0, nr),
+                    _ => transpose_block::<4>(src, block, rows, cols, c0, r0, nr),
+                }
+                Ok(())
+            })?;
+            r0 += nr;
+        }
+        i += run;
+    }
+    Ok(())
+}
+
+/// Validates the bytes of a scale item (raw elements of the tensor's stored dtype) if the
+/// checkpoint validates scales.
+fn check_scales(ck: &Checkpoint, it: &LoadItem, info: &TensorInfo, bytes: &[u8]) -> Result<()> {
+    if !ck.validate_scales {
+        return Ok(());
+    }
+    let rule = match it.role {
+        Some(Role::WeightScale | Role::PreQuantScale) if !matches!(it.transform, Transform::ScalarToF32 { .. }) => {
+            Rule::NonNegative
+        }
+        Some(Role::WeightScale | Role::WeightScale2 | Role::InputScale) => Rule::Positive,
+        None if it.tensor.ends_with("k_scale") || it.tensor.ends_with("v_scale") => Rule::Positive,
+        _ => return Ok(()),
+    };
+    match scales::first_bad(bytes, scale_dtype(info.dtype), rule) {
+        None => Ok(()),
+        Some((i, v)) => {
+            let module = it.module.clone().unwrap_or_else(|| it.tensor.rsplit_once('.').map_or("", |m| m.0).to_string());
+            let algo = ck
+                .module(&module)
+                .map(|m| m.spec.name.to_string())
+                .or_else(|| ck.quant.as_ref().and_then(|q| q.kv_cache_quant_algo.clone()))
+                .unwrap_or_default();
+            // `i` counts elements of this piece; fine for naming the problem.
+            Err(ck.bad_scale(&it.tensor, &module, &algo, rule, i, v))
+        }
+    }
+}
+
+/// Scales stored as U8 are E8M0 exponents (MXFP4/MXFP8); other dtypes are what they say.
+fn scale_dtype(d: DType) -> DType {
+    d
+}
+
+fn short_source(tensor: &str, needed: usize, have: usize) -> Error {
+    Error::argument(format!("'{tensor}' holds {have} bytes but its re-layout reads {needed}"))
 }
 
 /// Bytes of source a transpose piece reads at most: up to the end of the last expert it touches.
@@ -204,39 +358,28 @@ fn int4_row<const SHIFT: u32>(srow: &[u8], orow: &mut [u8]) {
     }
 }
 
-/// `[*, rows, cols] -> [*, cols, rows]` for whole output rows `first.. first + out.len() /
-/// (rows * E)` (an output row is one `(expert, col)`). Tiled: a tile of `64 / E` source rows
-/// (a few KiB, in L1) is read, and each output row gets its 64-byte segment of the tile written
-/// in one go. Writing all output rows per source row instead (the obvious loop) strides by the
-/// output row length, a multiple of a large power of two for real shapes (N = 14336 = 7 * 2^11),
-/// so the stores crowd into a few L1 sets and the cache thrashes. The caller checked that `src`
-/// holds every expert the piece touches.
-fn transpose_rows<const E: usize>(src: &[u8], out: &mut [u8], rows: usize, cols: usize, first: usize) {
+/// One block of the transpose: source rows `r0 .. r0 + nr` of one matrix (`src`, whole rows of
+/// `cols` elements) scattered into output rows (columns) `c0 .. c0 + block.len() / (rows * E)`
+/// of that matrix. Tiled: `64 / E` source rows at a time (a few KiB, in L1), each output row
+/// getting its 64-byte segment of the tile in one go. Writing all output rows per source row
+/// instead (the obvious loop) strides by the output row length, a multiple of a large power of
+/// two for real shapes (N = 14336 = 7 * 2^11), so the stores crowd into a few L1 sets and the
+/// cache thrashes.
+fn transpose_block<const E: usize>(src: &[u8], block: &mut [u8], rows: usize, cols: usize, c0: usize, r0: usize, nr: usize) {
     let tile = (64 / E).max(1);
     let row_bytes = rows * E;
-    let nout = out.len() / row_bytes;
-    let mut i = 0;
-    while i < nout {
-        let g = first + i;
-        let (e, c0) = (g / cols, g % cols);
-        // Output rows of this piece that belong to expert `e`.
-        let run = (cols - c0).min(nout - i);
-        let block = &mut out[i * row_bytes..(i + run) * row_bytes];
-        let base = e * rows * cols;
-        let mut rb = 0;
-        while rb < rows {
-            let tr = tile.min(rows - rb);
-            for (j, orow) in block.chunks_exact_mut(row_bytes).enumerate() {
-                let dst = &mut orow[rb * E..(rb + tr) * E];
-                let mut s = (base + rb * cols + c0 + j) * E;
-                for d in dst.chunks_exact_mut(E) {
-                    d.copy_from_slice(&src[s..s + E]);
-                    s += cols * E;
-                }
+    let mut rb = 0;
+    while rb < nr {
+        let tr = tile.min(nr - rb);
+        for (j, orow) in block.chunks_exact_mut(row_bytes).enumerate() {
+            let dst = &mut orow[(r0 + rb) * E..(r0 + rb + tr) * E];
+            let mut s = (rb * cols + c0 + j) * E;
+            for d in dst.chunks_exact_mut(E) {
+                d.copy_from_slice(&src[s..s + E]);
+                s += cols * E;
             }
-            rb += tr;
         }
-        i += run;
+        rb += tr;
     }
 }
 
@@ -255,21 +398,10 @@ fn transpose_elements(src: &[u8], out: &mut [u8], rows: usize, cols: usize, elem
     }
 }
 
-/// Sizes rayon's global pool from `MOTENSOR_NUM_THREADS` once (default: rayon's own choice,
-/// `RAYON_NUM_THREADS` or the number of cores), and returns its size.
+/// Threads of motensor's pool (`pool.rs`: `MOTENSOR_NUM_THREADS`, else `RAYON_NUM_THREADS`,
+/// else every core; rebuilt in a forked child).
 pub fn num_threads() -> usize {
-    static INIT: std::sync::Once = std::sync::Once::new();
-    INIT.call_once(|| {
-        if let Some(n) = std::env::var("MOTENSOR_NUM_THREADS")
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|&n| n > 0)
-        {
-            // Fails only if the pool was already built; then the existing pool is used.
-            let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
-        }
-    });
-    rayon::current_num_threads()
+    pool::num_threads()
 }
 
 #[cfg(test)]
@@ -326,11 +458,13 @@ mod tests {
                     while ob < total {
                         let len = (cut * row_bytes).min(total - ob);
                         let piece = &mut got[ob..ob + len];
-                        match elem {
-                            1 => transpose_rows::<1>(&src, piece, rows, cols, ob / row_bytes),
-                            2 => transpose_rows::<2>(&src, piece, rows, cols, ob / row_bytes),
-                            _ => transpose_rows::<4>(&src, piece, rows, cols, ob / row_bytes),
-                        }
+                        let read = |at: u64, dst: &mut [u8]| {
+                            dst.copy_from_slice(&src[at as usize..at as usize + dst.len()]);
+                            Ok(())
+                        };
+                        // Blocks of one source row, of a few, and of the whole matrix.
+                        let block = [1usize, 3 * cols * elem, usize::MAX / 2][cut % 3];
+                        transpose_piece(&read, src.len() as u64, "t", (rows, cols, elem), ob, piece, block).unwrap();
                         ob += len;
                     }
                     assert_eq!(got, want, "lead={lead} rows={rows} cols={cols} elem={elem} cut={cut}");

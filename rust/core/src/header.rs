@@ -279,7 +279,7 @@ fn parse_entry(file: &Path, name: &str, value: Value, data_len: u64) -> Result<T
 }
 
 /// The header's top-level object as an ordered list, so that duplicate keys can be detected.
-struct Entries(Vec<(String, Value)>);
+pub(crate) struct Entries(pub(crate) Vec<(String, Value)>);
 
 impl<'de> Deserialize<'de> for Entries {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {

@@ -18,10 +18,12 @@ pub mod header;
 pub mod modules;
 pub mod numeric;
 pub mod plan;
+pub mod pool;
 pub mod quant_config;
+pub mod scales;
 pub mod shard;
 
-pub use checkpoint::Checkpoint;
+pub use checkpoint::{Checkpoint, OpenOptions};
 pub use error::{Error, ErrorKind, Result};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

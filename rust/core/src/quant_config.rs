@@ -65,10 +65,43 @@ impl QuantConfig {
     }
 }
 
+/// Side files (`config.json`, `hf_quant_config.json`, the index) larger than this are refused
+/// before they are read. The largest real ones are indexes of trillion-parameter MoE checkpoints
+/// (a few hundred thousand tensor names, ~30 MB); a hostile or sparse file of gigabytes must be
+/// a quick `ConfigError`, not gigabytes of memory and seconds of parsing.
+pub const MAX_SIDE_FILE_BYTES: u64 = 64 << 20;
+
+/// Reads a side file, refusing one over [`MAX_SIDE_FILE_BYTES`] (checked before and while
+/// reading, so a file growing meanwhile is bounded too).
+pub fn read_side_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let too_big = |n: u64| {
+        Error::config(
+            path,
+            format!("is {n} bytes, over the {MAX_SIDE_FILE_BYTES}-byte limit for a JSON side file (not a real config or index)"),
+        )
+    };
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, "stat", e))?.len();
+    if len > MAX_SIDE_FILE_BYTES {
+        return Err(too_big(len));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(MAX_SIDE_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, "read", e))?;
+    if bytes.len() as u64 > MAX_SIDE_FILE_BYTES {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// Parses a side file as JSON. Nesting deeper than serde_json's limit (128 levels) is refused
+/// as invalid JSON rather than recursing without bound.
 pub fn read_json(path: &Path) -> Result<Value> {
     // Read bytes, not a String: a file that is not UTF-8 is invalid JSON (a Config error naming
     // the file), not an I/O failure (which the bindings report as a ShardError).
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
+    let bytes = read_side_file(path)?;
     serde_json::from_slice(&bytes).map_err(|e| Error::config(path, format!("invalid JSON: {e}")))
 }
 
@@ -158,8 +191,26 @@ fn parse_layers(file: &Path, v: Option<&Value>) -> Result<BTreeMap<String, Layer
     Ok(out)
 }
 
-fn kv_algo(s: Option<&str>) -> Option<String> {
-    s.map(|s| s.trim().to_ascii_uppercase()).filter(|s| !s.is_empty())
+/// `kv_cache_quant_algo` values ModelOpt writes (`modelopt/torch/export/model_config.py`:
+/// KV_CACHE_FP8, KV_CACHE_NVFP4, KV_CACHE_NVFP4_AFFINE, KV_CACHE_INT8).
+pub const KV_CACHE_ALGOS: [&str; 4] = ["FP8", "NVFP4", "NVFP4_AFFINE", "INT8"];
+
+/// The KV-cache algorithm, upper-cased; `None` for absent / null / empty. Anything else than
+/// [`KV_CACHE_ALGOS`] is a ConfigError: a typo must not silently run the cache unquantized.
+fn kv_algo(file: &Path, s: Option<&str>) -> Result<Option<String>> {
+    let Some(a) = s.map(|s| s.trim().to_ascii_uppercase()).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    if a == "NONE" {
+        return Ok(None);
+    }
+    if !KV_CACHE_ALGOS.contains(&a.as_str()) {
+        return Err(Error::config(
+            file,
+            format!("kv_cache_quant_algo '{a}' is not one of {}", KV_CACHE_ALGOS.join(", ")),
+        ));
+    }
+    Ok(Some(a))
 }
 
 /// `hf_quant_config.json`: `{"producer": {...}, "quantization": {...}}` (FORMATS §1.1).
@@ -195,7 +246,7 @@ pub fn from_hf_quant_config(file: &Path, v: &Value) -> Result<QuantConfig> {
         source: file.to_path_buf(),
         quant_algo,
         scheme,
-        kv_cache_quant_algo: kv_algo(str_field(file, q, "kv_cache_quant_algo")?),
+        kv_cache_quant_algo: kv_algo(file, str_field(file, q, "kv_cache_quant_algo")?)?,
         exclude,
         producer_version,
     })
@@ -236,14 +287,19 @@ pub fn from_config_json(file: &Path, qc: &Value) -> Result<QuantConfig> {
     };
     let kv = match q.get("kv_cache_scheme") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => kv_algo(Some(s)),
+        Some(Value::String(s)) => kv_algo(file, Some(s))?,
         Some(Value::Object(o)) => {
             let ty = o.get("type").and_then(Value::as_str).unwrap_or("");
             let bits = o.get("num_bits").and_then(Value::as_u64).unwrap_or(0);
             match (ty, bits) {
                 ("float", 8) => Some("FP8".to_string()),
                 ("int", 8) => Some("INT8".to_string()),
-                _ => Some(format!("{ty}{bits}").to_ascii_uppercase()),
+                _ => {
+                    return Err(Error::config(
+                        file,
+                        format!("kv_cache_scheme {{type: '{ty}', num_bits: {bits}}} is not an FP8 or INT8 cache"),
+                    ))
+                }
             }
         }
         Some(other) => return Err(Error::config(file, format!("kv_cache_scheme is not understood: {other}"))),

@@ -1,11 +1,19 @@
-//! One safetensors file: validated header plus a read-only memory map of the data.
+//! One safetensors file: validated header plus positioned reads (`pread`) of its data.
+//!
+//! Why `pread` and not a memory map: a mapped file that another process truncates while it is
+//! read kills the reader with SIGBUS, and no size check before the copy closes that window.
+//! A `pread` of bytes that are gone returns short, which is reported as `Error::Truncated`
+//! naming file and tensor. Reads go straight into the caller's memory (the CPU arena or a
+//! pinned staging buffer), so each byte is copied once, out of the page cache, and no mapping
+//! outlives the call: a CPU load's resident memory is the arena, not arena + mapped files.
+//! On the 2-core CI box a `pread` out of the page cache costs what the first touch of a fresh
+//! mapping costs (benches/README.md has the figures).
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::ErrorKind as IoKind;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-
-use memmap2::{Advice, Mmap};
 
 use crate::error::{Error, Result};
 use crate::header::{parse_header, parse_prefix, Header, TensorInfo};
@@ -16,35 +24,28 @@ pub struct Shard {
     pub path: PathBuf,
     pub header: Header,
     file: File,
-    mmap: Mmap,
     index: HashMap<String, usize>,
 }
 
 impl Shard {
-    /// Opens `path`, validates its header against the file size and maps it.
+    /// Opens `path` and validates its header against the file size. Only the 8-byte prefix and
+    /// the header (at most `MAX_HEADER_LEN` bytes) are read.
     pub fn open(path: &Path) -> Result<Shard> {
-        let mut file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
-        let file_len = file
-            .metadata()
-            .map_err(|e| Error::io(path, "stat", e))?
-            .len();
+        let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+        let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
+        if meta.is_dir() {
+            return Err(Error::header(path, "is a directory, not a safetensors file"));
+        }
+        let file_len = meta.len();
 
         let mut prefix = [0u8; 8];
-        let got = read_up_to(&mut file, &mut prefix).map_err(|e| Error::io(path, "read", e))?;
-        let n = parse_prefix(path, &prefix[..got], file_len)?;
-        // n is bounded by MAX_HEADER_LEN and by the file size, so this allocation is safe.
+        let got = read_up_to(&file, &mut prefix, 0).map_err(|e| Error::io(path, "read", e))?;
+        let n = parse_prefix(path, &prefix[..got], file_len).map_err(|e| explain_not_safetensors(path, &prefix[..got], e))?;
+        // n is bounded by MAX_HEADER_LEN and by the file size, so this allocation is bounded.
         let mut json = vec![0u8; n as usize];
-        file.seek(SeekFrom::Start(8))
-            .and_then(|_| file.read_exact(&mut json))
+        file.read_exact_at(&mut json, 8)
             .map_err(|e| Error::io(path, "read header", e))?;
         let header = parse_header(path, &json, file_len)?;
-
-        // SAFETY: the map is read-only and private to this process. The one hazard of a file
-        // mapping is the file changing underneath it: a file truncated after this point would
-        // raise SIGBUS on access to the lost pages. Every access goes through `data()`, which
-        // first re-reads the file size and refuses spans that are no longer backed, so a
-        // truncation between open and load is reported as `Error::Truncated` instead.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, "mmap", e))?;
 
         let index = header
             .tensors
@@ -56,7 +57,6 @@ impl Shard {
             path: path.to_path_buf(),
             header,
             file,
-            mmap,
             index,
         })
     }
@@ -74,55 +74,122 @@ impl Shard {
         (self.header.data_start + t.begin, self.header.data_start + t.end)
     }
 
-    /// Fails with `Error::Truncated` if the file no longer holds all bytes of `t`.
-    pub fn check_backed(&self, t: &TensorInfo) -> Result<()> {
-        let now = self
+    fn current_len(&self) -> Result<u64> {
+        Ok(self
             .file
             .metadata()
             .map_err(|e| Error::io(&self.path, "stat", e))?
-            .len();
+            .len())
+    }
+
+    /// Fails with `Error::Truncated` if the file no longer holds all bytes of `t` (a cheap
+    /// early answer; [`Shard::read_into`] detects a truncation during the read itself).
+    pub fn check_backed(&self, t: &TensorInfo) -> Result<()> {
+        let now = self.current_len()?;
         let needed = self.header.data_start + t.end;
-        if now < needed || (self.mmap.len() as u64) < needed {
-            return Err(Error::Truncated {
-                file: self.path.clone(),
-                tensor: t.name.clone(),
-                needed,
-                actual: now,
-            });
+        if now < needed {
+            return Err(self.truncated(t, needed, now));
         }
         Ok(())
     }
 
-    /// The bytes of `t`, after checking that the file still backs them.
-    pub fn data(&self, t: &TensorInfo) -> Result<&[u8]> {
+    fn truncated(&self, t: &TensorInfo, needed: u64, actual: u64) -> Error {
+        Error::Truncated {
+            file: self.path.clone(),
+            tensor: t.name.clone(),
+            needed,
+            actual,
+        }
+    }
+
+    /// Reads bytes `[at, at + dst.len())` of tensor `t` into `dst`. A file that no longer holds
+    /// them (truncated before or during the read) is `Error::Truncated`; any other failure of
+    /// the read an I/O error naming the file.
+    pub fn read_into(&self, t: &TensorInfo, at: u64, dst: &mut [u8]) -> Result<()> {
+        let len = dst.len() as u64;
+        if at.checked_add(len).map_or(true, |end| end > t.nbytes()) {
+            return Err(Error::argument(format!(
+                "read of bytes [{at}, {at}+{len}) of '{}' ({} bytes)",
+                t.name,
+                t.nbytes()
+            )));
+        }
+        if dst.is_empty() {
+            return Ok(());
+        }
+        let pos = self.header.data_start + t.begin + at;
+        match self.file.read_exact_at(dst, pos) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == IoKind::UnexpectedEof => {
+                let actual = self.current_len().unwrap_or(0);
+                Err(self.truncated(t, pos + len, actual))
+            }
+            Err(e) => Err(Error::io(&self.path, "read", e)),
+        }
+    }
+
+    /// The bytes of `t`, read into a new buffer (its size was checked against the file at open).
+    pub fn data(&self, t: &TensorInfo) -> Result<Vec<u8>> {
         self.check_backed(t)?;
-        let (b, e) = self.file_range(t);
-        // Both bounds were checked against the mapping length in check_backed.
-        Ok(&self.mmap[b as usize..e as usize])
+        let mut out = vec![0u8; t.nbytes() as usize];
+        self.read_into(t, 0, &mut out)?;
+        Ok(out)
     }
 
     /// Page-cache hint for a tensor about to be read (ignored where unsupported).
     pub fn will_need(&self, t: &TensorInfo) {
         let (b, e) = self.file_range(t);
         if e > b {
-            let _ = self
-                .mmap
-                .advise_range(Advice::WillNeed, b as usize, (e - b) as usize);
+            advise_will_need(&self.file, b, e - b);
         }
-    }
-
-    /// Hint that the mapping will be read front to back.
-    pub fn advise_sequential(&self) {
-        let _ = self.mmap.advise(Advice::Sequential);
     }
 }
 
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+#[cfg(target_os = "linux")]
+fn advise_will_need(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return;
+    };
+    // SAFETY: posix_fadvise takes a file descriptor and three integers and touches no memory of
+    // ours; the descriptor is valid for as long as `file` is borrowed. Its result is a hint
+    // that may be ignored, so errors are.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), off, len, libc::POSIX_FADV_WILLNEED);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_will_need(_file: &File, _offset: u64, _len: u64) {}
+
+/// A length prefix that makes no sense, on a file that starts like text, is most likely a JSON
+/// file passed by mistake (`motensor.open("ckpt/config.json")`): say so instead of reporting an
+/// absurd header length.
+fn explain_not_safetensors(path: &Path, prefix: &[u8], err: Error) -> Error {
+    // Only called when the length prefix was refused: a real safetensors file may well start
+    // with the byte '{' (a header length of 123 + 256 k).
+    let first = prefix.iter().copied().find(|b| !b.is_ascii_whitespace());
+    let is_json_name = path.extension().is_some_and(|x| x.eq_ignore_ascii_case("json"));
+    if matches!(first, Some(b'{') | Some(b'[')) || is_json_name {
+        return Error::header(
+            path,
+            format!(
+                "not a safetensors file: it starts like JSON text ({:?}), not with a header length; open the checkpoint directory or a .safetensors file",
+                String::from_utf8_lossy(prefix)
+            ),
+        );
+    }
+    err
+}
+
+fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
-        match file.read(&mut buf[got..])? {
-            0 => break,
-            k => got += k,
+        match file.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == IoKind::Interrupted => continue,
+            Err(e) => return Err(e),
         }
     }
     Ok(got)

@@ -1,13 +1,14 @@
 //! `motensor._core`: thin pyo3 bindings of motensor-core.
 //!
 //! Only glue lives here: argument conversion, the GIL released around file work, and core
-//! errors mapped onto the `motensor.errors` exception hierarchy (defined here so that the
-//! extension can raise them; `motensor.errors` re-exports them).
+//! errors mapped onto the `motensor.errors` exception hierarchy. The exception classes are
+//! plain Python classes defined in `motensor/errors.py` (so that they can also derive from
+//! `OSError` / `ValueError` and print as `motensor.errors.X`); this module looks them up there
+//! when it raises one.
 
 use std::sync::Arc;
 
-use pyo3::create_exception;
-use pyo3::exceptions::PyException;
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -15,36 +16,50 @@ use motensor_core::dequant::{dequantize_into, OutDType};
 use motensor_core::formats::{Activation, Element, GlobalScale, Packing, Presence, ScaleEncoding, ScaleLayout, ShapeRule, WeightLayout, FORMATS, KNOWN_UNSUPPORTED};
 use motensor_core::plan::{self, Batch, LoadItem, Transform};
 use motensor_core::quant_config::Scheme;
-use motensor_core::{fill, Error, ErrorKind};
+use motensor_core::{fill, Error, ErrorKind, OpenOptions};
 
-create_exception!(_core, MotensorError, PyException, "Base class of every motensor error.");
-create_exception!(_core, HeaderError, MotensorError, "A safetensors header is invalid (length, JSON, dtype, shape or offsets).");
-create_exception!(_core, ShardError, MotensorError, "A shard is missing, unreadable, inconsistent with the index, or was truncated.");
-create_exception!(_core, ConfigError, MotensorError, "config.json / hf_quant_config.json / the index JSON is invalid.");
-create_exception!(_core, FormatError, MotensorError, "A module's tensors do not match its quantization format.");
-create_exception!(_core, UnsupportedFormatError, FormatError, "A quant_algo motensor does not know or cannot load.");
-create_exception!(_core, ArgumentError, MotensorError, "An argument is inconsistent with the checkpoint or buffer.");
+/// An instance of `motensor.errors.<class>` carrying `msg` and the location attributes.
+fn motensor_error(class: &str, msg: String, file: Option<String>, tensor: Option<String>, module: Option<String>) -> PyErr {
+    Python::attach(|py| {
+        let made = py
+            .import("motensor.errors")
+            .and_then(|m| m.getattr(class))
+            .and_then(|cls| {
+                let kw = PyDict::new(py);
+                kw.set_item("file", file)?;
+                kw.set_item("tensor", tensor)?;
+                kw.set_item("module", module)?;
+                cls.call((msg.clone(),), Some(&kw))
+            });
+        match made {
+            Ok(v) => PyErr::from_value(v),
+            // motensor.errors is part of this package; if it cannot be imported the install is
+            // broken, and saying so with the original message is all that is left.
+            Err(e) => PyRuntimeError::new_err(format!("{msg} (and motensor.errors.{class} is unavailable: {e})")),
+        }
+    })
+}
+
+fn argument_error(msg: impl Into<String>) -> PyErr {
+    motensor_error("ArgumentError", msg.into(), None, None, None)
+}
 
 fn to_py(err: Error) -> PyErr {
-    let msg = err.to_string();
-    let e = match err.kind() {
-        ErrorKind::Io | ErrorKind::Shard => ShardError::new_err(msg),
-        ErrorKind::Header => HeaderError::new_err(msg),
-        ErrorKind::Config => ConfigError::new_err(msg),
-        ErrorKind::Format => FormatError::new_err(msg),
-        ErrorKind::UnsupportedFormat => UnsupportedFormatError::new_err(msg),
-        ErrorKind::Argument => ArgumentError::new_err(msg),
+    let class = match err.kind() {
+        ErrorKind::Io | ErrorKind::Shard => "ShardError",
+        ErrorKind::Header => "HeaderError",
+        ErrorKind::Config => "ConfigError",
+        ErrorKind::Format => "FormatError",
+        ErrorKind::UnsupportedFormat => "UnsupportedFormatError",
+        ErrorKind::Argument => "ArgumentError",
     };
-    Python::attach(|py| {
-        let v = e.value(py);
-        let file = err.file().map(|f| f.display().to_string());
-        // Setting attributes on a fresh exception instance cannot meaningfully fail; if it
-        // did, the message still names file and tensor.
-        let _ = v.setattr("file", file);
-        let _ = v.setattr("tensor", err.tensor().map(str::to_string));
-        let _ = v.setattr("module", err.module().map(str::to_string));
-    });
-    e
+    motensor_error(
+        class,
+        err.to_string(),
+        err.file().map(|f| f.display().to_string()),
+        err.tensor().map(str::to_string),
+        err.module().map(str::to_string),
+    )
 }
 
 /// A writable CPU buffer handed over from Python (a contiguous torch tensor).
@@ -58,16 +73,16 @@ impl HostBuffer {
     fn from_tensor(obj: &Bound<'_, PyAny>) -> PyResult<HostBuffer> {
         let device: String = obj.getattr("device")?.getattr("type")?.extract()?;
         if device != "cpu" {
-            return Err(ArgumentError::new_err(format!("buffer must be a CPU tensor, got device '{device}'")));
+            return Err(argument_error(format!("buffer must be a CPU tensor, got device '{device}'")));
         }
         let contiguous: bool = obj.call_method0("is_contiguous")?.extract()?;
         if !contiguous {
-            return Err(ArgumentError::new_err("buffer must be contiguous"));
+            return Err(argument_error("buffer must be contiguous"));
         }
         let ptr: usize = obj.call_method0("data_ptr")?.extract()?;
         let len: usize = obj.getattr("nbytes")?.extract()?;
         if ptr == 0 && len > 0 {
-            return Err(ArgumentError::new_err("buffer has no storage"));
+            return Err(argument_error("buffer has no storage"));
         }
         Ok(HostBuffer {
             ptr,
@@ -102,11 +117,24 @@ struct Checkpoint {
 #[pymethods]
 impl Checkpoint {
     #[new]
-    fn new(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Self> {
+    #[pyo3(signature = (path, validate_scales=true))]
+    fn new(py: Python<'_>, path: std::path::PathBuf, validate_scales: bool) -> PyResult<Self> {
         let ck = py
-            .detach(|| motensor_core::Checkpoint::open(&path))
+            .detach(|| motensor_core::Checkpoint::open_with(&path, OpenOptions { validate_scales }))
             .map_err(to_py)?;
         Ok(Checkpoint { inner: Arc::new(ck) })
+    }
+
+    /// Whether scales are validated (see `motensor.open`).
+    #[getter]
+    fn validate_scales(&self) -> bool {
+        self.inner.validate_scales
+    }
+
+    /// `config.json` as text, checked to be bounded, valid JSON (None if there is none).
+    fn config_text(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        let inner = self.inner.clone();
+        py.detach(move || inner.config_text()).map_err(to_py)
     }
 
     #[getter]
@@ -142,11 +170,11 @@ impl Checkpoint {
         let info = self
             .inner
             .tensor_info(name)
-            .ok_or_else(|| ArgumentError::new_err(format!("no tensor named '{name}'")))?;
+            .ok_or_else(|| argument_error(format!("no tensor named '{name}'")))?;
         let shard = self
             .inner
             .shard_of(name)
-            .ok_or_else(|| ArgumentError::new_err(format!("no tensor named '{name}'")))?;
+            .ok_or_else(|| argument_error(format!("no tensor named '{name}'")))?;
         let d = PyDict::new(py);
         d.set_item("name", &info.name)?;
         d.set_item("dtype", info.dtype.name())?;
@@ -232,18 +260,17 @@ impl Checkpoint {
         let inner = self.inner.clone();
         let name = name.to_string();
         py.detach(move || -> Result<(), Error> {
-            let src = inner.tensor_data(&name)?;
+            let (_, info) = inner.locate(&name)?;
             // SAFETY: `buf` is the only handle on this memory inside this call.
             let dst = unsafe { buf.slice() };
-            if dst.len() != src.len() {
+            if dst.len() as u64 != info.nbytes() {
                 return Err(Error::argument(format!(
                     "buffer for '{name}' has {} bytes, tensor has {}",
                     dst.len(),
-                    src.len()
+                    info.nbytes()
                 )));
             }
-            dst.copy_from_slice(src);
-            Ok(())
+            inner.read_into(&name, 0, dst)
         })
         .map_err(to_py)
     }
@@ -252,7 +279,7 @@ impl Checkpoint {
     /// `dtype`: "float32", "bfloat16" or "float16"), on all cores with the GIL released.
     fn dequantize_into(&self, py: Python<'_>, name: &str, buffer: &Bound<'_, PyAny>, dtype: &str) -> PyResult<()> {
         let out_dtype = OutDType::parse(dtype)
-            .ok_or_else(|| ArgumentError::new_err(format!("unsupported output dtype '{dtype}'")))?;
+            .ok_or_else(|| argument_error(format!("unsupported output dtype '{dtype}'")))?;
         let buf = HostBuffer::from_tensor(buffer)?;
         let inner = self.inner.clone();
         let name = name.to_string();
@@ -371,7 +398,7 @@ impl LoadPlan {
     fn fill_all(&self, py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<()> {
         let buf = HostBuffer::from_tensor(buffer)?;
         if (buf.len as u64) < self.total {
-            return Err(ArgumentError::new_err(format!(
+            return Err(argument_error(format!(
                 "arena buffer has {} bytes, plan needs {}",
                 buf.len, self.total
             )));
@@ -423,7 +450,7 @@ impl BatchList {
     fn get(&self, i: usize) -> PyResult<&Batch> {
         self.batches
             .get(i)
-            .ok_or_else(|| ArgumentError::new_err(format!("batch {i} of {}", self.batches.len())))
+            .ok_or_else(|| argument_error(format!("batch {i} of {}", self.batches.len())))
     }
 }
 
@@ -478,24 +505,17 @@ fn unsupported_formats() -> Vec<(&'static str, &'static str)> {
     KNOWN_UNSUPPORTED.to_vec()
 }
 
-/// Threads used for host work (rayon's pool; set MOTENSOR_NUM_THREADS or RAYON_NUM_THREADS
-/// before the first load to change it).
+/// Threads used for host work (motensor's own pool, rebuilt in a forked child; set
+/// MOTENSOR_NUM_THREADS or RAYON_NUM_THREADS before the first load of a process to change it).
 #[pyfunction]
 fn num_threads() -> usize {
-    rayon_threads()
-}
-
-fn rayon_threads() -> usize {
     motensor_core::fill::num_threads()
 }
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let py = m.py();
-    // Size rayon's global pool from MOTENSOR_NUM_THREADS now, before anything uses it:
-    // `Checkpoint::open` already runs on rayon, and a pool, once built, cannot be resized, so
-    // setting the pool up only at the first fill silently ignored the variable.
-    rayon_threads();
+    // No thread is started at import: the pool is built on first use (and again in a forked
+    // child, see motensor-core's pool.rs).
     m.add("__version__", motensor_core::VERSION)?;
     m.add_class::<Checkpoint>()?;
     m.add_class::<LoadPlan>()?;
@@ -503,12 +523,5 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(format_table, m)?)?;
     m.add_function(wrap_pyfunction!(unsupported_formats, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
-    m.add("MotensorError", py.get_type::<MotensorError>())?;
-    m.add("HeaderError", py.get_type::<HeaderError>())?;
-    m.add("ShardError", py.get_type::<ShardError>())?;
-    m.add("ConfigError", py.get_type::<ConfigError>())?;
-    m.add("FormatError", py.get_type::<FormatError>())?;
-    m.add("UnsupportedFormatError", py.get_type::<UnsupportedFormatError>())?;
-    m.add("ArgumentError", py.get_type::<ArgumentError>())?;
     Ok(())
 }
