@@ -16,8 +16,8 @@ dequantizer, ``Checkpoint.dequantize``) rounded to bf16, run by transformers its
 is weight-only (W4A16_AWQ, group 128), so that reference needs no activation emulation: the
 remaining differences are bf16 rounding of the weights in the reference (motensor multiplies
 with the exact fp32 weight) and accumulation order. With motensor's weight operand rounded to bf16
-too (``bf16_weight_operand``, as in tests/test_models.py) the logits agree bit for bit, MoE aside
-(expert sums in another order).
+too (``bf16_weight_operand``) every weight operand is identical and the logits agree to within
+``BF16_OPERAND_RTOL`` (bit for bit on some CPUs; how far depends on the BLAS kernel, not motensor).
 """
 from __future__ import annotations
 
@@ -291,15 +291,35 @@ def test_from_pretrained_matches_dequantized_reference(arch, exported):
     _assert_close(_logits(m), ref, arch)
 
 
+# With the same bf16 weight operand on both sides, what motensor controls is identical: every
+# QuantLinear's weight operand equals the reference Linear's weight bit for bit (asserted below).
+# The logits are then the same ops on the same operands, but whether they come out bit-exact
+# depends on the CPU's BLAS kernel, which motensor does not control: bias fused into addmm or not,
+# AVX-512 vs AVX2 vs NEON reduction order (AMD EPYC / AVX2: 0.0234 on qwen2, 2^-7 of the range;
+# bit-exact on the AVX-512 machine that wrote these tests). So they are bounded: two bf16 steps of
+# the logit range, the tolerance the MoE architectures (expert sums in another order) always had.
+BF16_OPERAND_RTOL = 2.0**-6
+
+
 @pytest.mark.parametrize("arch", ARCHS)
-def test_bit_exact_with_bf16_weight_operand(arch, exported, bf16_weight_operand):
+def test_same_weights_and_bounded_logits_with_bf16_weight_operand(arch, exported, bf16_weight_operand):
+    from motensor.nn import QuantLinear
+
     model, d = exported(arch)
-    got = _logits(motensor.from_pretrained(d, device="cpu"))
-    want = _logits(dequantized_reference(model, d))
+    m = motensor.from_pretrained(d, device="cpu")
+    ref = dequantized_reference(model, d)
+    ref_mods = dict(ref.named_modules())
+    compared = 0
+    for name, mod in m.named_modules():
+        if isinstance(mod, QuantLinear) and ".experts" not in name:
+            want_w = ref_mods[name].weight
+            got_w = mod.dequantize(torch.float32).to(torch.bfloat16)
+            assert torch.equal(got_w, want_w.to(torch.bfloat16)), f"{arch}: {name}: weight operand differs"
+            compared += 1
+    assert compared > 0
+    got, want = _logits(m), _logits(ref)
     err = (got - want).abs().max().item()
-    assert err <= want.abs().max().item() * 2.0**-6, f"{arch}: max |logit diff| {err:.4g}"
-    if "moe" not in arch and arch != "mixtral":
-        assert err == 0, f"{arch}: max |logit diff| {err:.4g}, expected bit-exact"
+    assert err <= want.abs().max().item() * BF16_OPERAND_RTOL, f"{arch}: max |logit diff| {err:.4g}"
 
 
 @pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral"])

@@ -474,6 +474,41 @@ mod tests {
     }
 
     #[test]
+    fn int4_piece_reads_only_its_source_rows_and_matches_the_definition() {
+        // [lead, N/2, K] pairs-along-N -> [lead, N, K/2] offset-8 pairs-along-K, cut anywhere
+        // on output rows.
+        for &(lead, n, k) in &[(1usize, 2usize, 2usize), (2, 4, 6), (3, 6, 16), (1, 10, 130)] {
+            let src = bytes(lead * (n / 2) * k, (lead * 1000 + n * 10 + k) as u64);
+            let half_k = k / 2;
+            let mut want = vec![0u8; lead * n * half_k];
+            for r in 0..lead * n {
+                let (e, ni) = (r / n, r % n);
+                let srow = &src[(e * (n / 2) + ni / 2) * k..][..k];
+                let shift = if ni % 2 == 0 { 0 } else { 4 };
+                for j in 0..half_k {
+                    let lo = ((srow[2 * j] >> shift) & 0xF) ^ 8;
+                    let hi = ((srow[2 * j + 1] >> shift) & 0xF) ^ 8;
+                    want[r * half_k + j] = lo | (hi << 4);
+                }
+            }
+            for cut in 1..=lead * n {
+                let mut got = vec![0u8; want.len()];
+                let mut ob = 0;
+                while ob < got.len() {
+                    let len = (cut * half_k).min(got.len() - ob);
+                    let read = |at: u64, dst: &mut [u8]| {
+                        dst.copy_from_slice(&src[at as usize..at as usize + dst.len()]);
+                        Ok(())
+                    };
+                    int4_piece(&read, src.len() as u64, "t", n, k, ob, &mut got[ob..ob + len]).unwrap();
+                    ob += len;
+                }
+                assert_eq!(got, want, "lead={lead} n={n} k={k} cut={cut}");
+            }
+        }
+    }
+
+    #[test]
     fn transpose_source_bound_covers_the_last_expert_touched() {
         // [2, rows=3, cols=4] of 2-byte elements: output rows 0..4 are expert 0, 4..8 expert 1.
         let row_bytes = 3 * 2;
