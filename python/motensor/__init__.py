@@ -2,7 +2,7 @@
 
 Data flow (one subpackage per step)::
 
-    files -> headers/metadata      motensor.open            (Rust core: mmap, validation, formats)
+    files -> headers/metadata      motensor.open            (Rust core: pread, validation, formats)
           -> pinned staging        motensor.load            (Rust fills pinned buffers, async H2D)
           -> device tensors        motensor.LoadedCheckpoint
           -> quantized modules     motensor.nn, motensor.replace_linears

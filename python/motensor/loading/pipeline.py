@@ -5,27 +5,25 @@ arena and cuts the arena into contiguous batches (``LoadPlan.batches(chunk)``). 
 them:
 
 - :func:`fill_staged` (CUDA): per batch, ask the kernel to start reading a later batch
-  (``MADV_WILLNEED``), wait until the batch's staging slot is free, let Rust fill the slot on all
+  (``POSIX_FADV_WILLNEED``), wait until the batch's staging slot is free, let Rust fill the slot on all
   cores with the GIL released (re-laying-out while it copies), then start an asynchronous copy of
   the slot into ``arena[begin:end]`` on a copy stream. Filling batch ``i+1`` on the CPU overlaps
   the DMA of batch ``i``, so a load runs at about the slower of the two rates, not their sum.
 - :func:`fill_direct` (CPU): Rust writes straight into the arena, batch by batch (no staging, no
   second copy); batches exist only to drive the progress bar and the read-ahead hints.
 
-Why the Rust side reads an mmap and copies (rather than ``pread`` or ``O_DIRECT``): a warm load
-is a memcpy out of the page cache, and a mapping lets every core copy its own slice with no
-system call per piece and no intermediate buffer, which the re-layouts need anyway (INT4
-re-packing and scale transposes read the source out of order). Measured on the H100 machine
-(``shared/MEASUREMENTS.md``): mmap'd page cache -> pinned buffer at 69 GB/s with 16 threads,
-above the 53 GB/s pinned host-to-device limit, whereas file reads into a pinned double buffer
-reached 36 GB/s. On the 2-core CI box, one thread, ``pread`` out of the page cache and a copy
-out of a fresh mapping cost the same (4.2 GB per CPU-second each: the first touch of a page is
-the cost either way), so ``pread`` would buy nothing and lose the random access. ``O_DIRECT``
-bypasses the page cache, so every load, even the second one, would pay the disk, and it needs
-aligned buffers and offsets that safetensors does not give. Registering the mapping itself with
-CUDA (``cudaHostRegister``) was measured slower than the memcpy it saves. For cold files the
-``MADV_WILLNEED`` hints keep the disk busy ahead of the copy threads, whose page faults would
-otherwise issue small synchronous reads.
+How the Rust side reads: ``pread`` straight into the destination (the CPU arena or a pinned
+staging slot), re-layouts through a small per-thread buffer. A memory map was used before and
+copied at the same cost on the 2-core CI box (the first touch of a page is the cost either way),
+but a map dies with SIGBUS when another process truncates the file mid-copy, and on the CPU
+path it kept the mapped files resident beside the arena (peak RSS about twice the checkpoint;
+with ``pread`` it is the arena plus a few MiB). A truncation during a ``pread`` is a short read:
+a ``ShardError`` naming file and tensor. ``MADV_WILLNEED`` became ``POSIX_FADV_WILLNEED`` on
+the file, so cold reads still run ahead of the copy threads. The 16-thread page-cache rate of
+``pread`` into pinned memory on the H100 machine is still to be measured (``make gpu-check``);
+the mmap figure there was 69 GB/s, above the 53 GB/s H2D limit. ``O_DIRECT`` bypasses the page
+cache, so every load, even the second one, would pay the disk, and it needs aligned buffers and
+offsets that safetensors does not give.
 """
 from __future__ import annotations
 
