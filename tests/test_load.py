@@ -36,8 +36,10 @@ SMALL_CHUNK = 3000
 
 
 # -- synthetic checkpoints ----------------------------------------------------------------------
-def _quant_config(algo: str, **extra) -> dict:
-    q = {"quant_algo": algo, "kv_cache_quant_algo": "FP8", "exclude_modules": ["lm_head"], **extra}
+def _quant_config(algo: str, kv: str | None = "FP8", **extra) -> dict:
+    # kv: the checkpoints written with _plain_tensors carry k/v scales; the others have none,
+    # and an FP8 KV cache without scales is refused (tests/test_reliability.py).
+    q = {"quant_algo": algo, "kv_cache_quant_algo": kv, "exclude_modules": ["lm_head"], **extra}
     return {"producer": {"name": "modelopt", "version": "0.47.0"}, "quantization": q}
 
 
@@ -236,7 +238,7 @@ def test_stacked_experts_relayout_across_batches(tmp_path, fmt):
     name = "model.layers.0.mlp.experts"
     tensors = {f"{name}.{role}": torch.stack([e[role] for e in experts]) for role in experts[0]}
     save_file(tensors, tmp_path / "model.safetensors")
-    (tmp_path / "hf_quant_config.json").write_text(json.dumps(_quant_config(fmt, group_size=get_format(fmt).default_group)))
+    (tmp_path / "hf_quant_config.json").write_text(json.dumps(_quant_config(fmt, kv=None, group_size=get_format(fmt).default_group)))
     ck = motensor.open(tmp_path)
     assert ck.modules[name].lead == (3,)
     ref = reference(ck)
@@ -251,7 +253,7 @@ def test_single_block_fp8_pb_wo_scale_loads_as_2d(tmp_path):
     q = quantize_weight("FP8_PB_WO", torch.randn(64, 128))
     q["weight_scale"] = q["weight_scale"].reshape(())
     save_file({f"{MODULE}.{r}": t for r, t in q.items()}, tmp_path / "model.safetensors")
-    (tmp_path / "hf_quant_config.json").write_text(json.dumps(_quant_config("FP8_PB_WO")))
+    (tmp_path / "hf_quant_config.json").write_text(json.dumps(_quant_config("FP8_PB_WO", kv=None)))
     scale = motensor.load(tmp_path, "cpu", progress=False).modules[MODULE]["weight_scale"]
     assert tuple(scale.shape) == (1, 1) and scale.item() == q["weight_scale"].item()
 

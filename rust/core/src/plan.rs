@@ -127,9 +127,14 @@ fn plain_item(ck: &Checkpoint, t: &str) -> Result<LoadItem> {
         out_dtype: info.dtype,
         out_shape: info.shape.clone(),
         out_bytes: info.nbytes(),
-        granule: 1,
+        // KV scales are validated as they are filled: never cut one inside an element.
+        granule: if is_kv_scale(t) { info.dtype.size().max(1) as u64 } else { 1 },
         offset: 0,
     })
+}
+
+fn is_kv_scale(t: &str) -> bool {
+    t.ends_with(".k_scale") || t.ends_with(".v_scale")
 }
 
 fn module_item(ck: &Checkpoint, m: &QuantModule, role: Role, t: &str) -> Result<LoadItem> {
@@ -182,6 +187,14 @@ fn module_item(ck: &Checkpoint, m: &QuantModule, role: Role, t: &str) -> Result<
             (Transform::Copy, info.dtype, shape, 1)
         }
         _ => (Transform::Copy, info.dtype, info.shape.clone(), 1),
+    };
+    // Scales are validated piece by piece as they are filled (scales.rs): a batch must not cut
+    // one inside an element, or its halves would be read as two wrong values.
+    let granule = match (transform, role) {
+        (Transform::Copy, Role::WeightScale | Role::WeightScale2 | Role::InputScale | Role::PreQuantScale) => {
+            granule.max(info.dtype.size().max(1) as u64)
+        }
+        _ => granule,
     };
     let out_bytes = out_shape.iter().product::<u64>() * out_dtype.size() as u64;
     let _ = nlead;
