@@ -8,7 +8,7 @@ Weights: qweight float8_e4m3fn [N, K] row-major, with scales of kind (``ScaleEnc
 Design: one tensor-core kernel (paths "splitk" for M <= 16 with BLOCK_M = 16, "tiled" otherwise).
 The FP8 byte is decoded with bit operations into fp16 (`w * 2^-8`, exact, subnormals included), so
 no fp8 hardware is needed (sm80 works) and the interpreter is exact. When a K chunk lies inside one
-scale block (always for F32_BLOCK: BLOCK_K divides B; for E8M0 when BLOCK_K divides 32) the scale is
+scale block (always for F32 blocks: BLOCK_K divides B; for E8M0 when BLOCK_K divides 32) the scale is
 applied to the fp32 partial product per column; otherwise (E8M0 with BLOCK_K > 32) each element is
 scaled in fp32 and rounded once to the operand dtype.
 """
@@ -44,7 +44,7 @@ def _w8a16_kernel(
     pid_m, pid_n = grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     CHUNK_IN_BLOCK: tl.constexpr = SBLOCK % BLOCK_K == 0
-    tl.static_assert(CHUNK_IN_BLOCK or SCALE_KIND == SCALE_E8M0_T, "F32_BLOCK needs BLOCK_K | block size")
+    tl.static_assert(CHUNK_IN_BLOCK or SCALE_KIND == SCALE_E8M0_T, "F32 block scales need BLOCK_K | block size")
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = rm < M
@@ -73,7 +73,7 @@ def _w8a16_kernel(
                 s = e8m0_f32(tl.load(s_ptr + (k0 // SBLOCK) * stride_s0 + rn, mask=mask_n, other=0))
             acc += tl.dot(x, tl.trans(h.to(op_dtype))) * s[None, :]
         else:
-            # Only E8M0 gets here (F32_BLOCK chunks always lie inside one block, asserted above).
+            # Only E8M0 gets here (F32 block chunks always lie inside one block, asserted above).
             # [BN, groups, G] view: one scale load/decode per group, broadcast in registers.
             NG: tl.constexpr = BLOCK_K // SBLOCK
             rn3 = rn[:, None, None]
