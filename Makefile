@@ -1,6 +1,6 @@
 # The two commands of the README. Each sets everything up itself (scripts/setup.sh: a cached
 # virtual environment with the pinned requirements, and the Rust extension in release mode).
-.PHONY: demo test setup rust-test py-test
+.PHONY: demo test setup lint stubs stub-check py-lint rust-lint rust-test py-test
 
 setup:
 	./scripts/setup.sh
@@ -8,7 +8,25 @@ setup:
 demo: setup
 	./scripts/demo.sh
 
-test: setup rust-test py-test
+test: setup lint rust-test py-test
+
+# Static checks (seconds once caches are warm): the generated stub and enums match the built
+# extension, ruff, mypy on python/motensor, clippy with warnings as errors.
+lint: stub-check py-lint rust-lint
+
+stub-check:
+	.venv/bin/python scripts/gen_stubs.py --check
+
+# Rewrites python/motensor/_core.pyi and _vocab.py after a change to the Rust bindings or table.
+stubs:
+	.venv/bin/python scripts/gen_stubs.py
+
+py-lint:
+	.venv/bin/ruff check python scripts benches tests
+	.venv/bin/mypy
+
+rust-lint:
+	cargo clippy --release --workspace --all-targets -- -D warnings
 
 rust-test:
 	cargo test --release -p motensor-core

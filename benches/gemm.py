@@ -300,21 +300,23 @@ def bare_gemm(mod, x: torch.Tensor):
     where the forward is the op itself; ``comparable``: the output is y (not a raw accumulator).
     Raises where the op cannot run on this device."""
     from motensor import ops
+    from motensor.formats import Activation
     from motensor.kernels import reference as ref
-    from motensor.nn import forwards
 
-    fwd = forwards.forward_for(mod.format).__name__
+    recipe = mod.recipe
+    act = recipe.activation
     if mod.pre_quant_scale is not None:
         x = x * mod.pre_quant_scale.to(x.dtype)
-    if fwd == "_w4a4_nvfp4":
+    if act is Activation.NVFP4:
         xq = ops.nvfp4_fake_quant(x, mod.input_scale)
-        return (lambda: forwards._w4a16(mod, xq)), "w4a16_gemm on the NVFP4 fake-quantized input", True
-    if fwd == "_mxfp8":
+        w4a16 = recipe_for_activation(mod, Activation.NONE)
+        return (lambda: w4a16.forward(mod, xq)), "w4a16_gemm on the NVFP4 fake-quantized input", True
+    if act is Activation.MXFP8:
         xq = ops.mxfp8_fake_quant(x)
-        return (lambda: ops.w8a16_gemm(xq, mod.weight, mod.weight_scale, scale_kind="E8M0",
+        return (lambda: ops.w8a16_gemm(xq, mod.weight, mod.weight_scale, scale_kind=recipe.kernel.scale.name,
                                        block_size=mod.group_size, bias=mod.bias)), \
             "w8a16_gemm on the MXFP8 fake-quantized input", True
-    if fwd == "_fp8_per_token":
+    if act is Activation.FP8_PER_TOKEN:
         if x.device.type != "cuda":
             raise NeedsCuda("needs CUDA (torch._scaled_mm)")
         xq, sa = ops.fp8_quant_per_token(x)
@@ -322,7 +324,7 @@ def bare_gemm(mod, x: torch.Tensor):
         return (lambda: torch._scaled_mm(xq, mod.weight.t(), scale_a=sa.float(), scale_b=sb,
                                          out_dtype=torch.bfloat16)), \
             "torch._scaled_mm row-wise on the per-token quantized input", True
-    if fwd == "_int8_static":
+    if act is Activation.INT8_PER_TENSOR:
         if x.device.type != "cuda":
             raise NeedsCuda("needs CUDA (torch._int_mm)")
         xq = ref.int8_quant_static(x, mod.input_scale)
@@ -335,13 +337,20 @@ def bare_gemm(mod, x: torch.Tensor):
     return None
 
 
-def forward_note(mod) -> str:
-    from motensor.nn import forwards
+def recipe_for_activation(mod, activation):
+    """The recipe of the module's weight with other activations (the bare weight GEMM)."""
+    from motensor.recipes import RECIPES
 
-    fwd = forwards.forward_for(mod.format).__name__
-    if fwd == "_w4a8":
+    return next(r for r in RECIPES if r.codec is mod.recipe.codec and r.activation is activation)
+
+
+def forward_note(mod) -> str:
+    from motensor.formats import Activation
+
+    recipe = mod.recipe
+    if recipe.family == "w4a8":
         return "activation quantization inside the w4a8 op"
-    if fwd == "_fp8_per_tensor":
+    if recipe.family == "fp8_linear" and recipe.activation is Activation.FP8_PER_TENSOR:
         return "the bare GEMM is the scaled_mm_fp8 row"
     return ""
 
@@ -536,7 +545,7 @@ def gemlite_module(qweight: torch.Tensor, scales: torch.Tensor, k: int, n: int):
     try:
         import gemlite.core as gc_
 
-        cls = getattr(gc_, "GemLiteLinearTriton", None) or getattr(gc_, "GemLiteLinear")
+        cls = getattr(gc_, "GemLiteLinearTriton", None) or gc_.GemLiteLinear
         layer = cls(4, group_size=TINYGEMM_GROUP, in_features=k, out_features=n,
                     input_dtype=gc_.DType.BF16, output_dtype=gc_.DType.BF16)
         layer.pack(codes, s, z, None)
@@ -719,7 +728,7 @@ def bench_shape(b: Bench, n: int, k: int, ms: list[int], formats: list[str]) -> 
                 continue
             mod = modules[fmt]
             try:
-                kernel = mod.kernel_for(m)
+                kernel = repr(mod.kernel_choice(m))
             except Exception as e:  # noqa: BLE001
                 kernel = f"kernel_for failed: {short_error(e)}"
             notes = [f"kernel: {kernel}", forward_note(mod), build_notes[fmt]]

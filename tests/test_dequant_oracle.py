@@ -21,7 +21,6 @@ Bounds below are about 1.5-2x those measurements; every other format must match 
 """
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -102,7 +101,7 @@ def test_inspect_names_every_module_with_its_algorithm(fixture, capsys):
     ckpt = motensor.open(fixture)
     q = ckpt.quant_config
     for name, info in ckpt.modules.items():
-        line = next((l for l in out.splitlines() if l.split() and l.split()[0] == name), None)
+        line = next((ln for ln in out.splitlines() if ln.split() and ln.split()[0] == name), None)
         assert line is not None, f"{name} missing from `motensor inspect`"
         assert line.split()[1] == info.quant_algo
         if q is not None and q.scheme == "single":

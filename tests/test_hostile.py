@@ -323,7 +323,7 @@ def test_malformed_hf_quant_config(tmp_path, body):
 def test_missing_scale_tensor(tmp_path, algo):
     for role in [r for r in mol.required_roles(algo) if r != "weight"]:
         name = f"{DOWN}.{role}"
-        d = mol.write_checkpoint(tmp_path / role, algo, lambda ck: ck.tensors.pop(name))
+        d = mol.write_checkpoint(tmp_path / role, algo, lambda ck, name=name: ck.tensors.pop(name))
         e = expect(FormatError, open_dir(d), file=SHARD, tensor=name, module=DOWN)
         assert "missing" in str(e) and algo in str(e)
 
@@ -416,7 +416,7 @@ def test_broken_config_json_beside_hf_quant_config(tmp_path):
     for body in (b"{", b"\xff\xfe"):
         (d / "config.json").write_bytes(body)
         ck = motensor.open(d)
-        expect(ConfigError, lambda: ck.config, file="config.json")
+        expect(ConfigError, lambda ck=ck: ck.config, file="config.json")
 
 
 def test_unknown_module_is_an_argument_error(tmp_path):
@@ -534,11 +534,11 @@ def _hostile_inputs(tmp: Path):
         for role in mol.roles(algo):
             name = f"{DOWN}.{role}"
             for i, edit in enumerate([
-                lambda ck: ck.tensors.pop(name),
-                lambda ck: ck.set(name, dtype="I64"),
-                lambda ck: ck.set(name, shape=(3, 0, 5)),
-                lambda ck: ck.set(name, shape=(0, 2**40, 2**20)),
-                lambda ck: ck.set(name, shape=(1,) * 5),
+                lambda ck, name=name: ck.tensors.pop(name),
+                lambda ck, name=name: ck.set(name, dtype="I64"),
+                lambda ck, name=name: ck.set(name, shape=(3, 0, 5)),
+                lambda ck, name=name: ck.set(name, shape=(0, 2**40, 2**20)),
+                lambda ck, name=name: ck.set(name, shape=(1,) * 5),
             ]):
                 d = tmp / f"{algo}-{role}-{i}"
                 yield d.name, mol.write_checkpoint(d, algo, edit)

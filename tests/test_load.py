@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 import motensor
 from motensor.errors import ArgumentError, ShardError
-from motensor.formats import FORMAT_NAMES, get_format
+from motensor.formats import FORMAT_NAMES, Element, ScaleLayout, get_format
 from motensor.layout import to_kernel_layout
 from motensor.loading import staging
 from motensor.loading.load import _load
@@ -201,13 +201,13 @@ def test_every_format_loads_byte_exact(format_ckpts, fmt):
     # The layout contract the kernels rely on, not only agreement with motensor.layout.
     w = direct.modules[MODULE]["weight"]
     spec = get_format(fmt)
-    if spec.element in ("e2m1", "int4"):
+    if spec.element in (Element.E2M1, Element.INT4):
         assert w.dtype == torch.uint8 and tuple(w.shape) == (N, K // 2)
     for role, t in direct.modules[MODULE].tensors.items():
         rule = spec.rule(role)
         if rule is not None and rule.shape == "scalar":
             assert t.dim() == 0 and t.dtype == torch.float32, role
-        if role == "weight_scale" and spec.scale_layout == "groups_transposed":
+        if role == "weight_scale" and spec.scale_layout is ScaleLayout.GROUPS_TRANSPOSED:
             assert tuple(t.shape) == (K // direct.modules[MODULE].info.group_size, N)
 
 

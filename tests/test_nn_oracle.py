@@ -20,7 +20,6 @@ Tolerances are relative Frobenius errors, per format:
 from __future__ import annotations
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 import motensor

@@ -8,7 +8,6 @@ test run.
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
 import subprocess
@@ -17,7 +16,6 @@ import textwrap
 import traceback
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

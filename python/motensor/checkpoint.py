@@ -293,7 +293,7 @@ def _error(cls: type[MotensorError], msg: str, *, file=None, tensor: str | None 
     return cls(msg, file=file, tensor=tensor, module=module)
 
 
-def _human(n: int) -> str:
+def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

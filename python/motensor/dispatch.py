@@ -1,9 +1,11 @@
-"""Kernel selection: the one place that maps (op family, device, capability, dtype, M) to a kernel.
+"""Kernel selection: the one place that maps (op family, device, capability, dtype, shape) to a kernel.
 
-The custom ops in `motensor.ops` ask `choose(...)` which implementation to run; the Triton
-launchers ask `triton_choice(...)` when called without an explicit `path`. Every distinct choice
-is logged once (logger "motensor.dispatch", INFO) and `describe()` prints the rules or one
-decision, so a module's kernel can always be inspected:
+Every ``motensor::`` custom op asks `choose(...)` which implementation to run and runs what the
+returned `KernelChoice` names (its ``backend`` and ``path``); the Triton launchers ask
+`triton_choice(...)` when called without an explicit ``path``; ``QuantLinear.kernel_for`` prints
+the same choice. Every distinct choice is logged once (logger "motensor.dispatch", INFO).
+`describe()` without arguments prints the rules by running `choose` over representative devices
+and sizes, so the text is the decision itself and cannot drift from it:
 
     >>> from motensor import dispatch
     >>> dispatch.choose("w4a16", device="cuda", dtype=torch.bfloat16, M=1, capability=(9, 0))
@@ -11,6 +13,7 @@ decision, so a module's kernel can always be inspected:
 
 The M thresholds come from MEASUREMENTS.md (dequant + cuBLAS wins for prefill) and from static
 SASS instruction counts of the compiled kernels (kernels/README.md), not from GPU timings yet.
+This module imports no kernel module (the kernels import it).
 """
 from __future__ import annotations
 
@@ -18,9 +21,11 @@ import functools
 import importlib.util
 import logging
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
+
+from motensor import _cupy
 
 log = logging.getLogger("motensor.dispatch")
 
@@ -28,10 +33,15 @@ GEMV_MAX_M = 2               # FMA GEMV: per-weight SASS 6.6 / 8.5 / 11.5 at M =
                              # the split-K dot (sm90, offline compile; kernels/README.md)
 SPLITK_MAX_M = 16            # one 16-row MMA tile, split-K to fill the GPU
 DEQUANT_CUBLAS_MIN_M = 1024  # dequantize once (CuPy) + cuBLAS when the GEMM is compute-bound
+SCALED_MM_ALIGN = 16         # torch._scaled_mm: K and N multiples of 16
+INT_MM_ALIGN = 8             # torch._int_mm: K and N multiples of 8
+INT_MM_MIN_M = 17            # cuBLASLt's int8 GEMM wants more than 16 rows (smaller M is padded)
 
 GEMM_FAMILIES = ("w4a16", "w8a16", "w4a8")
 QUANT_FAMILIES = ("nvfp4_fake_quant", "mxfp8_fake_quant", "fp8_quant_per_token", "fp8_quant_static")
-FAMILIES = GEMM_FAMILIES + QUANT_FAMILIES + ("dequant_w4",)
+# FP8 / INT8 weights on torch's own cuBLAS(Lt) GEMMs.
+NATIVE_FAMILIES = ("fp8_linear", "int8_linear", "int8_weight_only")
+FAMILIES = GEMM_FAMILIES + QUANT_FAMILIES + ("dequant_w4",) + NATIVE_FAMILIES
 
 _PATHS = {
     "w4a16": ("gemv", "splitk", "tiled", "dequant_cublas"),
@@ -43,13 +53,22 @@ _DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "f
 
 @dataclass(frozen=True)
 class KernelChoice:
-    """What runs: `name` is stable (logs, benchmarks); `path` is the launcher's path argument."""
+    """What runs: `name` is stable (logs, benchmarks); `backend` says which implementation the op
+    runs ("triton", "cupy", "cupy+cublas", "torch._scaled_mm", "torch._int_mm", "torch.matmul",
+    or "torch" for the exact reference); `path` is the Triton launcher's path argument."""
     name: str
     family: str
-    backend: str                 # "triton" | "cupy+cublas" | "cupy" | "torch"
+    backend: str
     path: Optional[str] = None
     operand: Optional[str] = None  # MMA operand type: fp16, bf16, tf32, fp8e4m3, fp16(fp8 values)
     reason: str = ""
+
+    @property
+    def is_reference(self) -> bool:
+        return self.backend == "torch"
+
+    def describe(self) -> str:
+        return f"{self!r}\n  reason: {self.reason}"
 
     def __repr__(self) -> str:
         return (f"KernelChoice(name={self.name!r}, backend={self.backend!r}, path={self.path!r}, "
@@ -66,17 +85,12 @@ def triton_available() -> bool:
 
 
 def cupy_available() -> bool:
-    from motensor.kernels import cupy_dequant
-    return cupy_dequant.is_available()
+    return _cupy.is_available()
 
 
 @functools.lru_cache(maxsize=None)
 def _capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
-
-
-def _device(device: Union[str, torch.device]) -> torch.device:
-    return torch.device(device)
 
 
 def _device_capability(device: torch.device) -> tuple[int, int]:
@@ -93,19 +107,12 @@ def _operand(family: str, dtype: torch.dtype, capability: Optional[tuple[int, in
     return "tf32" if dtype == torch.float32 else _DTYPE_NAMES[dtype]
 
 
-def triton_choice(family: str, device: Union[str, torch.device], dtype: torch.dtype, M: int,
-                  capability: Optional[tuple[int, int]] = None, path: Optional[str] = None) -> KernelChoice:
-    """The Triton (or CuPy) kernel for a GEMM/quantizer, by M alone; no CPU fallback.
-
-    Used by the launchers (also under the interpreter, where capability is None) and by `choose`.
-    """
-    device = _device(device)
-    if capability is None and device.type == "cuda":
-        capability = _device_capability(device)
+def _triton(family: str, device: torch.device, dtype: torch.dtype, M: int,
+            capability: Optional[tuple[int, int]], path: Optional[str]) -> KernelChoice:
     if family in QUANT_FAMILIES:
-        return _logged(KernelChoice(f"{family}_triton", family, "triton", None, None, "single Triton kernel"))
+        return KernelChoice(f"{family}_triton", family, "triton", None, None, "single Triton kernel")
     if family not in _PATHS:
-        raise ValueError(f"unknown kernel family {family!r}; known: {FAMILIES}")
+        raise ValueError(f"{family!r} has no Triton kernel; Triton families: {tuple(_PATHS) + QUANT_FAMILIES}")
     if path is not None:
         if path not in _PATHS[family]:
             raise ValueError(f"{family} path must be one of {_PATHS[family]}, got {path!r}")
@@ -128,69 +135,134 @@ def triton_choice(family: str, device: Union[str, torch.device], dtype: torch.dt
         kind = "dot" if family != "w4a8" else ("fp8_dot" if operand == "fp8e4m3" else "fp16emu_dot")
         name = f"{family}_{kind}_{path}"
     backend = "cupy+cublas" if path == "dequant_cublas" else "triton"
-    return _logged(KernelChoice(name, family, backend, path, None if backend != "triton" else operand, reason),
-                   capability, dtype)
+    return KernelChoice(name, family, backend, path, None if backend != "triton" else operand, reason)
+
+
+def _aligned(N: Optional[int], K: Optional[int], align: int) -> bool:
+    return all(d is None or d % align == 0 for d in (N, K))
+
+
+def _native(family: str, M: int, N: Optional[int], K: Optional[int],
+            capability: tuple[int, int]) -> KernelChoice:
+    """FP8 / INT8 weights on torch's cuBLAS(Lt) GEMMs, where their shape rules are met."""
+    if family == "fp8_linear":
+        if not hasattr(torch, "_scaled_mm"):
+            return _reference(family, "this torch has no _scaled_mm")
+        if capability < (8, 9):
+            return _reference(family, f"sm{capability[0]}{capability[1]} < sm89: no FP8 tensor cores")
+        if not _aligned(N, K, SCALED_MM_ALIGN):
+            return _reference(family, f"N={N}, K={K} not multiples of {SCALED_MM_ALIGN} (torch._scaled_mm)")
+        return KernelChoice("fp8_linear_scaled_mm", family, "torch._scaled_mm", None, "fp8e4m3",
+                            "cuBLASLt FP8 GEMM (per-tensor or row-wise scales)")
+    if family == "int8_linear":
+        if not _aligned(N, K, INT_MM_ALIGN):
+            return _reference(family, f"N={N}, K={K} not multiples of {INT_MM_ALIGN} (torch._int_mm)")
+        pad = f", M={M} padded to {INT_MM_MIN_M}" if M < INT_MM_MIN_M else ""
+        return KernelChoice("int8_linear_int_mm", family, "torch._int_mm", None, "int8", f"cuBLASLt INT8 GEMM{pad}")
+    # int8_weight_only
+    return KernelChoice("int8_weight_only_dequant_matmul", family, "torch.matmul", None, None,
+                        "dequantize to the activation dtype + cuBLAS")
+
+
+def _decide(family: str, device: torch.device, dtype: torch.dtype, M: int, N: Optional[int], K: Optional[int],
+            capability: Optional[tuple[int, int]], path: Optional[str]) -> tuple[KernelChoice, Optional[tuple[int, int]]]:
+    """The decision (see `choose`), without logging; also returns the capability it used."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown kernel family {family!r}; known: {FAMILIES}")
+    if device.type != "cuda":
+        return _reference(family, f"{device.type} device: exact pure-torch reference"), None
+    if capability is None:
+        capability = _device_capability(device)
+    if family in NATIVE_FAMILIES:
+        return _native(family, M, N, K, capability), capability
+    if family == "dequant_w4":
+        if cupy_available():
+            return KernelChoice("dequant_w4_cupy", family, "cupy", None, None, "CuPy raw kernel"), capability
+        return _reference(family, "CuPy not installed"), capability
+    if not triton_available():
+        return _reference(family, "Triton not installed"), capability
+    if capability < (7, 0):
+        return _reference(family, f"sm{capability[0]}{capability[1]} < sm70: no Triton"), capability
+    if dtype == torch.bfloat16 and capability < (8, 0) and family in ("w4a16", "w8a16"):
+        return _reference(family, "bf16 MMA needs sm80"), capability
+    return _triton(family, device, dtype, M, capability, path), capability
+
+
+def triton_choice(family: str, device: Union[str, torch.device], dtype: torch.dtype, M: int,
+                  capability: Optional[tuple[int, int]] = None, path: Optional[str] = None) -> KernelChoice:
+    """The Triton (or CuPy) kernel for a GEMM/quantizer, by M alone; no CPU fallback.
+
+    Used by the launchers (also under the interpreter, where capability is None) and by `choose`.
+    """
+    device = torch.device(device)
+    if capability is None and device.type == "cuda":
+        capability = _device_capability(device)
+    return _logged(_triton(family, device, dtype, M, capability, path), capability, dtype)
 
 
 def choose(family: str, *, device: Union[str, torch.device], dtype: torch.dtype, M: int = 1,
-           capability: Optional[tuple[int, int]] = None, path: Optional[str] = None) -> KernelChoice:
-    """Pick the implementation the ops run for `family` on `device` with activations of `dtype`.
+           N: Optional[int] = None, K: Optional[int] = None, capability: Optional[tuple[int, int]] = None,
+           path: Optional[str] = None) -> KernelChoice:
+    """Pick the implementation the ops run for `family` on `device` with activations of `dtype`
+    and a product of `M` rows, `N` outputs and `K` inputs (N/K matter to the torch GEMMs).
 
     Rules, in order: non-CUDA device -> pure-torch reference (the CPU implementation of every op);
-    no Triton, compute capability < 7.0, or bf16 before sm80 -> torch reference on the GPU;
-    `dequant_w4` -> CuPy kernel when CuPy imports, else torch; otherwise `triton_choice` (M rules).
+    FP8 / INT8 weights -> torch._scaled_mm (sm89+, N/K % 16) / torch._int_mm (N/K % 8) / dequantize
+    + matmul (weight-only INT8), else the reference; `dequant_w4` -> CuPy kernel when CuPy imports,
+    else torch; no Triton, compute capability < 7.0, or bf16 before sm80 -> torch reference on the
+    GPU; otherwise `triton_choice` (M rules).
     """
-    if family not in FAMILIES:
-        raise ValueError(f"unknown kernel family {family!r}; known: {FAMILIES}")
-    device = _device(device)
-    if device.type != "cuda":
-        return _logged(_reference(family, f"{device.type} device: exact pure-torch reference"), None, dtype)
-    if capability is None:
-        capability = _device_capability(device)
-    if family == "dequant_w4":
-        if cupy_available():
-            return _logged(KernelChoice("dequant_w4_cupy", family, "cupy", None, None, "CuPy raw kernel"),
-                           capability, dtype)
-        return _logged(_reference(family, "CuPy not installed"), capability, dtype)
-    if not triton_available():
-        return _logged(_reference(family, "Triton not installed"), capability, dtype)
-    if capability < (7, 0):
-        return _logged(_reference(family, f"sm{capability[0]}{capability[1]} < sm70: no Triton"), capability, dtype)
-    if dtype == torch.bfloat16 and capability < (8, 0) and family in ("w4a16", "w8a16"):
-        return _logged(_reference(family, "bf16 MMA needs sm80"), capability, dtype)
-    return triton_choice(family, device, dtype, M, capability, path)
+    choice, cap = _decide(family, torch.device(device), dtype, M, N, K, capability, path)
+    return _logged(choice, cap, dtype)
 
 
-def describe(family: Optional[str] = None, **kwargs) -> str:
+# Representative situations `describe()` runs `choose` on: (label, device, capability, dtype).
+_SITUATIONS = (
+    ("cpu", "cpu", None, torch.bfloat16),
+    ("sm75 bf16", "cuda", (7, 5), torch.bfloat16),
+    ("sm80 bf16", "cuda", (8, 0), torch.bfloat16),
+    ("sm90 bf16", "cuda", (9, 0), torch.bfloat16),
+)
+
+
+def _rules() -> str:
+    lines = ["motensor kernel dispatch (motensor/dispatch.py; each line is choose() on that case)"]
+    ms = sorted({1, GEMV_MAX_M, SPLITK_MAX_M, SPLITK_MAX_M + 1, DEQUANT_CUBLAS_MIN_M})
+    for family in FAMILIES:
+        seen: set[tuple[str, str]] = set()
+        for label, device, cap, dtype in _SITUATIONS:
+            for m in ms if family in GEMM_FAMILIES else (1,):
+                for n, k in ((4096, 4096), (4100, 4100)) if family in NATIVE_FAMILIES else ((None, None),):
+                    c, _ = _decide(family, torch.device(device), dtype, m, n, k, cap, None)
+                    if (c.name, c.reason) in seen:
+                        continue
+                    seen.add((c.name, c.reason))
+                    shape = f" M={m}" if family in GEMM_FAMILIES else ""
+                    shape += f" N=K={n}" if n is not None else ""
+                    lines.append(f"  {family:<20} {label:<9}{shape:<14} -> {c.name} ({c.backend}): {c.reason}")
+    return "\n".join(lines)
+
+
+def describe(family: Optional[str] = None, **kwargs: Any) -> str:
     """Without arguments: the rules. With `choose` arguments: that decision and its reason."""
     if family is None:
-        return "\n".join([
-            "motensor kernel dispatch (motensor/dispatch.py)",
-            "  non-CUDA device            -> <family>_torch_reference (exact pure-torch, kernels/reference.py)",
-            "  no Triton / < sm70 / bf16 GEMM < sm80 -> <family>_torch_reference on the GPU",
-            f"  w4a16  M <= {GEMV_MAX_M}            -> w4a16_gemv_splitk (FMA GEMV, bit-trick decode, split-K)",
-            f"  w4a16/w8a16/w4a8 M <= {SPLITK_MAX_M}  -> *_dot_splitk (BLOCK_M = 16 tl.dot, split-K)",
-            f"  w4a16  M >= {DEQUANT_CUBLAS_MIN_M} + CuPy, fp16/bf16 -> w4a16_dequant_cublas",
-            "  otherwise                  -> *_dot_tiled (tl.dot, grouped tiles)",
-            "  w4a8 operands: fp8e4m3 on sm89+, else fp16 holding the fp8-rounded values",
-            "  quantizers: one Triton kernel each; dequant_w4: CuPy kernel or torch",
-        ])
-    c = choose(family, **kwargs)
-    return f"{c!r}\n  reason: {c.reason}"
+        return _rules()
+    return choose(family, **kwargs).describe()
 
 
 def _reference(family: str, reason: str) -> KernelChoice:
     return KernelChoice(f"{family}_torch_reference", family, "torch", None, None, reason)
 
 
-_LOGGED: set = set()
+_LOGGED: set[tuple[Any, ...]] = set()
 
 
-def _logged(choice: KernelChoice, capability=None, dtype=None) -> KernelChoice:
+def _logged(choice: KernelChoice, capability: Optional[tuple[int, int]] = None,
+            dtype: Optional[torch.dtype] = None) -> KernelChoice:
     key = (choice.name, choice.operand, capability, dtype)
     if key not in _LOGGED:
         _LOGGED.add(key)
         cap = "" if capability is None else f" sm{capability[0]}{capability[1]}"
         log.info("motensor kernel %s (%s%s, %s): %s", choice.name, choice.backend, cap,
-                 _DTYPE_NAMES.get(dtype, dtype), choice.reason)
+                 _DTYPE_NAMES.get(dtype, dtype) if dtype is not None else None, choice.reason)
     return choice

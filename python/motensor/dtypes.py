@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from motensor.errors import ArgumentError, FormatError
+
 _BY_NAME: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
     "U8": torch.uint8,
@@ -30,7 +32,7 @@ def torch_dtype(name: str) -> torch.dtype:
     try:
         return _BY_NAME[name]
     except KeyError:
-        raise ValueError(f"no torch dtype for safetensors dtype {name!r}") from None
+        raise FormatError(f"no torch dtype for safetensors dtype {name!r}") from None
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -39,4 +41,4 @@ def dtype_name(dtype: torch.dtype) -> str:
     try:
         return names[dtype]
     except KeyError:
-        raise ValueError(f"dequantization writes float32, bfloat16 or float16, not {dtype}") from None
+        raise ArgumentError(f"dequantization writes float32, bfloat16 or float16, not {dtype}") from None

@@ -1,25 +1,76 @@
 """The format table, as read from the Rust core (one row per ModelOpt ``quant_algo``).
 
 This is the same table the Rust validator, dequantizer and loader use; Python modules pick
-their kernels and activation quantization from it, and the tests iterate over it.
+their recipe (``motensor.recipes``) from it, and the tests iterate over it.
+
+Every enum-valued field is one of the enums of ``motensor._vocab``, generated from the Rust
+enums' stable names (``scripts/gen_stubs.py``; ``make test`` fails when they drift). Python code
+compares enum members, never strings, so a name changed on the Rust side fails loudly (at
+import, and in the drift check) instead of silently changing what a comparison means. The
+kernels take the same enums (their ``.value`` becomes a ``tl.constexpr``); the ``torch.library``
+ops, whose schemas allow only plain types, pass their ``.name``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from functools import lru_cache
+from typing import Any, TypeVar, Union
 
 from motensor import _core
+from motensor._vocab import (
+    Activation,
+    Element,
+    GlobalScale,
+    Packing,
+    ScaleEncoding,
+    ScaleLayout,
+    ShapeRule,
+    WeightLayout,
+)
+
+__all__ = [
+    "Activation",
+    "Element",
+    "FORMAT_NAMES",
+    "FormatSpec",
+    "GlobalScale",
+    "Packing",
+    "ScaleEncoding",
+    "ScaleLayout",
+    "ShapeRule",
+    "TensorRule",
+    "WeightLayout",
+    "all_formats",
+    "as_enum",
+    "get_format",
+]
+
+E = TypeVar("E", bound=Enum)
+
+
+def as_enum(cls: type[E], value: Union[E, str], what: str = "") -> E:
+    """``value`` as a member of ``cls``: a member is returned as is, a string is looked up by
+    name (the form the ``motensor::`` ops carry). Raises ``ValueError`` naming the choices."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, str) and value in cls.__members__:
+        return cls[value]
+    choices = ", ".join(cls.__members__)
+    raise ValueError(f"{what or cls.__name__} must be one of {choices}, got {value!r}")
 
 
 @dataclass(frozen=True)
 class TensorRule:
-    """One tensor a format expects per module (``<module>.<role>``)."""
+    """One tensor a format expects per module (``<module>.<role>``; roles are ModelOpt's
+    tensor-name suffixes: ``weight``, ``weight_scale``, ``weight_scale_2``, ``input_scale``,
+    ``pre_quant_scale``, ``bias``)."""
 
     role: str
     required: bool
     dtypes: tuple[str, ...]
-    shape: str
-    encoding: str
+    shape: ShapeRule
+    encoding: ScaleEncoding
 
 
 @dataclass(frozen=True)
@@ -27,13 +78,13 @@ class FormatSpec:
     """Everything motensor knows about one ``quant_algo`` (see ``shared/FORMATS.md``)."""
 
     name: str
-    element: str  # e4m3 | e2m1 | int4 | int8
-    packing: str  # none | pairs_along_k | pairs_along_n
+    element: Element
+    packing: Packing
     default_group: int | None
-    activation: str  # none | fp8_per_tensor | fp8_per_token | nvfp4 | mxfp8 | mxfp4 | int8_per_tensor
-    global_scale: str  # none | multiplies | fp8_requant
-    weight_layout: str  # as_stored | int4_to_k_packed
-    scale_layout: str  # as_stored | groups_transposed | blocks2d_squeezed
+    activation: Activation
+    global_scale: GlobalScale
+    weight_layout: WeightLayout
+    scale_layout: ScaleLayout
     group_divides_k: bool
     math: str
     tensors: tuple[TensorRule, ...]
@@ -43,30 +94,54 @@ class FormatSpec:
 
     @property
     def weight_only(self) -> bool:
-        return self.activation == "none"
+        return self.activation is Activation.NONE
 
     @property
-    def scale_encoding(self) -> str:
+    def scale_encoding(self) -> ScaleEncoding:
         rule = self.rule("weight_scale")
-        return rule.encoding if rule else "float"
+        return rule.encoding if rule else ScaleEncoding.F32
 
     @property
-    def scale_shape(self) -> str:
+    def scale_shape(self) -> ShapeRule:
         rule = self.rule("weight_scale")
-        return rule.shape if rule else "scalar"
+        return rule.shape if rule else ShapeRule.SCALAR
+
+    @property
+    def static_input_scale(self) -> bool:
+        """Whether the checkpoint must carry a calibrated ``input_scale``."""
+        rule = self.rule("input_scale")
+        return rule is not None and rule.required
+
+    def __repr__(self) -> str:
+        group = f", group={self.default_group}" if self.default_group else ""
+        return (f"FormatSpec({self.name}: {self.element.name} weights, {self.scale_encoding.name} "
+                f"{self.scale_shape.name} scales{group}, activations {self.activation.name})")
+
+
+def _spec(row: dict[str, Any]) -> FormatSpec:
+    rules = tuple(
+        TensorRule(r["role"], r["required"], tuple(r["dtypes"]), ShapeRule[r["shape"]], ScaleEncoding[r["encoding"]])
+        for r in row["tensors"]
+    )
+    return FormatSpec(
+        name=row["name"],
+        element=Element[row["element"]],
+        packing=Packing[row["packing"]],
+        default_group=row["default_group"],
+        activation=Activation[row["activation"]],
+        global_scale=GlobalScale[row["global_scale"]],
+        weight_layout=WeightLayout[row["weight_layout"]],
+        scale_layout=ScaleLayout[row["scale_layout"]],
+        group_divides_k=row["group_divides_k"],
+        math=row["math"],
+        tensors=rules,
+    )
 
 
 @lru_cache(maxsize=None)
 def all_formats() -> dict[str, FormatSpec]:
     """Every supported format, keyed by canonical (upper-case) ``quant_algo``."""
-    out = {}
-    for row in _core.format_table():
-        rules = tuple(
-            TensorRule(r["role"], r["required"], tuple(r["dtypes"]), r["shape"], r["encoding"])
-            for r in row.pop("tensors")
-        )
-        out[row["name"]] = FormatSpec(tensors=rules, **row)
-    return out
+    return {row["name"]: _spec(row) for row in _core.format_table()}
 
 
 def get_format(quant_algo: str) -> FormatSpec:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from motensor.formats import FormatSpec
+from motensor.formats import FormatSpec, ScaleLayout, ShapeRule, WeightLayout
 
 
 def int4_to_k_packed(w: torch.Tensor) -> torch.Tensor:
@@ -48,12 +48,12 @@ def to_kernel_layout(spec: FormatSpec, role: str, t: torch.Tensor) -> torch.Tens
     """Applies the format table's layout for ``role`` to a checkpoint-layout tensor."""
     rule = spec.rule(role)
     if role == "weight":
-        return int4_to_k_packed(t) if spec.weight_layout == "int4_to_k_packed" else t
-    if rule is not None and rule.shape == "scalar":
+        return int4_to_k_packed(t) if spec.weight_layout is WeightLayout.INT4_TO_K_PACKED else t
+    if rule is not None and rule.shape is ShapeRule.SCALAR:
         return scalar_f32(t)
     if role == "weight_scale":
-        if spec.scale_layout == "groups_transposed":
+        if spec.scale_layout is ScaleLayout.GROUPS_TRANSPOSED:
             return transpose_groups(t)
-        if spec.scale_layout == "blocks2d_squeezed":
+        if spec.scale_layout is ScaleLayout.BLOCKS2D_SQUEEZED:
             return squeeze_blocks(t)
     return t

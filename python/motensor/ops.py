@@ -40,7 +40,8 @@ def w4a16_gemm(x: Tensor, qweight: Tensor, scales: Tensor, global_scale: Optiona
                element: str, scale_kind: str, group_size: int, path: Optional[str] = None) -> Tensor:
     """y = x @ W^T (+ bias), W 4-bit packed (uint8 [N, K//2]) with group scales [K//G, N].
 
-    element "E2M1" | "INT4"; scale_kind "E4M3" (with global_scale) | "E8M0" | "F32";
+    element "E2M1" | "INT4"; scale_kind "E4M3" (with global_scale) | "E8M0" | "F32" (the names of
+    ``motensor.formats.Element`` / ``ScaleEncoding``: op schemas carry plain strings);
     path: optional override of the dispatch choice ("gemv", "splitk", "tiled", "dequant_cublas").
     """
     return ref.w4a16_gemm(x, qweight, scales, global_scale, element=element, scale_kind=scale_kind,
@@ -68,7 +69,7 @@ def _(x, qweight, scales, global_scale, bias, element, scale_kind, group_size, p
 @torch.library.custom_op("motensor::w8a16_gemm", mutates_args=(), device_types="cpu")
 def w8a16_gemm(x: Tensor, qweight: Tensor, scales: Tensor, bias: Optional[Tensor], scale_kind: str,
                block_size: int, path: Optional[str] = None) -> Tensor:
-    """y = x @ W^T (+ bias), W float8_e4m3fn [N, K] with "F32_BLOCK" (FP8_PB_WO, fp32
+    """y = x @ W^T (+ bias), W float8_e4m3fn [N, K] with "F32" (FP8_PB_WO 2-D blocks, fp32
     [ceil(N/B), ceil(K/B)], B = 128) or "E8M0" (MXFP8, uint8 [K//32, N]) scales."""
     return ref.w8a16_gemm(x, qweight, scales, scale_kind=scale_kind, block_size=block_size, bias=bias)
 
@@ -253,26 +254,11 @@ def _(x, input_scale):
 # ----------------------------------------------------------------------------- FP8 / INT8 on torch's own GEMMs
 # FP8 weights with per-tensor or per-channel scales map onto torch._scaled_mm (FP8 tensor cores,
 # sm89+), and INT8 SmoothQuant onto torch._int_mm; both are cuBLAS(Lt) underneath, so no Triton
-# kernel is needed. Where their shape rules are not met, the exact reference runs instead.
-def _scaled_mm_ok(x: Tensor, weight: Tensor) -> bool:
-    return (x.is_cuda and hasattr(torch, "_scaled_mm") and torch.cuda.get_device_capability(x.device) >= (8, 9)
-            and x.shape[-1] % 16 == 0 and weight.shape[0] % 16 == 0)
-
-
-def _int_mm_ok(x2: Tensor, weight: Tensor) -> bool:
-    return x2.is_cuda and x2.shape[-1] % 8 == 0 and weight.shape[0] % 8 == 0
-
-
-def native_choice(forward: str, device: torch.device, M: int) -> str:
-    """Which torch GEMM an FP8/INT8 forward runs (for `QuantLinear.kernel_for`)."""
-    if device.type != "cuda":
-        return f"{forward}: exact torch reference ({device.type})"
-    if forward.startswith("fp8"):
-        cap = torch.cuda.get_device_capability(device)
-        return f"{forward}: torch._scaled_mm (cuBLASLt FP8)" if cap >= (8, 9) else f"{forward}: torch reference (< sm89)"
-    if forward == "int8_static":
-        return f"{forward}: torch._int_mm (cuBLASLt INT8{', M padded to 17' if M <= 16 else ''})"
-    return f"{forward}: dequantize + torch.matmul"
+# kernel is needed. `dispatch.choose` decides (shape and capability rules included); where its
+# choice is the reference, the exact reference runs.
+def _native_choice(family: str, x: Tensor, weight: Tensor):
+    m = x.numel() // max(x.shape[-1], 1) if x.dim() else 1
+    return dispatch.choose(family, device=x.device, dtype=x.dtype, M=m, N=weight.shape[0], K=weight.shape[-1])
 
 
 @torch.library.custom_op("motensor::fp8_linear", mutates_args=(), device_types="cpu")
@@ -284,7 +270,7 @@ def fp8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, input_scale: Opt
 
 @fp8_linear.register_kernel("cuda")
 def _(x, weight, weight_scale, input_scale, bias):
-    if not _scaled_mm_ok(x, weight):
+    if _native_choice("fp8_linear", x, weight).is_reference:
         return ref.fp8_linear(x, weight, weight_scale, input_scale, bias)
     out_dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
     if input_scale is not None:
@@ -315,16 +301,17 @@ def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, input_scale: Op
 
 @int8_linear.register_kernel("cuda")
 def _(x, weight, weight_scale, input_scale, bias):
-    if input_scale is None or not _int_mm_ok(x, weight):
-        if input_scale is None:
-            w = weight.to(x.dtype) * weight_scale.to(x.dtype)[:, None]
-            y = x @ w.t()
-            return y + bias.to(y.dtype) if bias is not None else y
+    choice = _native_choice("int8_linear" if input_scale is not None else "int8_weight_only", x, weight)
+    if choice.is_reference:
         return ref.int8_linear(x, weight, weight_scale, input_scale, bias)
+    if input_scale is None:  # weight-only: dequantize + matmul
+        w = weight.to(x.dtype) * weight_scale.to(x.dtype)[:, None]
+        y = x @ w.t()
+        return y + bias.to(y.dtype) if bias is not None else y
     xq = ref.int8_quant_static(x, input_scale)
     m = xq.shape[0]
-    if m <= 16:  # cuBLASLt's int8 GEMM wants more than 16 rows
-        xq = torch.nn.functional.pad(xq, (0, 0, 0, 17 - m))
+    if m < dispatch.INT_MM_MIN_M:  # cuBLASLt's int8 GEMM wants more than 16 rows
+        xq = torch.nn.functional.pad(xq, (0, 0, 0, dispatch.INT_MM_MIN_M - m))
     acc = torch._int_mm(xq, weight.t())[:m]
     y = acc.float() * (input_scale.float().reshape(()) * weight_scale.float())
     if bias is not None:
@@ -337,4 +324,4 @@ def _(x, weight, weight_scale, input_scale, bias):
     return x.new_empty(_out_shape(x, weight.shape[0]))
 
 
-__all__ += ["mxfp4_fake_quant", "fp8_fake_quant", "fp8_linear", "int8_linear", "native_choice"]
+__all__ += ["mxfp4_fake_quant", "fp8_fake_quant", "fp8_linear", "int8_linear"]

@@ -7,7 +7,6 @@ Triton's bundled ptxas, in a subprocess without TRITON_INTERPRET. `python -m
 motensor.kernels.aot_check --all-configs` compiles every autotune config (minutes).
 """
 import os
-import shutil
 import subprocess
 import sys
 
@@ -17,7 +16,7 @@ import triton
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 
 SM90 = ["w4a16 gemv E2M1/E4M3 bf16", "w4a16 splitk INT4/F32 bf16", "w4a16 tiled E2M1/E8M0 bf16",
-        "w8a16 F32_BLOCK bf16", "w4a8 tiled E2M1/E4M3 op=fp8e4nv hw_cvt=False", "nvfp4_fake_quant"]
+        "w8a16 F32 bf16", "w4a8 tiled E2M1/E4M3 op=fp8e4nv hw_cvt=False", "nvfp4_fake_quant"]
 SM80 = ["w4a8 splitk INT4/F32 op=fp16 hw_cvt=False", "w8a16 E8M0 fp16"]
 
 

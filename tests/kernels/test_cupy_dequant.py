@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from kcases import make_w4
+from motensor.formats import Element, ScaleEncoding
 from motensor.kernels import cupy_dequant, reference as R
 
 
@@ -43,9 +44,7 @@ def _nvrtc_and_headers():
 def test_cuda_source_compiles_with_nvrtc(element, scale_kind, dtype):
     """NVRTC compiles the raw kernel without a GPU: catches C++ errors before a GPU ever sees it."""
     from cuda.bindings import nvrtc
-    sk, s_t, _ = cupy_dequant._SCALES[scale_kind]
-    defines = (f"#define ELEMENT {cupy_dequant._ELEMENTS[element]}\n#define SCALE_KIND {sk}\n#define SCALE_T {s_t}\n"
-               f"#define TO_BITS(v) {cupy_dequant._OUTS[dtype]}\n#define HAS_GS 1\n")
+    defines = cupy_dequant.defines(Element[element], ScaleEncoding[scale_kind], dtype, has_gs=True)
     err, prog = nvrtc.nvrtcCreateProgram((defines + cupy_dequant._SOURCE).encode(), b"dequant.cu", 0, [], [])
     opts = [b"--std=c++17", f"-I{_nvrtc_and_headers()}".encode(), b"-arch=compute_80"]
     (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)

@@ -41,7 +41,7 @@ def _cases():
     return [
         ("w4a16_gemm", (x, qw, sc, gs, b, "E2M1", "E4M3", 16, None)),
         ("w4a16_gemm", (x3, qi, si, None, None, "INT4", "F32", 32, "gemv")),
-        ("w8a16_gemm", (torch.randn(3, 160, generator=gen(8)), w8, s8, None, "F32_BLOCK", 128, None)),
+        ("w8a16_gemm", (torch.randn(3, 160, generator=gen(8)), w8, s8, None, "F32", 128, None)),
         ("w4a8_gemm", (x, qw, sc.float().clamp(max=70).to(torch.float8_e4m3fn), ws2, ins, b, "E2M1", "E4M3", 16,
                        None)),
         ("w4a8_gemm", (x3, qi, si, ws2, ins, None, "INT4", "F32", 32, None)),

@@ -11,7 +11,7 @@ import zlib
 import pytest
 import torch
 
-from kcases import DEVICE, REL_TOL, assert_rel, make_w4, make_x
+from kcases import REL_TOL, assert_rel, make_w4, make_x
 from motensor.kernels import _util, reference as R, w4a16
 
 GEMV = lambda **kw: dict(dict(BLOCK_N=16, BLOCK_KW=4, SPLIT_K=2), **kw)

@@ -15,14 +15,17 @@ Constants below are `tl.constexpr` so jitted code may read them as globals.
 import triton
 import triton.language as tl
 
-# Element kinds of the 4-bit packed weights (constexpr switch values).
-ELEM_E2M1 = tl.constexpr(0)   # NVFP4 family, MXFP4: nibble = E2M1 code (bit3 = sign)
-ELEM_INT4 = tl.constexpr(1)   # AWQ: nibble = q + 8 (offset binary)
+from motensor.formats import Element, ScaleEncoding
 
-# Group-scale kinds.
-SCALE_E4M3 = tl.constexpr(0)  # float8_e4m3fn bytes (times a global fp32 scale)
-SCALE_E8M0 = tl.constexpr(1)  # uint8 exponent, value 2^(e-127)
-SCALE_F32 = tl.constexpr(2)   # float32
+# Element kinds of the 4-bit packed weights: the vocabulary's ids (motensor._vocab), which the
+# launchers pass as the ELEMENT constexpr.
+ELEM_E2M1 = tl.constexpr(Element.E2M1.value)   # NVFP4 family, MXFP4: nibble = E2M1 code (bit3 = sign)
+ELEM_INT4 = tl.constexpr(Element.INT4.value)   # AWQ: nibble = q + 8 (offset binary)
+
+# Scale encodings (the SCALE_KIND constexpr).
+SCALE_E4M3 = tl.constexpr(ScaleEncoding.E4M3.value)  # float8_e4m3fn bytes (times a global fp32 scale)
+SCALE_E8M0 = tl.constexpr(ScaleEncoding.E8M0.value)  # uint8 exponent, value 2^(e-127)
+SCALE_F32 = tl.constexpr(ScaleEncoding.F32.value)    # float32
 
 # e2m1_f16_scaled(c) returns value * 2^-14: multiply by this to get the true value.
 E2M1_F16_FACTOR = tl.constexpr(16384.0)

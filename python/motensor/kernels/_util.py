@@ -3,13 +3,21 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional, Union, overload
 
 import torch
 
-ELEMENTS = {"E2M1": 0, "INT4": 1}
-SCALE_KINDS = {"E4M3": 0, "E8M0": 1, "F32": 2}
-_SCALE_DTYPES = {"E4M3": torch.float8_e4m3fn, "E8M0": torch.uint8, "F32": torch.float32}
+from motensor.formats import Element, ScaleEncoding, as_enum
+
+if TYPE_CHECKING:  # pragma: no cover
+    import triton
+
+#: The elements the 4-bit kernels decode (``Element.value`` is their ``ELEMENT`` constexpr).
+W4_ELEMENTS = (Element.E2M1, Element.INT4)
+#: dtype of each group-scale encoding in the kernel layout (``ScaleEncoding.value`` is the
+#: kernels' ``SCALE_KIND`` constexpr).
+SCALE_DTYPES = {ScaleEncoding.E4M3: torch.float8_e4m3fn, ScaleEncoding.E8M0: torch.uint8,
+                ScaleEncoding.F32: torch.float32}
 ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -35,21 +43,16 @@ def check_device(*tensors: Optional[torch.Tensor]) -> None:
             "motensor.ops run the pure-torch reference on CPU.")
 
 
-def element_id(element: str) -> int:
-    try:
-        return ELEMENTS[element]
-    except KeyError:
-        raise ValueError(f"element must be one of {sorted(ELEMENTS)}, got {element!r}") from None
+def w4_element(element: Union[Element, str]) -> Element:
+    """A 4-bit element kind (``Element`` or its name); ``ValueError`` for anything else."""
+    el = as_enum(Element, element, "element")
+    if el not in W4_ELEMENTS:
+        raise ValueError(f"4-bit kernels decode {[e.name for e in W4_ELEMENTS]}, got {el.name}")
+    return el
 
 
-def scale_kind_id(scale_kind: str) -> int:
-    try:
-        return SCALE_KINDS[scale_kind]
-    except KeyError:
-        raise ValueError(f"scale_kind must be one of {sorted(SCALE_KINDS)}, got {scale_kind!r}") from None
-
-
-def check_w4_layout(qweight: torch.Tensor, scales: torch.Tensor, scale_kind: str, group_size: int) -> tuple[int, int]:
+def check_w4_layout(qweight: torch.Tensor, scales: torch.Tensor, scale_kind: Union[ScaleEncoding, str],
+                    group_size: int) -> tuple[int, int]:
     """Validate the 4-bit contract (qweight uint8 [N, K//2], scales [K//G, N]); return (N, K)."""
     if qweight.dtype != torch.uint8 or qweight.dim() != 2:
         raise ValueError(f"qweight must be uint8 [N, K//2], got {qweight.dtype} {tuple(qweight.shape)}")
@@ -57,13 +60,18 @@ def check_w4_layout(qweight: torch.Tensor, scales: torch.Tensor, scale_kind: str
     if group_size < 8 or group_size & (group_size - 1) or k % group_size:
         # ModelOpt uses 16/32/64/128; powers of two keep every tile view a power of two.
         raise ValueError(f"group_size {group_size} must be a power of two >= 8 dividing K={k}")
-    want = _SCALE_DTYPES[scale_kind]
+    kind = as_enum(ScaleEncoding, scale_kind, "scale_kind")
+    want = SCALE_DTYPES[kind]
     if scales.dtype != want or tuple(scales.shape) != (k // group_size, n):
-        raise ValueError(f"{scale_kind} scales must be {want} [K//G, N] = [{k // group_size}, {n}], "
+        raise ValueError(f"{kind.name} scales must be {want} [K//G, N] = [{k // group_size}, {n}], "
                          f"got {scales.dtype} {tuple(scales.shape)}")
     return n, k
 
 
+@overload
+def as_scalar(t: torch.Tensor, name: str) -> torch.Tensor: ...
+@overload
+def as_scalar(t: None, name: str) -> None: ...
 def as_scalar(t: Optional[torch.Tensor], name: str) -> Optional[torch.Tensor]:
     """0-d or [1] float tensor -> contiguous fp32 [1] view for a kernel pointer (no host sync)."""
     if t is None:
@@ -98,19 +106,14 @@ def sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def dummy(t: torch.Tensor) -> torch.Tensor:
-    """Placeholder pointer for an absent optional argument (guarded by a constexpr flag)."""
-    return t
-
-
-def config(num_warps: int = 4, num_stages: int = 3, **meta) -> "triton.Config":
+def config(num_warps: int = 4, num_stages: int = 3, **meta: Any) -> "triton.Config":
     """An autotune candidate: block sizes as keyword meta-parameters."""
     import triton
 
     return triton.Config(meta, num_warps=num_warps, num_stages=num_stages)
 
 
-def resolve_path(family: str, x: torch.Tensor, m: int, path: Optional[str], paths: tuple) -> str:
+def resolve_path(family: str, x: torch.Tensor, m: int, path: Optional[str], paths: tuple[str, ...]) -> str:
     """The launcher path: the caller's, checked, or dispatch's choice for M rows of x."""
     if path is None:
         from motensor import dispatch

@@ -10,6 +10,8 @@ Must run with TRITON_INTERPRET unset/0 (the kernels have to be real JITFunctions
 """
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import os
 import re
@@ -28,7 +30,7 @@ _ACT = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32"}
 @dataclass
 class Variant:
     name: str
-    fn: object
+    fn: Any         # a triton.JITFunction
     types: dict      # runtime argument name -> Triton type string
     consts: dict     # constexpr name -> value
     num_warps: int = 4
@@ -54,13 +56,15 @@ def variants(all_configs: bool = False) -> list[Variant]:
     from motensor.kernels import act_quant, w4a8, w4a16, w8a16
     import triton.language as tl
 
+    from motensor.formats import Element, ScaleEncoding
+
     def pick(configs):
         return configs if all_configs else configs[:1]
 
     out = []
     kinds = [("E2M1", "E4M3", 16, "*u8"), ("E2M1", "E8M0", 32, "*u8"), ("INT4", "F32", 128, "*fp32")]
     for el, sk, g, st in kinds:
-        base = dict(ELEMENT=0 if el == "E2M1" else 1, SCALE_KIND={"E4M3": 0, "E8M0": 1, "F32": 2}[sk], GROUP=g,
+        base = dict(ELEMENT=Element[el].value, SCALE_KIND=ScaleEncoding[sk].value, GROUP=g,
                     HAS_GS=sk == "E4M3", HAS_BIAS=True)
         for act in ("bf16", "fp16"):
             for cfg in pick(w4a16.GEMV_CONFIGS):
@@ -75,12 +79,13 @@ def variants(all_configs: bool = False) -> list[Variant]:
     for cfg in pick(w4a16.TILED_CONFIGS):
         out.append(_from_config("w4a16 tiled E2M1/E4M3 fp32(tf32)", w4a16._dot_kernel,
                                 _w4_types("fp32", "*u8", "*u8", "*fp32"),
-                                dict(ELEMENT=0, SCALE_KIND=0, GROUP=16, HAS_GS=True, HAS_BIAS=False), cfg))
-    for sk, sb, st in (("F32_BLOCK", 128, "*fp32"), ("E8M0", 32, "*u8")):
+                                dict(ELEMENT=Element.E2M1.value, SCALE_KIND=ScaleEncoding.E4M3.value, GROUP=16,
+                                     HAS_GS=True, HAS_BIAS=False), cfg))
+    for sk, sb, st in (("F32", 128, "*fp32"), ("E8M0", 32, "*u8")):
         for act in ("bf16", "fp16"):
             t = dict(x_ptr=_ACT[act], w_ptr="*u8", s_ptr=st, b_ptr=_ACT[act], c_ptr="*fp32", M="i32", N="i32",
                      K="i32", stride_xm="i32", stride_wn="i32", stride_s0="i32", stride_cm="i32", M_BUCKET="i32")
-            base = dict(SCALE_KIND=0 if sk == "F32_BLOCK" else 1, SBLOCK=sb, HAS_BIAS=True)
+            base = dict(SCALE_KIND=ScaleEncoding[sk].value, SBLOCK=sb, HAS_BIAS=True)
             for cfg in pick(w8a16.SPLITK_CONFIGS) + pick(w8a16.TILED_CONFIGS):
                 out.append(_from_config(f"w8a16 {sk} {act}", w8a16._w8a16_kernel, t, base, cfg))
     for el, sk, g, st in (("INT4", "F32", 128, "*fp32"), ("E2M1", "E4M3", 32, "*u8")):
@@ -90,7 +95,7 @@ def variants(all_configs: bool = False) -> list[Variant]:
                 t = dict(x_ptr="*u8" if pre else "*bf16", w_ptr="*u8", s_ptr=st, ws2_ptr="*fp32", is_ptr="*fp32",
                          b_ptr="*bf16", c_ptr="*fp32", M="i32", N="i32", K="i32", stride_xm="i32",
                          stride_wn="i32", stride_sg="i32", stride_cm="i32", M_BUCKET="i32")
-                base = dict(ELEMENT=0 if el == "E2M1" else 1, SCALE_KIND=0 if sk == "E4M3" else 2, GROUP=g,
+                base = dict(ELEMENT=Element[el].value, SCALE_KIND=ScaleEncoding[sk].value, GROUP=g,
                             HAS_BIAS=True, X_PREQUANT=pre, OP_DTYPE=op, HW_CVT=hw)
                 for cfg in pick(configs):
                     out.append(_from_config(f"w4a8 {path} {el}/{sk} op={op} hw_cvt={hw}", w4a8._w4a8_kernel, t,

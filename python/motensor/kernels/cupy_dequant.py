@@ -16,9 +16,16 @@ The global scale is read from device memory (no host sync; CUDA-graph safe).
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Optional, Union
 
 import torch
+
+from motensor._cupy import CupyUnavailableError, import_cupy, is_available
+from motensor._cupy import cupy as _cupy_module
+from motensor.formats import Element, ScaleEncoding, as_enum
+from motensor.kernels import _util
+
+__all__ = ["CupyUnavailableError", "dequant_w4", "is_available"]
 
 _SOURCE = r"""
 #include <cuda_fp16.h>
@@ -30,11 +37,11 @@ __device__ __forceinline__ float e2m1_value(unsigned int c) {
     return __half2float(__ushort_as_half(bits)) * 16384.0f;
 }
 __device__ __forceinline__ float scale_value(const SCALE_T* scales, long long idx) {
-#if SCALE_KIND == 0   // E4M3 byte -> fp16 pattern of value * 2^-8
+#if SCALE_KIND == SCALE_E4M3   // E4M3 byte -> fp16 pattern of value * 2^-8
     unsigned int b = scales[idx];
     unsigned short bits = (unsigned short)(((b & 0x7Fu) << 7) | ((b & 0x80u) << 8));
     return __half2float(__ushort_as_half(bits)) * 256.0f;
-#elif SCALE_KIND == 1 // E8M0
+#elif SCALE_KIND == SCALE_E8M0 // E8M0
     unsigned int e = scales[idx];
     return e == 0 ? __int_as_float(0x00400000) : __int_as_float((int)(e << 23));
 #else
@@ -58,7 +65,7 @@ extern "C" __global__ void dequant_w4(const unsigned int* __restrict__ qw, const
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
         unsigned int c = (w >> (4 * i)) & 0xFu;
-#if ELEMENT == 0
+#if ELEMENT == ELEM_E2M1
         float v = e2m1_value(c);
 #else
         float v = (float)((int)c - 8);
@@ -69,57 +76,43 @@ extern "C" __global__ void dequant_w4(const unsigned int* __restrict__ qw, const
 }
 """
 
-_ELEMENTS = {"E2M1": 0, "INT4": 1}
-_SCALES = {"E4M3": (0, "unsigned char", torch.float8_e4m3fn), "E8M0": (1, "unsigned char", torch.uint8),
-           "F32": (2, "float", torch.float32)}
+_ELEMENTS = (Element.E2M1, Element.INT4)
+# C type of a scale, per encoding (the defines below carry the encodings' ids).
+_SCALE_C_TYPES = {ScaleEncoding.E4M3: "unsigned char", ScaleEncoding.E8M0: "unsigned char",
+                  ScaleEncoding.F32: "float"}
 _OUTS = {torch.float16: "__half_as_ushort(__float2half_rn(v))",
          torch.bfloat16: "__bfloat16_as_ushort(__float2bfloat16_rn(v))"}
 _THREADS = 256
 
 
-class CupyUnavailableError(RuntimeError):
-    """CuPy (cupy-cuda12x / cupy-cuda13x, extras `motensor[cuda12]` / `[cuda13]`) cannot be imported."""
+# The probe lives in motensor._cupy (shared with motensor.dispatch, which must not import kernels).
+_import_cupy = import_cupy
+_cupy = _cupy_module
 
 
-@functools.lru_cache(maxsize=1)
-def _import_cupy():
-    try:
-        import cupy
-    except Exception as e:   # ImportError, or a broken CUDA install raising at import
-        return None, e
-    return cupy, None
-
-
-def is_available() -> bool:
-    """True when CuPy imports (does not touch a GPU otherwise)."""
-    return _import_cupy()[0] is not None
-
-
-def _cupy():
-    cupy, err = _import_cupy()
-    if cupy is None:
-        raise CupyUnavailableError(
-            "the CuPy dequant kernel needs CuPy: pip install 'motensor[cuda12]' (or [cuda13]); "
-            f"import failed with: {err!r}")
-    return cupy
+def defines(element: Element, scale_kind: ScaleEncoding, out_dtype: torch.dtype, has_gs: bool) -> str:
+    """The preprocessor defines that specialise the kernel source: the ids of the vocabulary's
+    enums (motensor._vocab), so the CUDA source and the Triton kernels read the same numbers."""
+    return (f"#define ELEM_E2M1 {Element.E2M1.value}\n#define SCALE_E4M3 {ScaleEncoding.E4M3.value}\n"
+            f"#define SCALE_E8M0 {ScaleEncoding.E8M0.value}\n"
+            f"#define ELEMENT {element.value}\n#define SCALE_KIND {scale_kind.value}\n"
+            f"#define SCALE_T {_SCALE_C_TYPES[scale_kind]}\n"
+            f"#define TO_BITS(v) {_OUTS[out_dtype]}\n#define HAS_GS {int(has_gs)}\n")
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel(element: str, scale_kind: str, out_dtype: torch.dtype, has_gs: bool):
+def _kernel(element: Element, scale_kind: ScaleEncoding, out_dtype: torch.dtype, has_gs: bool):
     cupy = _cupy()
-    sk, s_t, _ = _SCALES[scale_kind]
-    defines = (f"#define ELEMENT {_ELEMENTS[element]}\n#define SCALE_KIND {sk}\n#define SCALE_T {s_t}\n"
-               f"#define TO_BITS(v) {_OUTS[out_dtype]}\n#define HAS_GS {int(has_gs)}\n")
-    return cupy.RawModule(code=defines + _SOURCE, options=("--std=c++17",)).get_function("dequant_w4")
+    code = defines(element, scale_kind, out_dtype, has_gs) + _SOURCE
+    return cupy.RawModule(code=code, options=("--std=c++17",)).get_function("dequant_w4")
 
 
 def dequant_w4(qweight: torch.Tensor, scales: torch.Tensor, global_scale: Optional[torch.Tensor] = None, *,
-               element: str, scale_kind: str, group_size: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+               element: Union[Element, str], scale_kind: Union[ScaleEncoding, str], group_size: int,
+               dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """Dequantize a 4-bit packed weight to `dtype` (fp16/bf16) [N, K] on its CUDA device."""
-    from motensor.kernels import _util
-
-    if element not in _ELEMENTS or scale_kind not in _SCALES:
-        raise ValueError(f"unsupported element/scale kind {element!r}/{scale_kind!r}")
+    element = _util.w4_element(element)
+    scale_kind = as_enum(ScaleEncoding, scale_kind, "scale_kind")
     if dtype not in _OUTS:
         raise ValueError(f"dtype must be float16 or bfloat16, got {dtype}")
     n, k = _util.check_w4_layout(qweight, scales, scale_kind, group_size)
@@ -127,7 +120,7 @@ def dequant_w4(qweight: torch.Tensor, scales: torch.Tensor, global_scale: Option
     if qweight.device.type != "cuda":
         raise ValueError("dequant_w4 (CuPy) needs CUDA tensors; use kernels.reference.dequant_w4 on CPU")
     qw = qweight.contiguous()
-    sc = (scales.view(torch.uint8) if scale_kind == "E4M3" else scales).contiguous()
+    sc = (scales.view(torch.uint8) if scale_kind is ScaleEncoding.E4M3 else scales).contiguous()
     gs = _util.as_scalar(global_scale, "global_scale")
     out = torch.empty((n, k), device=qweight.device, dtype=dtype)
     n_words = n * k // 8

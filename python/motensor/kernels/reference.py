@@ -9,58 +9,66 @@ Weight layouts (the loader's contract with the kernels):
   4-bit  qweight uint8 [N, K//2], element k=2j in the low nibble, 2j+1 in the high nibble;
          element E2M1 (code, table below) or INT4 (nibble = q + 8).
          scales [K//G, N] (transposed): E4M3 float8_e4m3fn (x global_scale), E8M0 uint8, F32.
-  FP8    qweight float8_e4m3fn [N, K]; F32_BLOCK scales fp32 [ceil(N/B), ceil(K/B)] (FP8_PB_WO,
-         B = 128) or E8M0 uint8 [K//32, N] (MXFP8, transposed).
+  FP8    qweight float8_e4m3fn [N, K]; F32 scales: fp32 2-D blocks [ceil(N/B), ceil(K/B)]
+         (FP8_PB_WO, B = 128), or E8M0 uint8 [K//32, N] (MXFP8, transposed).
+Element and scale kinds are the ``motensor.formats`` enums (``Element``, ``ScaleEncoding``), or
+their names (what the ``motensor::`` ops carry).
 """
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Optional, Union, overload
 
 import torch
+
+from motensor.formats import Element, ScaleEncoding, as_enum
+
+ElementLike = Union[Element, str]
+ScaleLike = Union[ScaleEncoding, str]
 
 E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 FP8_MAX = 448.0
 E2M1_MAX = 6.0
 
 
+@overload
+def scalar(t: torch.Tensor) -> torch.Tensor: ...
+@overload
+def scalar(t: None) -> None: ...
 def scalar(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """[] or [1] scale of any float dtype -> 0-d fp32 (FORMATS §3.3)."""
     return None if t is None else t.float().reshape(())
 
 
 # ----------------------------------------------------------------------------- weights
-def unpack_4bit(qweight: torch.Tensor, element: str) -> torch.Tensor:
+def unpack_4bit(qweight: torch.Tensor, element: ElementLike) -> torch.Tensor:
     """uint8 [N, K//2] -> fp32 [N, K] element values (low nibble = even k)."""
     # One lookup per byte into a 256 x 2 table of (low, high) values: 3x faster on the CPU than
     # splitting nibbles and indexing twice, and exact.
-    return _byte_table(element, qweight.device)[qweight.long()].flatten(-2)
+    return _byte_table(as_enum(Element, element, "element"), qweight.device)[qweight.long()].flatten(-2)
 
 
 @functools.lru_cache(maxsize=None)
-def _byte_table(element: str, device: torch.device) -> torch.Tensor:
-    if element == "E2M1":
+def _byte_table(element: Element, device: torch.device) -> torch.Tensor:
+    if element is Element.E2M1:
         values = torch.tensor(E2M1_VALUES, dtype=torch.float32)
-    elif element == "INT4":
+    elif element is Element.INT4:
         values = torch.arange(16, dtype=torch.float32) - 8
     else:
-        raise ValueError(f"unknown element kind {element!r}")
+        raise ValueError(f"4-bit weights are E2M1 or INT4, got {element.name}")
     b = torch.arange(256)
     return torch.stack([values[b & 0xF], values[b >> 4]], dim=-1).to(device)
 
 
-def decode_scales(scales: torch.Tensor, scale_kind: str) -> torch.Tensor:
+def decode_scales(scales: torch.Tensor, scale_kind: ScaleLike) -> torch.Tensor:
     """Raw scales -> fp32 values (same shape). E8M0: 2^(e-127) (e = 0 -> 2^-127)."""
-    if scale_kind == "E4M3":
-        return scales.float()
-    if scale_kind == "E8M0":
+    if as_enum(ScaleEncoding, scale_kind, "scale_kind") is ScaleEncoding.E8M0:
         return torch.exp2(scales.float() - 127.0)
-    if scale_kind == "F32":
-        return scales.float()
-    raise ValueError(f"unknown scale kind {scale_kind!r}")
+    return scales.float()  # E4M3 bytes and F32 values convert exactly
 
 
-def dequant_w4(qweight, scales, global_scale=None, *, element: str, scale_kind: str, group_size: int):
+def dequant_w4(qweight: torch.Tensor, scales: torch.Tensor, global_scale: Optional[torch.Tensor] = None, *,
+               element: ElementLike, scale_kind: ScaleLike, group_size: int) -> torch.Tensor:
     """4-bit packed weight -> fp32 W [N, K]: W[n,k] = v[n,k] * (s[k//G, n] * global_scale)."""
     v = unpack_4bit(qweight, element)
     s = decode_scales(scales, scale_kind)
@@ -80,16 +88,18 @@ def dequant_fp8_block(qweight, scales, block: int = 128):
 
 def dequant_mxfp8(qweight, scales, group_size: int = 32):
     """MXFP8 with transposed E8M0 scales [K//G, N]: W[n,k] = w[n,k] * 2^(e[k//G, n] - 127)."""
-    s = decode_scales(scales, "E8M0").t().repeat_interleave(group_size, dim=1)
+    s = decode_scales(scales, ScaleEncoding.E8M0).t().repeat_interleave(group_size, dim=1)
     return qweight.float() * s
 
 
-def dequant_w8(qweight, scales, *, scale_kind: str, block_size: int):
-    if scale_kind == "F32_BLOCK":
+def dequant_w8(qweight: torch.Tensor, scales: torch.Tensor, *, scale_kind: ScaleLike, block_size: int) -> torch.Tensor:
+    """FP8 weight with F32 2-D block scales (FP8_PB_WO) or E8M0 group scales (MXFP8) -> fp32."""
+    kind = as_enum(ScaleEncoding, scale_kind, "scale_kind")
+    if kind is ScaleEncoding.F32:
         return dequant_fp8_block(qweight, scales, block_size)
-    if scale_kind == "E8M0":
+    if kind is ScaleEncoding.E8M0:
         return dequant_mxfp8(qweight, scales, block_size)
-    raise ValueError(f"unknown FP8 weight scale kind {scale_kind!r}")
+    raise ValueError(f"FP8 weights take F32 block or E8M0 group scales, got {kind.name}")
 
 
 def pack_4bit(codes: torch.Tensor) -> torch.Tensor:
@@ -204,36 +214,41 @@ def _as_operand(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return w.to(dtype).float() if dtype in (torch.float16, torch.bfloat16) else w
 
 
-def w4a16_gemm(x, qweight, scales, global_scale=None, *, element: str, scale_kind: str, group_size: int,
-               bias=None) -> torch.Tensor:
+def w4a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+               global_scale: Optional[torch.Tensor] = None, *, element: ElementLike, scale_kind: ScaleLike,
+               group_size: int, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """y = x @ W^T (+ bias), W = dequant_w4(...) rounded to x.dtype, fp32 accumulation, output x.dtype."""
     w = dequant_w4(qweight, scales, global_scale, element=element, scale_kind=scale_kind, group_size=group_size)
     return _linear(x, _as_operand(w, x.dtype), bias).to(x.dtype)
 
 
-def w8a16_gemm(x, qweight, scales, *, scale_kind: str, block_size: int, bias=None) -> torch.Tensor:
+def w8a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, *, scale_kind: ScaleLike,
+               block_size: int, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """y = x @ W^T (+ bias), W = dequant_w8(...) rounded to x.dtype, fp32 accumulation, output x.dtype."""
     w = dequant_w8(qweight, scales, scale_kind=scale_kind, block_size=block_size)
     return _linear(x, _as_operand(w, x.dtype), bias).to(x.dtype)
 
 
-def w4a8_weight_fp8(qweight, scales, weight_scale_2, *, element: str, scale_kind: str, group_size: int):
+def w4a8_weight_fp8(qweight: torch.Tensor, scales: torch.Tensor, weight_scale_2: torch.Tensor, *,
+                    element: ElementLike, scale_kind: ScaleLike, group_size: int) -> torch.Tensor:
     """The FP8 weight operand of the W4A8 GEMMs (fp32 holding E4M3 values) [N, K].
 
     W4A8_AWQ (INT4, F32):        e4m3(q * (weight_scale[g, n] / weight_scale_2))   (FORMATS §4.8)
     W4A8_NVFP4_FP8 (E2M1, E4M3): e4m3(e2m1 * weight_scale[g, n])                   (FORMATS §4.6b)
     """
-    v = unpack_4bit(qweight, element)
-    s = decode_scales(scales, scale_kind)
-    if (element, scale_kind) == ("INT4", "F32"):
+    el, kind = as_enum(Element, element, "element"), as_enum(ScaleEncoding, scale_kind, "scale_kind")
+    v = unpack_4bit(qweight, el)
+    s = decode_scales(scales, kind)
+    if (el, kind) == (Element.INT4, ScaleEncoding.F32):
         s = s / scalar(weight_scale_2)
-    elif (element, scale_kind) != ("E2M1", "E4M3"):
-        raise ValueError(f"W4A8 supports (INT4, F32) and (E2M1, E4M3), got ({element}, {scale_kind})")
+    elif (el, kind) != (Element.E2M1, ScaleEncoding.E4M3):
+        raise ValueError(f"W4A8 supports (INT4, F32) and (E2M1, E4M3), got ({el.name}, {kind.name})")
     return round_e4m3(v * s.t().repeat_interleave(group_size, dim=1))
 
 
-def w4a8_gemm(x, qweight, scales, weight_scale_2, input_scale, *, element: str, scale_kind: str,
-              group_size: int, bias=None) -> torch.Tensor:
+def w4a8_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, weight_scale_2: torch.Tensor,
+              input_scale: torch.Tensor, *, element: ElementLike, scale_kind: ScaleLike, group_size: int,
+              bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """y = (fp8(x / input_scale) @ w_fp8^T) * (input_scale * weight_scale_2) (+ bias), output x.dtype."""
     xq = fp8_quant_static(x, input_scale).float()
     w = w4a8_weight_fp8(qweight, scales, weight_scale_2, element=element, scale_kind=scale_kind,
@@ -265,7 +280,7 @@ def fp8_fake_quant(x: torch.Tensor, input_scale: Optional[torch.Tensor]) -> torc
     per-tensor matches to bf16 rounding (2e-3) while an unscaled cast or per-token scales are
     off by 2-3e-2 (tests/test_nn_oracle.py).
     """
-    s = scalar(input_scale) if input_scale is not None else x.float().abs().amax() / FP8_MAX
+    s: torch.Tensor = scalar(input_scale) if input_scale is not None else x.float().abs().amax() / FP8_MAX
     safe = torch.where(s == 0, torch.ones_like(s), s)
     return (round_e4m3(x.float() / safe) * s).to(x.dtype)
 

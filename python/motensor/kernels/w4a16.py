@@ -18,12 +18,13 @@ so the tile is never interleaved: acc += x[:, 0::2] @ W_lo + x[:, 1::2] @ W_hi.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import triton
 import triton.language as tl
 
+from motensor.formats import Element, ScaleEncoding, as_enum
 from motensor.kernels import _util
 from motensor.kernels._tiles import grouped_tile, split_k_range, store_tile
 from motensor.kernels._decode import (ELEM_E2M1, E2M1_F16_FACTOR, SCALE_E4M3, e2m1_f16_scaled, e4m3_f16_scaled,
@@ -47,7 +48,7 @@ def _shl(w, S: tl.constexpr):
 
 
 @triton.jit
-def _nibble_pair_f16_bits(w, I: tl.constexpr, ELEMENT: tl.constexpr):
+def _nibble_pair_f16_bits(w, I: tl.constexpr, ELEMENT: tl.constexpr):  # noqa: E741 (I: the nibble index)
     """int32 word of 8 nibbles -> two fp16 bit patterns: nibble I in bits 0..15, nibble I+4 in 16..31.
 
     E2M1: `value * 2^-14` (see `e2m1_f16_scaled`: magnitude to bits 9..11, sign to bit 15).
@@ -303,20 +304,22 @@ PATHS = ("gemv", "splitk", "tiled", "dequant_cublas")
 
 # ----------------------------------------------------------------------------- launcher
 def w4a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
-               global_scale: Optional[torch.Tensor] = None, *, element: str, scale_kind: str, group_size: int,
+               global_scale: Optional[torch.Tensor] = None, *, element: Union[Element, str],
+               scale_kind: Union[ScaleEncoding, str], group_size: int,
                bias: Optional[torch.Tensor] = None, path: Optional[str] = None,
                config: Optional[dict] = None) -> torch.Tensor:
     """y = x @ W^T (+ bias) for a 4-bit packed W. Output dtype = x.dtype, shape [..., N].
 
     x [..., K] fp16/bf16/fp32; qweight uint8 [N, K//2]; scales [K//G, N] (E4M3: float8_e4m3fn,
     E8M0: uint8, F32: float32); global_scale fp32 scalar tensor (E4M3 only, or None);
-    element "E2M1" | "INT4"; path None (dispatch.py decides) | "gemv" | "splitk" | "tiled" |
+    element E2M1 | INT4 and scale_kind E4M3 | E8M0 | F32 (the ``motensor.formats`` enums or
+    their names); path None (dispatch.py decides) | "gemv" | "splitk" | "tiled" |
     "dequant_cublas"; config: fixed launch meta-parameters instead of autotuning (benchmarks,
     tests; always used under the interpreter, where it defaults to INTERP_CONFIGS[path]).
     """
-    el = _util.element_id(element)
-    sk = _util.scale_kind_id(scale_kind)
-    n, k = _util.check_w4_layout(qweight, scales, scale_kind, group_size)
+    el = _util.w4_element(element)
+    sk = as_enum(ScaleEncoding, scale_kind, "scale_kind")
+    n, k = _util.check_w4_layout(qweight, scales, sk, group_size)
     _util.check_device(x, qweight, scales, global_scale, bias)
     x2 = _util.flatten_rows(x, k)
     m = x2.shape[0]
@@ -326,41 +329,43 @@ def w4a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         return x.new_empty(out_shape)
     if path == "dequant_cublas":
         from motensor.kernels import cupy_dequant
-        w = cupy_dequant.dequant_w4(qweight, scales, global_scale, element=element, scale_kind=scale_kind,
+        w = cupy_dequant.dequant_w4(qweight, scales, global_scale, element=el, scale_kind=sk,
                                     group_size=group_size, dtype=x.dtype)
         return torch.nn.functional.linear(x2, w, bias).reshape(out_shape)
 
     gs = _util.as_scalar(global_scale, "global_scale")
-    s_arg = scales.view(torch.uint8) if scale_kind == "E4M3" else scales
+    s_arg = scales.view(torch.uint8) if sk is ScaleEncoding.E4M3 else scales
     qw = qweight if qweight.stride(-1) == 1 else qweight.contiguous()
-    b_arg = bias if bias is not None else x2
+    if path == "gemv":
+        if qw.data_ptr() % 4 or qw.stride(0) % 4:
+            qw = qw.contiguous().clone()
+        qw = qw.view(torch.int32)                    # [N, K//8]: 8 nibbles per load element
     fixed = config if config is not None else (INTERP_CONFIGS[path] if _util.interpreting() else None)
     # Split-K partial sums meet in a zeroed fp32 buffer (atomics); a single split stores straight
     # to y. The tuned tiled configs never split; tuned gemv/splitk configs may, so they get a buffer.
     direct = fixed["SPLIT_K"] == 1 if fixed is not None else path == "tiled"
     c = torch.empty((m, n), device=x.device, dtype=x.dtype) if direct else \
         torch.zeros((m, n), device=x.device, dtype=torch.float32)
-    common = dict(ELEMENT=el, SCALE_KIND=sk, GROUP=group_size, HAS_GS=gs is not None, HAS_BIAS=bias is not None)
-    args = [x2, None, s_arg, gs if gs is not None else s_arg, b_arg, c, m, n, k, x2.stride(0), None,
-            s_arg.stride(0), c.stride(0), _util.m_bucket(m)]
-
+    # Launched by keyword: both kernels name their arguments alike, and no position is patched.
+    args = dict(
+        x_ptr=x2, w_ptr=qw, s_ptr=s_arg, gs_ptr=gs if gs is not None else s_arg,
+        b_ptr=bias if bias is not None else x2, c_ptr=c, M=m, N=n, K=k,
+        stride_xm=x2.stride(0), stride_wn=qw.stride(0), stride_sg=s_arg.stride(0), stride_cm=c.stride(0),
+        M_BUCKET=_util.m_bucket(m),
+        ELEMENT=el.value, SCALE_KIND=sk.value, GROUP=group_size, HAS_GS=gs is not None, HAS_BIAS=bias is not None,
+    )
     if path == "gemv":
-        if qw.data_ptr() % 4 or qw.stride(0) % 4:
-            qw = qw.contiguous().clone()
-        words = qw.view(torch.int32)                 # [N, K//8]: 8 nibbles per load element
-        args[1], args[10] = words, words.stride(0)
         block_m = min(triton.next_power_of_2(m), 4)
-        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"], triton.cdiv(m, block_m))
+        gemv_grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"], triton.cdiv(m, block_m))
         if fixed is not None:
-            _gemv[grid](*args, **common, BLOCK_M=block_m, **fixed)
+            _gemv[gemv_grid](**args, BLOCK_M=block_m, **fixed)
         else:
-            _gemv_tuned[grid](*args, **common, BLOCK_M=block_m)
+            _gemv_tuned[gemv_grid](**args, BLOCK_M=block_m)
     else:
-        args[1], args[10] = qw, qw.stride(0)
         grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
         if fixed is not None:
-            _dot[grid](*args, **common, **fixed)
+            _dot[grid](**args, **fixed)
         else:
-            (_splitk_tuned if path == "splitk" else _tiled_tuned)[grid](*args, **common)
+            (_splitk_tuned if path == "splitk" else _tiled_tuned)[grid](**args)
     y = c if direct else c.to(x.dtype)
     return y.reshape(out_shape)

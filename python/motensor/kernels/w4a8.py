@@ -21,12 +21,13 @@ N tile); otherwise x is quantized in the main loop (small M, one launch).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import triton
 import triton.language as tl
 
+from motensor.formats import Element, ScaleEncoding, as_enum
 from motensor.kernels import _util
 from motensor.kernels._tiles import grouped_tile, split_k_range, store_tile
 from motensor.kernels._decode import (ELEM_E2M1, E2M1_F16_FACTOR, SCALE_E4M3, e2m1_f16_scaled, e4m3_f16_scaled,
@@ -164,10 +165,13 @@ _splitk_tuned = triton.autotune(SPLITK_CONFIGS, key=_KEY, reset_to_zero=["c_ptr"
 _tiled_tuned = triton.autotune(TILED_CONFIGS, key=_KEY)(_kernel)
 PATHS = ("splitk", "tiled")
 OPERANDS = {"fp8e4m3": tl.float8e4nv, "fp16(fp8 values)": tl.float16}
+#: (element, scale) pairs whose weight is an FP8 operand per tensor (FORMATS 4.6b, 4.8).
+W4A8_KINDS = ((Element.INT4, ScaleEncoding.F32), (Element.E2M1, ScaleEncoding.E4M3))
 
 
 def w4a8_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, weight_scale_2: torch.Tensor,
-              input_scale: torch.Tensor, *, element: str, scale_kind: str, group_size: int,
+              input_scale: torch.Tensor, *, element: Union[Element, str], scale_kind: Union[ScaleEncoding, str],
+              group_size: int,
               bias: Optional[torch.Tensor] = None, path: Optional[str] = None, operand: Optional[str] = None,
               prequant: Optional[bool] = None, hw_cvt: bool = False, config: Optional[dict] = None) -> torch.Tensor:
     """W4A8 GEMM, output in x.dtype, shape [..., N].
@@ -177,8 +181,10 @@ def w4a8_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, weig
     operand None (dispatch) | "fp8e4m3" | "fp16(fp8 values)"; prequant None (= path == "tiled"):
     quantize x in a separate kernel first; hw_cvt: hardware fp8 rounding (sm89+ GPUs only).
     """
-    if (element, scale_kind) not in (("INT4", "F32"), ("E2M1", "E4M3")):
-        raise NotImplementedError(f"W4A8 supports (INT4, F32) and (E2M1, E4M3), got ({element}, {scale_kind})")
+    element = _util.w4_element(element)
+    scale_kind = as_enum(ScaleEncoding, scale_kind, "scale_kind")
+    if (element, scale_kind) not in W4A8_KINDS:
+        raise NotImplementedError(f"W4A8 supports (INT4, F32) and (E2M1, E4M3), got ({element.name}, {scale_kind.name})")
     n, k = _util.check_w4_layout(qweight, scales, scale_kind, group_size)
     _util.check_device(x, qweight, scales, weight_scale_2, input_scale, bias)
     x2 = _util.flatten_rows(x, k)
@@ -205,7 +211,7 @@ def w4a8_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, weig
         x_arg = act_quant.fp8_quant_static(x2, in_s).view(torch.uint8)
     else:
         x_arg = x2
-    s_arg = scales.view(torch.uint8) if scale_kind == "E4M3" else scales
+    s_arg = scales.view(torch.uint8) if scale_kind is ScaleEncoding.E4M3 else scales
     qw = qweight if qweight.stride(-1) == 1 else qweight.contiguous()
     fixed = config if config is not None else (INTERP_CONFIGS[path] if _util.interpreting() else None)
     direct = fixed["SPLIT_K"] == 1 if fixed is not None else path == "tiled"
@@ -213,7 +219,7 @@ def w4a8_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, weig
         torch.zeros((m, n), device=x.device, dtype=torch.float32)
     args = (x_arg, qw, s_arg, ws2, in_s, bias if bias is not None else x2, c, m, n, k, x_arg.stride(0),
             qw.stride(0), s_arg.stride(0), c.stride(0), _util.m_bucket(m))
-    meta = dict(ELEMENT=_util.element_id(element), SCALE_KIND=_util.scale_kind_id(scale_kind), GROUP=group_size,
+    meta = dict(ELEMENT=element.value, SCALE_KIND=scale_kind.value, GROUP=group_size,
                 HAS_BIAS=bias is not None, X_PREQUANT=prequant, OP_DTYPE=OPERANDS[operand], HW_CVT=hw_cvt)
     grid = lambda mt: (triton.cdiv(m, mt["BLOCK_M"]) * triton.cdiv(n, mt["BLOCK_N"]), mt["SPLIT_K"])
     if fixed is not None:

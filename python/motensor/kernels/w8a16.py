@@ -1,32 +1,34 @@
 """W8A16 GEMM for FP8 E4M3 weights with block scales: y = x @ W^T (+ bias), x fp16/bf16/fp32.
 
-Weights: qweight float8_e4m3fn [N, K] row-major, with either
-  "F32_BLOCK"  FP8_PB_WO: fp32 scales [ceil(N/B), ceil(K/B)] (B = block_size = 128),
-               W[n, k] = w[n, k] * s[n // B, k // B]; the 4-D checkpoint form [N/B, 1, K/B, 1] is accepted;
-  "E8M0"       MXFP8: uint8 scales transposed [K//G, N] (G = 32), W[n, k] = w[n, k] * 2^(s[k//G, n] - 127).
+Weights: qweight float8_e4m3fn [N, K] row-major, with scales of kind (``ScaleEncoding``)
+  F32   FP8_PB_WO: fp32 2-D block scales [ceil(N/B), ceil(K/B)] (B = block_size = 128),
+        W[n, k] = w[n, k] * s[n // B, k // B]; the 4-D checkpoint form [N/B, 1, K/B, 1] is accepted;
+  E8M0  MXFP8: uint8 scales transposed [K//G, N] (G = 32), W[n, k] = w[n, k] * 2^(s[k//G, n] - 127).
 
 Design: one tensor-core kernel (paths "splitk" for M <= 16 with BLOCK_M = 16, "tiled" otherwise).
 The FP8 byte is decoded with bit operations into fp16 (`w * 2^-8`, exact, subnormals included), so
 no fp8 hardware is needed (sm80 works) and the interpreter is exact. When a K chunk lies inside one
-scale block (always for F32_BLOCK: BLOCK_K divides B; for E8M0 when BLOCK_K divides 32) the scale is
+scale block (always for F32 blocks: BLOCK_K divides B; for E8M0 when BLOCK_K divides 32) the scale is
 applied to the fp32 partial product per column; otherwise (E8M0 with BLOCK_K > 32) each element is
 scaled in fp32 and rounded once to the operand dtype.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import triton
 import triton.language as tl
 
+from motensor.formats import ScaleEncoding, as_enum
 from motensor.kernels import _util
 from motensor.kernels._tiles import grouped_tile, split_k_range, store_tile
 from motensor.kernels._decode import e4m3_f16_scaled, e8m0_f32
 
-SCALE_F32_BLOCK = tl.constexpr(0)
-SCALE_E8M0_T = tl.constexpr(1)
-W8_SCALE_KINDS = {"F32_BLOCK": 0, "E8M0": 1}
+# The scale encodings this kernel reads (the vocabulary's ids, passed as SCALE_KIND).
+SCALE_F32_BLOCK = tl.constexpr(ScaleEncoding.F32.value)   # fp32 2-D blocks
+SCALE_E8M0_T = tl.constexpr(ScaleEncoding.E8M0.value)     # E8M0 groups, transposed [K//G, N]
+W8_SCALE_KINDS = (ScaleEncoding.F32, ScaleEncoding.E8M0)
 
 
 @triton.jit
@@ -42,7 +44,7 @@ def _w8a16_kernel(
     pid_m, pid_n = grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     CHUNK_IN_BLOCK: tl.constexpr = SBLOCK % BLOCK_K == 0
-    tl.static_assert(CHUNK_IN_BLOCK or SCALE_KIND == SCALE_E8M0_T, "F32_BLOCK needs BLOCK_K | block size")
+    tl.static_assert(CHUNK_IN_BLOCK or SCALE_KIND == SCALE_E8M0_T, "F32 block scales need BLOCK_K | block size")
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = rm < M
@@ -71,7 +73,7 @@ def _w8a16_kernel(
                 s = e8m0_f32(tl.load(s_ptr + (k0 // SBLOCK) * stride_s0 + rn, mask=mask_n, other=0))
             acc += tl.dot(x, tl.trans(h.to(op_dtype))) * s[None, :]
         else:
-            # Only E8M0 gets here (F32_BLOCK chunks always lie inside one block, asserted above).
+            # Only E8M0 gets here (F32 block chunks always lie inside one block, asserted above).
             # [BN, groups, G] view: one scale load/decode per group, broadcast in registers.
             NG: tl.constexpr = BLOCK_K // SBLOCK
             rn3 = rn[:, None, None]
@@ -121,29 +123,31 @@ _tiled_tuned = triton.autotune(TILED_CONFIGS, key=_KEY)(_kernel)
 PATHS = ("splitk", "tiled")
 
 
-def _check(qweight, scales, scale_kind, block_size):
+def _check(qweight: torch.Tensor, scales: torch.Tensor, scale_kind: ScaleEncoding,
+           block_size: int) -> tuple[int, int, torch.Tensor]:
     if qweight.dtype != torch.float8_e4m3fn or qweight.dim() != 2:
         raise ValueError(f"qweight must be float8_e4m3fn [N, K], got {qweight.dtype} {tuple(qweight.shape)}")
     n, k = qweight.shape
-    if scale_kind == "F32_BLOCK":
+    if scale_kind is ScaleEncoding.F32:
         scales = scales.reshape(scales.shape[0], -1)      # accepts the 4-D [N/B, 1, K/B, 1] form
         want = (triton.cdiv(n, block_size), triton.cdiv(k, block_size))
         if scales.dtype != torch.float32 or tuple(scales.shape) != want:
-            raise ValueError(f"F32_BLOCK scales must be float32 {want}, got {scales.dtype} {tuple(scales.shape)}")
-    elif scale_kind == "E8M0":
+            raise ValueError(f"F32 block scales must be float32 {want}, got {scales.dtype} {tuple(scales.shape)}")
+    elif scale_kind is ScaleEncoding.E8M0:
         if k % block_size or scales.dtype != torch.uint8 or tuple(scales.shape) != (k // block_size, n):
             raise ValueError(f"E8M0 scales must be uint8 [K//G, N] = [{k // block_size}, {n}] with K % G == 0, "
                              f"got {scales.dtype} {tuple(scales.shape)}")
     else:
-        raise ValueError(f"scale_kind must be one of {sorted(W8_SCALE_KINDS)}, got {scale_kind!r}")
+        raise ValueError(f"scale_kind must be one of {[s.name for s in W8_SCALE_KINDS]}, got {scale_kind.name}")
     return n, k, scales
 
 
-def w8a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, *, scale_kind: str,
+def w8a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, *, scale_kind: Union[ScaleEncoding, str],
                block_size: int, bias: Optional[torch.Tensor] = None, path: Optional[str] = None,
                config: Optional[dict] = None) -> torch.Tensor:
-    """y = x @ dequant(qweight, scales)^T (+ bias) in x.dtype. scale_kind "F32_BLOCK" (block_size
-    128) or "E8M0" (block_size 32); path None | "splitk" | "tiled"; config as in w4a16_gemm."""
+    """y = x @ dequant(qweight, scales)^T (+ bias) in x.dtype. scale_kind F32 (2-D blocks, block_size
+    128) or E8M0 (block_size 32); path None | "splitk" | "tiled"; config as in w4a16_gemm."""
+    scale_kind = as_enum(ScaleEncoding, scale_kind, "scale_kind")
     n, k, scales = _check(qweight, scales, scale_kind, block_size)
     _util.check_device(x, qweight, scales, bias)
     x2 = _util.flatten_rows(x, k)
@@ -153,9 +157,9 @@ def w8a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, *, 
     if m == 0:
         return x.new_empty(out_shape)
     fixed = config if config is not None else (INTERP_CONFIGS[path] if _util.interpreting() else None)
-    if scale_kind == "F32_BLOCK" and fixed is not None and block_size % fixed["BLOCK_K"]:
+    if scale_kind is ScaleEncoding.F32 and fixed is not None and block_size % fixed["BLOCK_K"]:
         raise ValueError(f"BLOCK_K={fixed['BLOCK_K']} must divide block_size={block_size}")
-    if scale_kind == "F32_BLOCK" and fixed is None and block_size % 128:
+    if scale_kind is ScaleEncoding.F32 and fixed is None and block_size % 128:
         raise ValueError("tuned configs assume block_size 128 (pass config= for other block sizes)")
     qw = qweight.view(torch.uint8)
     if qw.stride(-1) != 1:
@@ -165,7 +169,7 @@ def w8a16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, *, 
         torch.zeros((m, n), device=x.device, dtype=torch.float32)
     args = (x2, qw, scales, bias if bias is not None else x2, c, m, n, k, x2.stride(0), qw.stride(0),
             scales.stride(0), c.stride(0), _util.m_bucket(m))
-    meta = dict(SCALE_KIND=W8_SCALE_KINDS[scale_kind], SBLOCK=block_size, HAS_BIAS=bias is not None)
+    meta = dict(SCALE_KIND=scale_kind.value, SBLOCK=block_size, HAS_BIAS=bias is not None)
     grid = lambda mt: (triton.cdiv(m, mt["BLOCK_M"]) * triton.cdiv(n, mt["BLOCK_N"]), mt["SPLIT_K"])
     if fixed is not None:
         _kernel[grid](*args, **meta, **fixed)

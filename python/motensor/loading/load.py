@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import time
-from typing import Iterable, Mapping, Union
+from typing import Iterable, Mapping, Union, Sequence
 
 import torch
 
@@ -162,7 +162,8 @@ def _load(
     except BaseException:
         # A kept traceback (a notebook keeps the last one) would otherwise hold the whole
         # device arena through this frame.
-        arena = views = None  # noqa: F841
+        arena = None  # type: ignore[assignment]  # noqa: F841
+        views = []  # noqa: F841
         raise
     finally:
         bar.close()
@@ -236,7 +237,7 @@ def _view(arena: torch.Tensor, item: Mapping) -> torch.Tensor:
     return arena[off : off + n].view(torch_dtype(item["dtype"])).view(item["shape"])
 
 
-def _cast(arena: torch.Tensor, items: list[Mapping], views: list[torch.Tensor], dtype: torch.dtype, plain: set[str]) -> list[torch.Tensor]:
+def _cast(arena: torch.Tensor, items: Sequence[Mapping], views: list[torch.Tensor], dtype: torch.dtype, plain: set[str]) -> list[torch.Tensor]:
     out = list(views)
     for i, (it, t) in enumerate(zip(items, views)):
         wanted = it["role"] in _CAST_ROLES or (it["module"] is None and it["tensor"] in plain)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import torch
 
@@ -160,7 +160,7 @@ def _describe(t: torch.Tensor) -> str:
 
 
 def group_tensors(
-    items: list[Mapping], views: list[torch.Tensor], infos: Mapping[str, ModuleInfo]
+    items: Sequence[Mapping], views: Sequence[torch.Tensor], infos: Mapping[str, ModuleInfo]
 ) -> tuple[dict[str, LoadedModule], dict[str, torch.Tensor]]:
     """Sorts plan items (with their device views) into modules and other tensors."""
     modules: dict[str, LoadedModule] = {}

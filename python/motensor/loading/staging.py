@@ -21,6 +21,8 @@ import weakref
 
 import torch
 
+from motensor.errors import ArgumentError
+
 _lock = threading.Lock()
 _live = 0
 _peak = 0
@@ -65,9 +67,9 @@ class StagingRing:
 
     def __init__(self, num_buffers: int, chunk_bytes: int, *, pinned: bool):
         if num_buffers < 1:
-            raise ValueError(f"num_buffers must be at least 1, got {num_buffers}")
+            raise ArgumentError(f"num_buffers must be at least 1, got {num_buffers}")
         if chunk_bytes < 1:
-            raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
+            raise ArgumentError(f"chunk_bytes must be positive, got {chunk_bytes}")
         self.chunk_bytes = int(chunk_bytes)
         self.pinned = pinned
         self._slots: list[torch.Tensor | None] = [None] * num_buffers

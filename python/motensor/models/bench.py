@@ -12,18 +12,14 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from motensor.nn.replace import model_device  # one definition; the benches import it from here
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def model_device(model: torch.nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
 
 
 def random_ids(model, batch: int, length: int, seed: int = 0) -> torch.Tensor:

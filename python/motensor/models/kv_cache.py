@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
+
+from motensor.errors import FormatError
 
 log = logging.getLogger("motensor.models")
 
@@ -86,10 +88,10 @@ def install(model: nn.Module, scales: dict[str, dict[str, torch.Tensor]], algo: 
         try:
             attn = model.get_submodule(attn_name)
         except AttributeError:
-            raise ValueError(f"KV-cache scales name the attention module {attn_name!r}, which the model lacks") from None
+            raise FormatError(f"KV-cache scales name the attention module {attn_name!r}, which the model lacks") from None
         for role, t in roles.items():
             attn.register_buffer(role, t.float().reshape(()), persistent=False)
-    config = model.config
+    config: Any = model.config
     base = config._attn_implementation or "sdpa"
     if not base.startswith(PREFIX):
         name = register(base)

@@ -27,10 +27,12 @@ Two execution paths, same result up to bf16 summation order:
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
+
+from motensor.errors import ArgumentError, FormatError
 
 MODES = ("auto", "loop", "dense")
 
@@ -48,9 +50,9 @@ class QuantExperts(nn.Module):
         super().__init__()
         label = name or "QuantExperts"
         if not (len(gate) == len(up) == len(down)) or not down:
-            raise ValueError(f"{label}: {len(gate)} gate, {len(up)} up and {len(down)} down projections")
+            raise FormatError(f"{label}: {len(gate)} gate, {len(up)} up and {len(down)} down projections")
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            raise ArgumentError(f"mode must be one of {MODES}, got {mode!r}")
         self.gate = nn.ModuleList(gate)
         self.up = nn.ModuleList(up)
         self.down = nn.ModuleList(down)
@@ -58,13 +60,14 @@ class QuantExperts(nn.Module):
         self.name = name
         self.mode = mode
         self.num_experts = len(down)
-        self.hidden_dim = int(down[0].out_features)
-        self.intermediate_dim = int(down[0].in_features)
+        first: Any = down[0]  # QuantLinear or nn.Linear
+        self.hidden_dim = int(first.out_features)
+        self.intermediate_dim = int(first.in_features)
         h, i = self.hidden_dim, self.intermediate_dim
         for e in range(self.num_experts):
             shapes = [(p[e].out_features, p[e].in_features) for p in (self.gate, self.up, self.down)]
             if shapes != [(i, h), (i, h), (h, i)]:
-                raise ValueError(f"{label}: expert {e} has gate/up/down [N, K] = {shapes}; expected "
+                raise FormatError(f"{label}: expert {e} has gate/up/down [N, K] = {shapes}; expected "
                                  f"{[(i, h), (i, h), (h, i)]}")
 
     def extra_repr(self) -> str:
@@ -126,7 +129,7 @@ def is_fused_experts(module: nn.Module) -> bool:
 def experts_act_fn(container: nn.Module) -> Callable:
     act = getattr(container, "act_fn", None)
     if act is None:
-        raise ValueError(f"{type(container).__name__} has no act_fn; cannot replace it with QuantExperts")
+        raise FormatError(f"{type(container).__name__} has no act_fn; cannot replace it with QuantExperts")
     return act
 
 

@@ -16,7 +16,6 @@ Steps (no full-precision copy of a quantized weight is ever made):
 """
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from torch import nn
 from motensor.errors import ConfigError, FormatError, MotensorError
 from motensor.models import kv_cache, naming
 from motensor.models.moe import QuantExperts, check_supported_container, experts_act_fn
+from motensor.nn.replace import set_submodule
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel
@@ -56,6 +56,16 @@ _KV_ROLES = ("k_scale", "v_scale")
 
 # Defined with the other exceptions (so it prints as motensor.errors.*); re-exported here.
 from motensor.errors import UnsupportedArchitectureError  # noqa: E402
+
+
+@dataclass
+class ExpertContainer:
+    """A fused experts module of the model that the checkpoint has per-expert tensors for."""
+
+    #: The container in the model: the transformers module, or the QuantExperts that replaced it.
+    module: nn.Module
+    #: Whether the checkpoint quantizes its experts (else they are stacked into its parameters).
+    quantized: bool
 
 
 @dataclass
@@ -124,18 +134,18 @@ def from_pretrained(
     model = _build_on_meta(arch, config, dtype, attn)
 
     loaded = motensor.load(ckpt, device=device, dtype=dtype, progress=progress)
-    device = loaded.device  # resolved ("cuda" -> "cuda:0"), checked by the loader
+    target = loaded.device  # resolved ("cuda" -> "cuda:0"), checked by the loader
     q = ckpt.quant_config
     report = ModelReport(architecture=arch, quant_algo=q.quant_algo if q else None, load_stats=loaded.stats)
     rename = naming.renamer(model)
 
     experts = _install_experts(model, loaded, rename, report, moe_mode)
     _install_linears(model, loaded, rename, report, experts)
-    _fill_plain(model, loaded, rename, report, experts, device)
+    _fill_plain(model, loaded, rename, report, experts, target)
     _tie(model, report)
-    report.kv_cache_scales = kv_cache.install(model, _kv_scales(ckpt, loaded, rename, device),
+    report.kv_cache_scales = kv_cache.install(model, _kv_scales(ckpt, loaded, rename, target),
                                               q.kv_cache_quant_algo if q else None)
-    _init_non_persistent_buffers(model, device)
+    _init_non_persistent_buffers(model, target)
     _check_complete(model, ckpt.root)
 
     model.eval()
@@ -199,7 +209,7 @@ def _build_on_meta(arch: str, config, dtype: torch.dtype, attn: Optional[str]):
     import transformers
 
     cls = getattr(transformers, arch)
-    kwargs = {"dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype}
     if attn is not None:
         kwargs["attn_implementation"] = attn
     try:
@@ -216,10 +226,10 @@ def _renamed_modules(loaded: "LoadedCheckpoint", rename) -> dict[str, Any]:
     return {naming.rename_module(rename, n): m for n, m in loaded.modules.items()}
 
 
-def _install_experts(model, loaded, rename, report: ModelReport, mode: str) -> dict[str, dict]:
+def _install_experts(model, loaded, rename, report: ModelReport, mode: str) -> dict[str, ExpertContainer]:
     """Replaces the fused expert containers whose experts the checkpoint quantizes by
-    :class:`QuantExperts`. Returns ``{container name: {"module": module, "quantized": bool}}`` for
-    every container the checkpoint has per-expert tensors for (quantized or not)."""
+    :class:`QuantExperts`. Returns an :class:`ExpertContainer` per container name for every
+    container the checkpoint has per-expert tensors for (quantized or not)."""
     from motensor.nn import QuantLinear
 
     quantized: dict[str, dict[tuple[int, str], Any]] = {}
@@ -233,7 +243,7 @@ def _install_experts(model, loaded, rename, report: ModelReport, mode: str) -> d
         split = naming.split_expert_name(mod)
         if split is not None and attr == "weight":
             plain.setdefault(split[0], {})[(split[1], split[2])] = tname
-    out: dict[str, dict] = {}
+    out: dict[str, ExpertContainer] = {}
     for container_name in sorted(set(quantized) | set(plain)):
         try:
             container = model.get_submodule(container_name)
@@ -244,10 +254,10 @@ def _install_experts(model, loaded, rename, report: ModelReport, mode: str) -> d
         if why:
             raise FormatError(why)
         parts = quantized.get(container_name)
-        out[container_name] = {"module": container, "quantized": bool(parts)}
+        out[container_name] = ExpertContainer(container, quantized=bool(parts))
         if not parts:
             continue  # all unquantized: stacked into the container's own parameters by _fill_plain
-        n_exp = container.gate_up_proj.shape[0]
+        n_exp = _num_experts(container)
         extra = sorted(e for e, _ in parts if e >= n_exp)
         if extra:
             raise FormatError(f"{container_name}: checkpoint has expert {extra[0]} but the model has {n_exp} experts")
@@ -264,8 +274,8 @@ def _install_experts(model, loaded, rename, report: ModelReport, mode: str) -> d
                 mods.append(_plain_linear(loaded.tensors[tname]))
         q = QuantExperts(projections["gate"], projections["up"], projections["down"], experts_act_fn(container),
                          name=container_name, mode=mode)
-        _set_submodule(model, container_name, q)
-        out[container_name]["module"] = q
+        set_submodule(model, container_name, q)
+        out[container_name].module = q
         report.quantized_experts.append(container_name)
     return out
 
@@ -277,17 +287,18 @@ def _plain_linear(w: torch.Tensor) -> nn.Linear:
     return lin
 
 
-def _install_linears(model, loaded, rename, report: ModelReport, experts: dict) -> None:
-    from motensor.nn import replace_linears
+def _in_experts(name: str, experts: dict[str, ExpertContainer]) -> bool:
+    split = naming.split_expert_name(name)
+    return split is not None and split[0] in experts
+
+
+def _install_linears(model, loaded, rename, report: ModelReport, experts: dict[str, ExpertContainer]) -> None:
+    from motensor.nn.replace import replace_linears_from
 
     renamed = _renamed_modules(loaded, rename)
-    linear_modules = {n: m for n, m in renamed.items() if naming.split_expert_name(n) is None or
-                      naming.split_expert_name(n)[0] not in experts}
-    source = loaded
-    if any(n != m.info.name for n, m in linear_modules.items()):  # renamed: replace_linears needs our names
-        source = copy.copy(loaded)
-        source.modules = linear_modules
-    report.quantized_linears = replace_linears(model, source)
+    # Keyed by the model's (renamed) module names, which is what replace_linears_from matches.
+    linear_modules = {n: m for n, m in renamed.items() if not _in_experts(n, experts)}
+    report.quantized_linears = replace_linears_from(model, linear_modules)
     missing = sorted(set(linear_modules) - set(report.quantized_linears))
     if missing:
         raise FormatError(
@@ -308,7 +319,8 @@ def _owner(model: nn.Module, name: str):
     return None, attr
 
 
-def _fill_plain(model, loaded, rename, report: ModelReport, experts: dict, device: torch.device) -> None:
+def _fill_plain(model, loaded, rename, report: ModelReport, experts: dict[str, ExpertContainer],
+                device: torch.device) -> None:
     from motensor.nn import QuantLinear
 
     stacks: dict[str, dict[tuple[int, str], torch.Tensor]] = {}
@@ -319,7 +331,7 @@ def _fill_plain(model, loaded, rename, report: ModelReport, experts: dict, devic
         mod, _, attr = target.rpartition(".")
         split = naming.split_expert_name(mod)
         if split is not None and split[0] in experts:
-            if experts[split[0]]["quantized"]:
+            if experts[split[0]].quantized:
                 continue  # taken by _install_experts
             if attr != "weight":
                 raise FormatError(f"{name}: unquantized expert tensors other than weights are not supported")
@@ -332,7 +344,7 @@ def _fill_plain(model, loaded, rename, report: ModelReport, experts: dict, devic
         _assign(owner, attr, t, name, device)
         report.plain_tensors += 1
     for container_name, parts in stacks.items():
-        _stack_experts(experts[container_name]["module"], container_name, parts, device)
+        _stack_experts(experts[container_name].module, container_name, parts, device)
         report.plain_tensors += len(parts)
     if report.unused_tensors:
         log.warning("%d checkpoint tensor(s) have no place in %s and were ignored: %s", len(report.unused_tensors),
@@ -358,7 +370,7 @@ def _stack_experts(container: nn.Module, name: str, parts: dict, device: torch.d
     why = check_supported_container(container, name)
     if why:
         raise FormatError(why)
-    n_exp = container.gate_up_proj.shape[0]
+    n_exp = _num_experts(container)
     try:
         gate_up = torch.stack([torch.cat([parts[(e, "gate")], parts[(e, "up")]], 0) for e in range(n_exp)])
         down = torch.stack([parts[(e, "down")] for e in range(n_exp)])
@@ -366,6 +378,13 @@ def _stack_experts(container: nn.Module, name: str, parts: dict, device: torch.d
         raise FormatError(f"{name}: the checkpoint lacks expert {e.args[0][0]}'s {e.args[0][1]} projection") from None
     _assign(container, "gate_up_proj", gate_up, f"{name}.gate_up_proj", device)
     _assign(container, "down_proj", down, f"{name}.down_proj", device)
+
+
+def _num_experts(container: nn.Module) -> int:
+    """Experts of a supported fused container (``gate_up_proj`` is ``[E, 2I, H]``)."""
+    gate_up = container.gate_up_proj
+    assert isinstance(gate_up, torch.Tensor)
+    return int(gate_up.shape[0])
 
 
 def _tie(model, report: ModelReport) -> None:
@@ -438,13 +457,19 @@ def _init_non_persistent_buffers(model, device: torch.device) -> None:
     for t in list(model.parameters()) + [b for b in model.buffers() if b is not None]:
         t._is_hf_initialized = True  # transformers' init functions skip tensors flagged like this
     for _, module, attr in recreated:
-        module._buffers[attr]._is_hf_initialized = False
+        _buffer(module, attr)._is_hf_initialized = False  # type: ignore[attr-defined]
     for module in owners.values():
         model._init_weights(module)
     bad = [name for name, module, attr in recreated
-           if module._buffers[attr].is_floating_point() and torch.isnan(module._buffers[attr]).any()]
+           if _buffer(module, attr).is_floating_point() and torch.isnan(_buffer(module, attr)).any()]
     if bad:
         raise MotensorError(f"{type(model).__name__}: could not re-create non-persistent buffer(s) {bad}")
+
+
+def _buffer(module: nn.Module, attr: str) -> torch.Tensor:
+    buf = module._buffers[attr]
+    assert buf is not None
+    return buf
 
 
 def _check_complete(model: nn.Module, root: Path) -> None:
@@ -466,8 +491,3 @@ def _generation_config(model, root: Path) -> None:
     except Exception as e:  # a broken generation_config must not stop the model
         log.warning("%s: ignoring generation_config.json (%s)", root, e)
 
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, leaf = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, leaf, new)

@@ -3,18 +3,20 @@
 The module holds the checkpoint's tensors in the kernel layout (see ``motensor.layout``) as
 buffers named by their ModelOpt role, so ``state_dict()`` keys read like the checkpoint's
 (``weight``, ``weight_scale``, ``weight_scale_2``, ``input_scale``, ``pre_quant_scale``,
-``bias``). What the forward computes is decided once, from the format table, by
-``motensor.nn.forwards.forward_for(spec)``; kernels are chosen per call by ``motensor.dispatch``.
+``bias``). What the forward computes is the format's recipe (``motensor.recipes``), picked once
+from the format table; kernels are chosen per call by ``motensor.dispatch``.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping, Optional
+from typing import TYPE_CHECKING, Mapping, Optional, Union
 
 import torch
 from torch import nn
 
-from motensor.formats import FormatSpec, get_format
-from motensor.nn import forwards
+from motensor import dispatch
+from motensor.errors import ArgumentError, FormatError
+from motensor.formats import Activation, FormatSpec, get_format
+from motensor.recipes import Recipe, recipe_for
 
 if TYPE_CHECKING:  # pragma: no cover
     from motensor.loading import LoadedModule
@@ -35,8 +37,13 @@ class QuantLinear(nn.Module):
     """
 
     weight: torch.Tensor
+    weight_scale: torch.Tensor
+    weight_scale_2: Optional[torch.Tensor]
+    input_scale: Optional[torch.Tensor]
+    pre_quant_scale: Optional[torch.Tensor]
+    bias: Optional[torch.Tensor]
 
-    def __init__(self, in_features: int, out_features: int, spec: FormatSpec | str, group_size: Optional[int],
+    def __init__(self, in_features: int, out_features: int, spec: Union[FormatSpec, str], group_size: Optional[int],
                  tensors: Mapping[str, torch.Tensor], name: str = ""):
         super().__init__()
         self.in_features = int(in_features)
@@ -46,19 +53,19 @@ class QuantLinear(nn.Module):
         self.name = name
         for role, t in tensors.items():
             if role not in ROLES:
-                raise ValueError(f"{name or 'QuantLinear'}: unknown tensor role {role!r}")
+                raise ArgumentError(f"{name or 'QuantLinear'}: unknown tensor role {role!r}")
             self.register_buffer(role, t)
         for role in ROLES:
             if role not in tensors:
                 self.register_buffer(role, None)
         missing = [r.role for r in self.format.tensors if r.required and getattr(self, r.role) is None]
         if missing:
-            raise ValueError(f"{name or 'QuantLinear'} ({self.format.name}): missing {missing}")
-        self._forward = forwards.forward_for(self.format)
+            raise FormatError(f"{name or 'QuantLinear'} ({self.format.name}): missing {missing}")
+        self.recipe: Recipe = recipe_for(self.format)
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
-    def from_tensors(cls, spec: FormatSpec | str, in_features: int, out_features: int,
+    def from_tensors(cls, spec: Union[FormatSpec, str], in_features: int, out_features: int,
                      tensors: Mapping[str, torch.Tensor], group_size: Optional[int] = None,
                      name: str = "") -> "QuantLinear":
         """From tensors already in the kernel layout, keyed by role."""
@@ -70,7 +77,7 @@ class QuantLinear(nn.Module):
         """From one module of ``motensor.load(...)`` (tensors are used in place, not copied)."""
         info = loaded.info
         if info.lead:
-            raise ValueError(f"{info.name} stacks {list(info.lead)} weights; use a quantized experts module")
+            raise FormatError(f"{info.name} stacks {list(info.lead)} weights; use a quantized experts module")
         return cls(info.k, info.n, info.format, info.group_size, dict(loaded.tensors), info.name)
 
     @classmethod
@@ -103,35 +110,41 @@ class QuantLinear(nn.Module):
     # -- running -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
-            raise ValueError(
+            raise ArgumentError(
                 f"{self.name or 'QuantLinear'}: input has {x.shape[-1]} features, expected {self.in_features}"
             )
         if not x.is_floating_point() or x.dtype.itemsize == 1:
             raise TypeError(f"{self.name or 'QuantLinear'}: input must be float16/bfloat16/float32, got {x.dtype}")
         if x.device != self.weight.device:
-            raise ValueError(f"{self.name or 'QuantLinear'}: input on {x.device}, weights on {self.weight.device}")
+            raise ArgumentError(f"{self.name or 'QuantLinear'}: input on {x.device}, weights on {self.weight.device}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         if self.pre_quant_scale is not None:
             # ModelOpt multiplies in the activation dtype before quantizing (FORMATS 3.2).
             x2 = x2 * self.pre_quant_scale.to(x2.dtype)
-        y = self._forward(self, x2.contiguous())
+        y = self.recipe.forward(self, x2.contiguous())
         return y.reshape(*lead, self.out_features)
 
+    def kernel_choice(self, M: int, dtype: torch.dtype = torch.bfloat16) -> dispatch.KernelChoice:
+        """The kernel the main product of a forward with ``M`` rows of ``dtype`` runs on this
+        module's device: the same ``dispatch.choose`` call the op makes."""
+        return dispatch.choose(self.recipe.family, device=self.weight.device, dtype=dtype, M=M,
+                               N=self.out_features, K=self.in_features)
+
     def kernel_for(self, M: int, dtype: torch.dtype = torch.bfloat16) -> str:
-        """Which kernel(s) a forward with ``M`` rows of ``dtype`` runs on this module's device."""
-        return forwards.describe(self, M, dtype)
+        """Which kernel a forward with ``M`` rows of ``dtype`` runs on this module's device, and why."""
+        return self.kernel_choice(M, dtype).describe()
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The logical weight ``[N, K]`` (what ModelOpt's fake-quant computes with)."""
-        return forwards.dequantize(self).to(dtype)
+        return self.recipe.dequantize(self).to(dtype)
 
     def extra_repr(self) -> str:
         parts = [f"in_features={self.in_features}", f"out_features={self.out_features}", f"format={self.format.name}"]
         if self.group_size:
             parts.append(f"group_size={self.group_size}")
-        if self.format.activation != "none":
-            parts.append(f"activations={self.format.activation}")
+        if self.format.activation is not Activation.NONE:
+            parts.append(f"activations={self.format.activation.name}")
         if self.pre_quant_scale is not None:
             parts.append("pre_quant_scale=True")
         parts.append(f"bias={self.bias is not None}")

@@ -14,18 +14,26 @@ from motensor.nn.fuse import fuse_modules
 
 if TYPE_CHECKING:  # pragma: no cover
     from motensor.checkpoint import Checkpoint
-    from motensor.loading import LoadedCheckpoint
+    from motensor.loading import LoadedCheckpoint, LoadedModule
 
 log = logging.getLogger("motensor.nn")
 
 Source = Union["LoadedCheckpoint", "Checkpoint", str, os.PathLike]
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's first tensor that has storage (CPU for an empty or meta model)."""
     for t in list(model.parameters()) + list(model.buffers()):
         if t.device.type != "meta":
             return t.device
     return torch.device("cpu")
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replaces the submodule at dotted path ``name`` by ``new``."""
+    parent_name, _, leaf = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, leaf, new)
 
 
 def _as_loaded(source: Source, model: nn.Module, prefix: str) -> "LoadedCheckpoint":
@@ -37,7 +45,7 @@ def _as_loaded(source: Source, model: nn.Module, prefix: str) -> "LoadedCheckpoi
     ckpt = source if isinstance(source, Checkpoint) else Checkpoint(source)
     wanted = [prefix + n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     names = [n for n in wanted if n in ckpt.modules] or None
-    return load(ckpt, device=_model_device(model), modules=names, progress=False)
+    return load(ckpt, device=model_device(model), modules=names, progress=False)
 
 
 def replace_linears(
@@ -63,16 +71,27 @@ def replace_linears(
 
     Returns the names (without ``prefix``) of the replaced modules.
     """
-    loaded = _as_loaded(source, model, prefix)
+    return replace_linears_from(model, _as_loaded(source, model, prefix).modules, prefix, fused=fused)
+
+
+def replace_linears_from(
+    model: nn.Module,
+    modules: Mapping[str, "LoadedModule"],
+    prefix: str = "",
+    *,
+    fused: Optional[Mapping[str, Sequence[str]]] = None,
+) -> list[str]:
+    """:func:`replace_linears` from loaded modules keyed by the model's module names (``prefix``
+    + name), e.g. a subset of ``motensor.load(...).modules`` under transformers' renamings."""
     replaced: list[str] = []
     targets = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and not isinstance(m, QuantLinear)]
     for name, linear in targets:
         full = prefix + name
         q = None
-        if full in loaded.modules:
-            q = QuantLinear.from_loaded(loaded.modules[full])
+        if full in modules:
+            q = QuantLinear.from_loaded(modules[full])
         elif fused:
-            q = _fused_from_parts(full, loaded, fused)
+            q = _fused_from_parts(full, modules, fused)
         if q is None:
             continue
         if (q.in_features, q.out_features) != (linear.in_features, linear.out_features):
@@ -82,28 +101,23 @@ def replace_linears(
             )
         if linear.bias is not None and q.bias is None:
             raise FormatError(f"{full}: the model's Linear has a bias but the checkpoint stores none")
-        _set_submodule(model, name, q)
+        set_submodule(model, name, q)
         replaced.append(name)
     log.info("replaced %d Linear layers with motensor quantized modules", len(replaced))
     return replaced
 
 
-def _fused_from_parts(full: str, loaded: "LoadedCheckpoint", fused: Mapping[str, Sequence[str]]) -> Optional[QuantLinear]:
+def _fused_from_parts(full: str, modules: Mapping[str, "LoadedModule"],
+                      fused: Mapping[str, Sequence[str]]) -> Optional[QuantLinear]:
     parent, _, leaf = full.rpartition(".")
     parts = fused.get(leaf)
     if not parts:
         return None
     names = [f"{parent}.{p}" if parent else p for p in parts]
-    present = [n for n in names if n in loaded.modules]
+    present = [n for n in names if n in modules]
     if not present:
         return None
     if len(present) != len(names):
         missing = sorted(set(names) - set(present))
         raise FormatError(f"{full}: fused from {names}, but {missing} are not quantized in the checkpoint")
-    return fuse_modules(full, [QuantLinear.from_loaded(loaded.modules[n]) for n in names])
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, leaf = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, leaf, new)
+    return fuse_modules(full, [QuantLinear.from_loaded(modules[n]) for n in names])

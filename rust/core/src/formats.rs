@@ -8,75 +8,87 @@
 
 use crate::dtype::DType;
 
-/// A `quant_algo` motensor can load. `MIXED_PRECISION` is a config-level mode, not a format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Algo {
-    Fp8,
-    Fp8PerChannelPerToken,
-    Fp8PbWo,
-    Nvfp4,
-    W4a16Nvfp4,
-    Nvfp4Awq,
-    W4a8Nvfp4Fp8,
-    W4a16Awq,
-    W4a8Awq,
-    W8a8SqPerChannel,
-    W8a16,
-    Mxfp8,
-    Mxfp4,
-    W4a8Mxfp4Fp8,
+/// Declares a fieldless enum together with the stable name of each variant.
+///
+/// The names are the vocabulary every consumer shares (the Python enums generated from
+/// `motensor._core.vocabulary()`, the kernels' arguments, `motensor inspect`): they are written
+/// out here, not derived from the Rust identifiers, so renaming a variant cannot silently change
+/// a string that Python compares. `ALL` lists the variants in declaration order; a variant's
+/// position in it is its integer id (what the Triton kernels take as a constexpr).
+macro_rules! named_enum {
+    ($(#[$m:meta])* pub enum $T:ident { $($(#[$vm:meta])* $V:ident = $name:literal,)* }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $T {
+            $($(#[$vm])* $V,)*
+        }
+        impl $T {
+            pub const ALL: &'static [$T] = &[$($T::$V,)*];
+            /// The stable name of this value (see `named_enum!`).
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $($T::$V => $name,)*
+                }
+            }
+        }
+    };
 }
 
-/// How a stored weight element is encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Element {
-    /// FP8 E4M3, one byte per element.
-    E4m3,
-    /// FP4 E2M1 nibbles (FORMATS §2).
-    E2m1,
-    /// Signed two's-complement INT4 nibbles, no zero point (FORMATS §2, §4.7).
-    Int4,
-    /// Signed INT8.
-    Int8,
+named_enum! {
+    /// How a stored weight element is encoded.
+    pub enum Element {
+        /// FP8 E4M3, one byte per element.
+        E4m3 = "E4M3",
+        /// FP4 E2M1 nibbles (FORMATS §2).
+        E2m1 = "E2M1",
+        /// Signed two's-complement INT4 nibbles, no zero point (FORMATS §2, §4.7).
+        Int4 = "INT4",
+        /// Signed INT8.
+        Int8 = "INT8",
+    }
 }
 
-/// Where two 4-bit values share a byte.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Packing {
-    /// One element per byte: stored `[N, K]`.
-    None,
-    /// Stored `[N, K/2]`, element `2j` in the low nibble (NVFP4, MXFP4).
-    PairsAlongK,
-    /// Stored `[N/2, K]`, output row `2r` in the low nibble (INT4 AWQ).
-    PairsAlongN,
+named_enum! {
+    /// Where two 4-bit values share a byte.
+    pub enum Packing {
+        /// One element per byte: stored `[N, K]`.
+        None = "NONE",
+        /// Stored `[N, K/2]`, element `2j` in the low nibble (NVFP4, MXFP4).
+        PairsAlongK = "PAIRS_ALONG_K",
+        /// Stored `[N/2, K]`, output row `2r` in the low nibble (INT4 AWQ).
+        PairsAlongN = "PAIRS_ALONG_N",
+    }
 }
 
-/// How a scale value is encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScaleEncoding {
-    /// A wide float (F32 normally; BF16/F16 accepted for scalars, FORMATS §3.3).
-    Float,
-    /// FP8 E4M3 block scales (NVFP4 family).
-    E4m3,
-    /// E8M0 power-of-two exponents, value `2^(e-127)` (MX formats).
-    E8m0,
+named_enum! {
+    /// How a scale value is encoded.
+    pub enum ScaleEncoding {
+        /// A wide float: F32 (BF16/F16 accepted for scalars, FORMATS §3.3, and widened to F32 by the
+        /// loader, so kernels always read F32).
+        Float = "F32",
+        /// FP8 E4M3 block scales (NVFP4 family).
+        E4m3 = "E4M3",
+        /// E8M0 power-of-two exponents, value `2^(e-127)` (MX formats).
+        E8m0 = "E8M0",
+    }
 }
 
-/// The shape a tensor must have, in terms of the weight's logical `[N, K]` and group `G`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShapeRule {
-    /// The stored weight, shape given by the packing.
-    Weight,
-    /// A per-tensor scalar: `[]` or `[1]` (FORMATS §3.3).
-    Scalar,
-    /// One value per output channel: `[N]`.
-    PerOutput,
-    /// One value per input channel: `[K]`.
-    PerInput,
-    /// One value per output row and K-group: `[N, K/G]`.
-    Groups,
-    /// Square 2-D blocks of side G: `[ceil(N/G), 1, ceil(K/G), 1]` or `[ceil(N/G), ceil(K/G)]`.
-    Blocks2d,
+named_enum! {
+    /// The shape a tensor must have, in terms of the weight's logical `[N, K]` and group `G`.
+    pub enum ShapeRule {
+        /// The stored weight, shape given by the packing.
+        Weight = "WEIGHT",
+        /// A per-tensor scalar: `[]` or `[1]` (FORMATS §3.3).
+        Scalar = "SCALAR",
+        /// One value per output channel: `[N]`.
+        PerOutput = "PER_OUTPUT",
+        /// One value per input channel: `[K]`.
+        PerInput = "PER_INPUT",
+        /// One value per output row and K-group: `[N, K/G]`.
+        Groups = "GROUPS",
+        /// Square 2-D blocks of side G: `[ceil(N/G), 1, ceil(K/G), 1]` or `[ceil(N/G), ceil(K/G)]`.
+        Blocks2d = "BLOCKS2D",
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -122,59 +134,64 @@ pub enum Presence {
     Optional,
 }
 
-/// How activations are quantized at run time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// Weight-only: activations stay in the model dtype.
-    None,
-    /// FP8 E4M3 per-tensor, static `input_scale` (dynamic per-tensor if the scale is absent).
-    Fp8PerTensor,
-    /// FP8 E4M3 per-token dynamic (`amax(|x[m,:]|)/448`).
-    Fp8PerToken,
-    /// NVFP4 per-16-block dynamic with a calibrated global `input_scale`.
-    Nvfp4,
-    /// MXFP8 per-32-block dynamic E8M0 scales.
-    Mxfp8,
-    /// MXFP4 per-32-block dynamic E8M0 scales.
-    Mxfp4,
-    /// INT8 per-tensor static `input_scale` (narrow range, ±127).
-    Int8PerTensor,
+named_enum! {
+    /// How activations are quantized at run time.
+    pub enum Activation {
+        /// Weight-only: activations stay in the model dtype.
+        None = "NONE",
+        /// FP8 E4M3 per-tensor, static `input_scale` (dynamic per-tensor if the scale is absent).
+        Fp8PerTensor = "FP8_PER_TENSOR",
+        /// FP8 E4M3 per-token dynamic (`amax(|x[m,:]|)/448`).
+        Fp8PerToken = "FP8_PER_TOKEN",
+        /// NVFP4 per-16-block dynamic with a calibrated global `input_scale`.
+        Nvfp4 = "NVFP4",
+        /// MXFP8 per-32-block dynamic E8M0 scales.
+        Mxfp8 = "MXFP8",
+        /// MXFP4 per-32-block dynamic E8M0 scales.
+        Mxfp4 = "MXFP4",
+        /// INT8 per-tensor static `input_scale`, full range -128..127 (ModelOpt 0.47's fake quant;
+        /// FORMATS 4.9 describes the narrow ±127 range, which its exports do not use).
+        Int8PerTensor = "INT8_PER_TENSOR",
+    }
 }
 
-/// What `weight_scale_2` does to the weight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GlobalScale {
-    /// The format has no `weight_scale_2`.
-    None,
-    /// `W = element * weight_scale * weight_scale_2` (NVFP4 family, FORMATS 4.4).
-    Multiplies,
-    /// A second, FP8 per-tensor weight quantizer on top of the INT4 one (W4A8_AWQ, FORMATS 4.8):
-    /// `W = e4m3(bf16(q * weight_scale) / weight_scale_2) * weight_scale_2`, which is what
-    /// ModelOpt's fake-quant computes with (the FP8 stage sees the bf16 INT4-dequantized weight);
-    /// the FP8 tensor-core kernel feeds the MMA `e4m3(q * weight_scale / weight_scale_2)`.
-    Fp8Requant,
+named_enum! {
+    /// What `weight_scale_2` does to the weight.
+    pub enum GlobalScale {
+        /// The format has no `weight_scale_2`.
+        None = "NONE",
+        /// `W = element * weight_scale * weight_scale_2` (NVFP4 family, FORMATS 4.4).
+        Multiplies = "MULTIPLIES",
+        /// A second, FP8 per-tensor weight quantizer on top of the INT4 one (W4A8_AWQ, FORMATS 4.8):
+        /// `W = e4m3(bf16(q * weight_scale) / weight_scale_2) * weight_scale_2`, which is what
+        /// ModelOpt's fake-quant computes with (the FP8 stage sees the bf16 INT4-dequantized weight);
+        /// the FP8 tensor-core kernel feeds the MMA `e4m3(q * weight_scale / weight_scale_2)`.
+        Fp8Requant = "FP8_REQUANT",
+    }
 }
 
-/// How the loader lays a weight out for motensor's kernels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WeightLayout {
-    /// Kept exactly as stored.
-    AsStored,
-    /// INT4 `[N/2, K]` pairs-along-N signed -> `[N, K/2]` pairs-along-K offset-binary (`q + 8`),
-    /// so one 4-bit kernel family reads FP4 and INT4 alike.
-    Int4ToKPacked,
+named_enum! {
+    /// How the loader lays a weight out for motensor's kernels.
+    pub enum WeightLayout {
+        /// Kept exactly as stored.
+        AsStored = "AS_STORED",
+        /// INT4 `[N/2, K]` pairs-along-N signed -> `[N, K/2]` pairs-along-K offset-binary (`q + 8`),
+        /// so one 4-bit kernel family reads FP4 and INT4 alike.
+        Int4ToKPacked = "INT4_TO_K_PACKED",
+    }
 }
 
-/// How the loader lays the per-group/per-block scale out for motensor's kernels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScaleLayout {
-    /// Kept exactly as stored.
-    AsStored,
-    /// `[N, K/G]` -> `[K/G, N]`: one row per K-group, contiguous along N, so a kernel tile
-    /// reads its scales with the same wide loads it uses for the weight columns.
-    GroupsTransposed,
-    /// `[ceil(N/B), 1, ceil(K/B), 1]` -> `[ceil(N/B), ceil(K/B)]` (a reshape, no data movement).
-    Blocks2dSqueezed,
+named_enum! {
+    /// How the loader lays the per-group/per-block scale out for motensor's kernels.
+    pub enum ScaleLayout {
+        /// Kept exactly as stored.
+        AsStored = "AS_STORED",
+        /// `[N, K/G]` -> `[K/G, N]`: one row per K-group, contiguous along N, so a kernel tile
+        /// reads its scales with the same wide loads it uses for the weight columns.
+        GroupsTransposed = "GROUPS_TRANSPOSED",
+        /// `[ceil(N/B), 1, ceil(K/B), 1]` -> `[ceil(N/B), ceil(K/B)]` (a reshape, no data movement).
+        Blocks2dSqueezed = "BLOCKS2D_SQUEEZED",
+    }
 }
 
 /// One tensor a format expects per module.
@@ -190,7 +207,6 @@ pub struct TensorRule {
 /// The full description of one `quant_algo`.
 #[derive(Debug, Clone, Copy)]
 pub struct FormatSpec {
-    pub algo: Algo,
     /// The canonical `quant_algo` string (upper case; matching is case-insensitive).
     pub name: &'static str,
     pub element: Element,
@@ -208,9 +224,10 @@ pub struct FormatSpec {
     pub math: &'static str,
 }
 
+/// Rows are identified by their (unique) `quant_algo` name.
 impl PartialEq for FormatSpec {
     fn eq(&self, other: &Self) -> bool {
-        self.algo == other.algo
+        self.name == other.name
     }
 }
 impl Eq for FormatSpec {}
@@ -278,7 +295,6 @@ const CHANNEL_SCALE: TensorRule = scale(Req, F32, S::PerOutput, ScaleEncoding::F
 /// The table. Order is the order `motensor inspect` and the docs list formats in.
 pub static FORMATS: &[FormatSpec] = &[
     FormatSpec {
-        algo: Algo::Fp8,
         name: "FP8",
         element: Element::E4m3,
         packing: Packing::None,
@@ -292,7 +308,6 @@ pub static FORMATS: &[FormatSpec] = &[
         math: "W = w_fp8 * weight_scale; y = (fp8(x/input_scale) @ w_fp8^T) * input_scale * weight_scale (FORMATS 4.1)",
     },
     FormatSpec {
-        algo: Algo::Fp8PerChannelPerToken,
         name: "FP8_PER_CHANNEL_PER_TOKEN",
         element: Element::E4m3,
         packing: Packing::None,
@@ -306,7 +321,6 @@ pub static FORMATS: &[FormatSpec] = &[
         math: "W = w_fp8 * weight_scale[n]; x quantized per token to FP8 (amax/448) (FORMATS 4.2)",
     },
     FormatSpec {
-        algo: Algo::Fp8PbWo,
         name: "FP8_PB_WO",
         element: Element::E4m3,
         packing: Packing::None,
@@ -320,7 +334,6 @@ pub static FORMATS: &[FormatSpec] = &[
         math: "W[n,k] = w_fp8[n,k] * s[n//128, k//128]; weight-only (FORMATS 4.3)",
     },
     FormatSpec {
-        algo: Algo::Nvfp4,
         name: "NVFP4",
         element: Element::E2m1,
         packing: Packing::PairsAlongK,
@@ -334,7 +347,6 @@ pub static FORMATS: &[FormatSpec] = &[
         math: "W = e2m1 * e4m3(weight_scale) * weight_scale_2; x NVFP4 per-16-block with global input_scale (FORMATS 4.4)",
     },
     FormatSpec {
-        algo: Algo::W4a16Nvfp4,
         name: "W4A16_NVFP4",
         element: Element::E2m1,
         packing: Packing::PairsAlongK,
@@ -348,7 +360,6 @@ pub static FORMATS: &[FormatSpec] = &[
         math: "W = e2m1 * e4m3(weight_scale) * weight_scale_2; weight-only (FORMATS 4.5)",
     },
     FormatSpec {
-        algo: Algo::Nvfp4Awq,
         name: "NVFP4_AWQ",
         element: Element::E2m1,
         packing: Packing::PairsAlongK,
@@ -362,7 +373,6 @@ pub static FORMATS: &[FormatSpec] = &[
         math: "as NVFP4 on x * pre_quant_scale (FORMATS 4.6)",
     },
     FormatSpec {
-        algo: Algo::W4a8Nvfp4Fp8,
         name: "W4A8_NVFP4_FP8",
         element: Element::E2m1,
         packing: Packing::PairsAlongK,
@@ -376,7 +386,6 @@ pub static FORMATS: &[FormatSpec] = &[
         math: "W = e2m1 * e4m3(weight_scale) * weight_scale_2 (block 32, ws2 = amax/448); x FP8 static per-tensor (FORMATS 4.6b)",
     },
     FormatSpec {
-        algo: Algo::W4a16Awq,
         name: "W4A16_AWQ",
         element: Element::Int4,
         packing: Packing::PairsAlongN,
@@ -390,7 +399,6 @@ pub static FORMATS: &[FormatSpec] = &[
         math: "W = int4 * weight_scale[n, k//G]; y = (x * pre_quant_scale) @ W^T (FORMATS 4.7)",
     },
     FormatSpec {
-        algo: Algo::W4a8Awq,
         name: "W4A8_AWQ",
         element: Element::Int4,
         packing: Packing::PairsAlongN,
@@ -404,7 +412,6 @@ pub static FORMATS: &[FormatSpec] = &[
         math: "W = int4 * weight_scale[n, k//G] (weight_scale_2 is the FP8 range factor); x FP8 static per-tensor (FORMATS 4.8)",
     },
     FormatSpec {
-        algo: Algo::W8a8SqPerChannel,
         name: "W8A8_SQ_PER_CHANNEL",
         element: Element::Int8,
         packing: Packing::None,
@@ -415,10 +422,9 @@ pub static FORMATS: &[FormatSpec] = &[
         weight_layout: WeightLayout::AsStored,
         scale_layout: ScaleLayout::AsStored,
         group_divides_k: false,
-        math: "W = int8 * weight_scale[n]; x_q = clamp(round(x*pqs/input_scale), -127, 127) (FORMATS 4.9)",
+        math: "W = int8 * weight_scale[n]; x_q = clamp(round(x*pqs/input_scale), -128, 127) (FORMATS 4.9)",
     },
     FormatSpec {
-        algo: Algo::W8a16,
         name: "W8A16",
         element: Element::Int8,
         packing: Packing::None,
@@ -432,7 +438,6 @@ pub static FORMATS: &[FormatSpec] = &[
         math: "W = int8 * weight_scale[n]; weight-only (FORMATS 4.9)",
     },
     FormatSpec {
-        algo: Algo::Mxfp8,
         name: "MXFP8",
         element: Element::E4m3,
         packing: Packing::None,
@@ -446,7 +451,6 @@ pub static FORMATS: &[FormatSpec] = &[
         math: "W = w_fp8 * 2^(weight_scale-127) per 32-block; x MXFP8 per-32-block dynamic (FORMATS 4.10)",
     },
     FormatSpec {
-        algo: Algo::Mxfp4,
         name: "MXFP4",
         element: Element::E2m1,
         packing: Packing::PairsAlongK,
@@ -460,7 +464,6 @@ pub static FORMATS: &[FormatSpec] = &[
         math: "W = e2m1 * 2^(weight_scale-127) per 32-block; x MXFP4 per-32-block dynamic (FORMATS 4.11)",
     },
     FormatSpec {
-        algo: Algo::W4a8Mxfp4Fp8,
         name: "W4A8_MXFP4_FP8",
         element: Element::E2m1,
         packing: Packing::PairsAlongK,
@@ -509,35 +512,25 @@ pub fn lookup(quant_algo: &str) -> AlgoLookup {
     AlgoLookup::Unknown
 }
 
-pub fn spec(algo: Algo) -> &'static FormatSpec {
-    // Every Algo variant has exactly one row; the test below keeps it that way.
-    FORMATS
-        .iter()
-        .find(|f| f.algo == algo)
-        .unwrap_or(&FORMATS[0])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn every_algo_has_one_row_and_names_are_unique() {
+    fn names_are_unique_and_every_row_has_a_weight() {
         let mut names: Vec<_> = FORMATS.iter().map(|f| f.name).collect();
         names.sort();
         names.dedup();
         assert_eq!(names.len(), FORMATS.len());
         for f in FORMATS {
-            assert_eq!(spec(f.algo).name, f.name);
-            assert_eq!(FORMATS.iter().filter(|g| g.algo == f.algo).count(), 1);
             assert!(f.rule(Role::Weight).is_some(), "{} has no weight rule", f.name);
         }
     }
 
     #[test]
     fn lookup_is_case_insensitive() {
-        assert!(matches!(lookup("fp8_pb_wo"), AlgoLookup::Format(f) if f.algo == Algo::Fp8PbWo));
-        assert!(matches!(lookup("mxfp4"), AlgoLookup::Format(f) if f.algo == Algo::Mxfp4));
+        assert!(matches!(lookup("fp8_pb_wo"), AlgoLookup::Format(f) if f.name == "FP8_PB_WO"));
+        assert!(matches!(lookup("mxfp4"), AlgoLookup::Format(f) if f.name == "MXFP4"));
         assert_eq!(lookup("mixed_precision"), AlgoLookup::Mixed);
         assert!(matches!(lookup("fp8_pb_real"), AlgoLookup::Unsupported(_)));
         assert_eq!(lookup("INT4_AWQ"), AlgoLookup::Unknown);

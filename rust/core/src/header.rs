@@ -121,7 +121,7 @@ pub fn parse_header(file: &Path, json: &[u8], file_len: u64) -> Result<Header> {
         tensors.push(parse_entry(file, &name, value, data_len)?);
     }
 
-    tensors.sort_by(|a, b| (a.begin, a.end).cmp(&(b.begin, b.end)));
+    tensors.sort_by_key(|t| (t.begin, t.end));
     // The tensors must tile the data region exactly, front to back, as the reference
     // safetensors reader requires (`InvalidOffset`, `MetadataIncompleteBuffer`). Besides
     // overlaps, this refuses gaps and trailing bytes: a length prefix shortened into the

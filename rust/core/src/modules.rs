@@ -268,7 +268,7 @@ fn validate(
         Packing::PairsAlongN => (r * 2, c),
     };
 
-    let group = resolve_group(spec, configured_group, roles, n, k, lookup)
+    let group = resolve_group(spec, configured_group, roles, k, lookup)
         .map_err(|msg| err(roles.get(&Role::WeightScale).copied().unwrap_or(&wname), msg))?;
 
     for (&role, t) in &tensors {
@@ -297,7 +297,6 @@ fn resolve_group(
     spec: &FormatSpec,
     configured: Option<u32>,
     roles: &BTreeMap<Role, &str>,
-    n: u64,
     k: u64,
     lookup: &dyn TensorLookup,
 ) -> std::result::Result<Option<u32>, String> {
@@ -337,7 +336,6 @@ fn resolve_group(
             return Err(format!("K={k} is not a multiple of group size {g}"));
         }
     }
-    let _ = n;
     Ok(Some(g as u32))
 }
 

@@ -141,7 +141,6 @@ fn module_item(ck: &Checkpoint, m: &QuantModule, role: Role, t: &str) -> Result<
     let info = info_of(ck, t)?;
     let lead = &m.lead;
     let with_lead = |tail: &[u64]| -> Vec<u64> { lead.iter().chain(tail).copied().collect() };
-    let nlead: u64 = lead.iter().product();
     let rule = m.spec.rule(role).map(|r| r.shape);
     let (transform, out_dtype, out_shape, granule) = match (role, rule) {
         (Role::Weight, _) => match m.spec.weight_layout {
@@ -197,7 +196,6 @@ fn module_item(ck: &Checkpoint, m: &QuantModule, role: Role, t: &str) -> Result<
         _ => granule,
     };
     let out_bytes = out_shape.iter().product::<u64>() * out_dtype.size() as u64;
-    let _ = nlead;
     Ok(LoadItem {
         tensor: t.to_string(),
         module: Some(m.name.clone()),

@@ -94,6 +94,9 @@ impl HostBuffer {
     /// # Safety
     /// The caller must not create another reference to the same memory while the returned
     /// slice lives.
+    // The memory belongs to the Python tensor, not to `self` (which only keeps it alive), so a
+    // mutable slice from a shared borrow is what this is; callers hold the only handle.
+    #[allow(clippy::mut_from_ref)]
     unsafe fn slice(&self) -> &mut [u8] {
         if self.len == 0 {
             return &mut [];
@@ -117,7 +120,10 @@ struct Checkpoint {
 #[pymethods]
 impl Checkpoint {
     #[new]
-    #[pyo3(signature = (path, validate_scales=true))]
+    #[pyo3(
+        signature = (path, validate_scales=true),
+        text_signature = "(path: str | PathLike[str], validate_scales: bool = True)"
+    )]
     fn new(py: Python<'_>, path: std::path::PathBuf, validate_scales: bool) -> PyResult<Self> {
         let ck = py
             .detach(|| motensor_core::Checkpoint::open_with(&path, OpenOptions { validate_scales }))
@@ -126,46 +132,58 @@ impl Checkpoint {
     }
 
     /// Whether scales are validated (see `motensor.open`).
+    ///
+    /// :type: bool
     #[getter]
     fn validate_scales(&self) -> bool {
         self.inner.validate_scales
     }
 
     /// `config.json` as text, checked to be bounded, valid JSON (None if there is none).
+    ///
+    /// :rtype: str | None
     fn config_text(&self, py: Python<'_>) -> PyResult<Option<String>> {
         let inner = self.inner.clone();
         py.detach(move || inner.config_text()).map_err(to_py)
     }
-
+    /// :type: str
     #[getter]
     fn root(&self) -> String {
         self.inner.root.display().to_string()
     }
 
+    /// :type: list[str]
     #[getter]
     fn shards(&self) -> Vec<String> {
         self.inner.shards.iter().map(|s| s.path.display().to_string()).collect()
     }
 
+    /// :type: int
     #[getter]
     fn total_bytes(&self) -> u64 {
         self.inner.total_bytes()
     }
 
+    /// :type: list[str]
     #[getter]
     fn notes(&self) -> Vec<String> {
         self.inner.notes.clone()
     }
 
+    /// :rtype: list[str]
     fn tensor_names(&self) -> Vec<String> {
         self.inner.tensors.keys().cloned().collect()
     }
 
+    /// :rtype: list[str]
     fn plain_tensors(&self) -> Vec<String> {
         self.inner.plain.clone()
     }
 
     /// `{name, dtype, shape, file, offset, nbytes}` of one tensor (offset is absolute).
+    ///
+    /// :rtype: dict[str, Any]
+    #[pyo3(text_signature = "($self, name: str)")]
     fn tensor_info<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
         let info = self
             .inner
@@ -186,6 +204,8 @@ impl Checkpoint {
     }
 
     /// The quantization metadata as a dict, or None for an unquantized checkpoint.
+    ///
+    /// :rtype: Optional[dict[str, Any]]
     fn quant_config<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         let Some(q) = &self.inner.quant else {
             return Ok(None);
@@ -219,6 +239,8 @@ impl Checkpoint {
 
     /// Every quantized module as a dict: name, quant_algo, n, k, group_size, lead, tensors
     /// (role -> tensor name), extras.
+    ///
+    /// :rtype: list[dict[str, Any]]
     fn modules<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
         for m in &self.inner.modules {
@@ -241,6 +263,8 @@ impl Checkpoint {
     }
 
     /// KV-cache tensors: list of {tensor, attention, kind}.
+    ///
+    /// :rtype: list[dict[str, str]]
     fn kv_tensors<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
         for k in &self.inner.kv {
@@ -255,6 +279,9 @@ impl Checkpoint {
 
     /// Copies the raw bytes of tensor `name` into `buffer` (a contiguous CPU tensor of
     /// exactly that many bytes).
+    ///
+    /// :rtype: None
+    #[pyo3(text_signature = "($self, name: str, buffer: torch.Tensor)")]
     fn read_into(&self, py: Python<'_>, name: &str, buffer: &Bound<'_, PyAny>) -> PyResult<()> {
         let buf = HostBuffer::from_tensor(buffer)?;
         let inner = self.inner.clone();
@@ -277,6 +304,9 @@ impl Checkpoint {
 
     /// Dequantizes module `name` into `buffer` (contiguous CPU tensor of [*lead, N, K] in
     /// `dtype`: "float32", "bfloat16" or "float16"), on all cores with the GIL released.
+    ///
+    /// :rtype: None
+    #[pyo3(text_signature = "($self, name: str, buffer: torch.Tensor, dtype: str)")]
     fn dequantize_into(&self, py: Python<'_>, name: &str, buffer: &Bound<'_, PyAny>, dtype: &str) -> PyResult<()> {
         let out_dtype = OutDType::parse(dtype)
             .ok_or_else(|| argument_error(format!("unsupported output dtype '{dtype}'")))?;
@@ -295,7 +325,10 @@ impl Checkpoint {
 
     /// The load plan for all tensors, or for the modules matching `modules` (names, globs or
     /// dotted prefixes).
+    ///
+    /// :rtype: LoadPlan
     #[pyo3(signature = (modules=None))]
+    #[pyo3(text_signature = "($self, modules: Optional[Sequence[str]] = None)")]
     fn plan(&self, py: Python<'_>, modules: Option<Vec<String>>) -> PyResult<LoadPlan> {
         let inner = self.inner.clone();
         let (items, total) = py
@@ -347,12 +380,16 @@ struct BatchList {
 #[pymethods]
 impl LoadPlan {
     /// Bytes of the destination arena (all tensors, 256-byte aligned).
+    ///
+    /// :type: int
     #[getter]
     fn total_bytes(&self) -> u64 {
         self.total
     }
 
     /// Bytes the checkpoint files hold for these tensors (what is read).
+    ///
+    /// :type: int
     #[getter]
     fn source_bytes(&self) -> u64 {
         self.items
@@ -367,6 +404,8 @@ impl LoadPlan {
     }
 
     /// Items as dicts: tensor, module, role, transform, dtype, shape, nbytes, offset.
+    ///
+    /// :rtype: list[dict[str, Any]]
     fn items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
         for it in self.items.iter() {
@@ -385,6 +424,9 @@ impl LoadPlan {
     }
 
     /// Cuts the arena into batches of at most `chunk_bytes`.
+    ///
+    /// :rtype: BatchList
+    #[pyo3(text_signature = "($self, chunk_bytes: int)")]
     fn batches(&self, chunk_bytes: u64) -> PyResult<BatchList> {
         let b = plan::batches(&self.items, chunk_bytes).map_err(to_py)?;
         Ok(BatchList {
@@ -395,6 +437,9 @@ impl LoadPlan {
     }
 
     /// Fills the whole arena `buffer` (a CPU tensor of `total_bytes` bytes) in one go.
+    ///
+    /// :rtype: None
+    #[pyo3(text_signature = "($self, buffer: torch.Tensor)")]
     fn fill_all(&self, py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<()> {
         let buf = HostBuffer::from_tensor(buffer)?;
         if (buf.len as u64) < self.total {
@@ -419,6 +464,9 @@ impl BatchList {
     }
 
     /// `(begin, end)` arena range of batch `i`.
+    ///
+    /// :rtype: tuple[int, int]
+    #[pyo3(text_signature = "($self, i: int)")]
     fn range(&self, i: usize) -> PyResult<(u64, u64)> {
         let b = self.get(i)?;
         Ok((b.begin, b.end))
@@ -426,6 +474,9 @@ impl BatchList {
 
     /// Fills batch `i` into `buffer` (a CPU tensor, typically pinned, of at least
     /// `end - begin` bytes) with the GIL released.
+    ///
+    /// :rtype: None
+    #[pyo3(text_signature = "($self, i: int, buffer: torch.Tensor)")]
     fn fill(&self, py: Python<'_>, i: usize, buffer: &Bound<'_, PyAny>) -> PyResult<()> {
         let buf = HostBuffer::from_tensor(buffer)?;
         let (ck, items) = (self.ck.clone(), self.items.clone());
@@ -438,6 +489,9 @@ impl BatchList {
     }
 
     /// Starts page-cache readahead for batch `i` (cheap; returns at once).
+    ///
+    /// :rtype: None
+    #[pyo3(text_signature = "($self, i: int)")]
     fn prefetch(&self, py: Python<'_>, i: usize) -> PyResult<()> {
         let pieces = self.get(i)?.pieces.clone();
         let (ck, items) = (self.ck.clone(), self.items.clone());
@@ -454,33 +508,44 @@ impl BatchList {
     }
 }
 
-fn enum_name<T: std::fmt::Debug>(t: T) -> String {
-    // Debug of a fieldless enum variant is its name; snake_case it for Python.
-    let s = format!("{t:?}");
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_lowercase());
+/// The names of every value of the format table's enums, in id order: the vocabulary that
+/// `motensor/_vocab.py` is generated from (`scripts/gen_stubs.py`) and that `format_table` uses.
+///
+/// :rtype: dict[str, list[str]]
+#[pyfunction]
+fn vocabulary(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    fn names<T: Copy>(all: &[T], name: fn(T) -> &'static str) -> Vec<&'static str> {
+        all.iter().map(|v| name(*v)).collect()
     }
-    out
+    let d = PyDict::new(py);
+    d.set_item("Element", names(Element::ALL, Element::name))?;
+    d.set_item("Packing", names(Packing::ALL, Packing::name))?;
+    d.set_item("ScaleEncoding", names(ScaleEncoding::ALL, ScaleEncoding::name))?;
+    d.set_item("ShapeRule", names(ShapeRule::ALL, ShapeRule::name))?;
+    d.set_item("Activation", names(Activation::ALL, Activation::name))?;
+    d.set_item("GlobalScale", names(GlobalScale::ALL, GlobalScale::name))?;
+    d.set_item("WeightLayout", names(WeightLayout::ALL, WeightLayout::name))?;
+    d.set_item("ScaleLayout", names(ScaleLayout::ALL, ScaleLayout::name))?;
+    Ok(d)
 }
 
-/// The format table (one dict per quant_algo), the single source of format facts.
+/// The format table (one dict per quant_algo), the single source of format facts. Enum-valued
+/// fields hold the stable names of `vocabulary()`.
+///
+/// :rtype: list[dict[str, Any]]
 #[pyfunction]
 fn format_table(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
     let out = PyList::empty(py);
     for f in FORMATS {
         let d = PyDict::new(py);
         d.set_item("name", f.name)?;
-        d.set_item("element", enum_name::<Element>(f.element))?;
-        d.set_item("packing", enum_name::<Packing>(f.packing))?;
+        d.set_item("element", f.element.name())?;
+        d.set_item("packing", f.packing.name())?;
         d.set_item("default_group", f.default_group)?;
-        d.set_item("activation", enum_name::<Activation>(f.activation))?;
-        d.set_item("global_scale", enum_name::<GlobalScale>(f.global_scale))?;
-        d.set_item("weight_layout", enum_name::<WeightLayout>(f.weight_layout))?;
-        d.set_item("scale_layout", enum_name::<ScaleLayout>(f.scale_layout))?;
+        d.set_item("activation", f.activation.name())?;
+        d.set_item("global_scale", f.global_scale.name())?;
+        d.set_item("weight_layout", f.weight_layout.name())?;
+        d.set_item("scale_layout", f.scale_layout.name())?;
         d.set_item("group_divides_k", f.group_divides_k)?;
         d.set_item("math", f.math)?;
         let rules = PyList::empty(py);
@@ -489,8 +554,8 @@ fn format_table(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
             rd.set_item("role", r.role.suffix())?;
             rd.set_item("required", r.presence == Presence::Required)?;
             rd.set_item("dtypes", r.dtypes.iter().map(|d| d.name()).collect::<Vec<_>>())?;
-            rd.set_item("shape", enum_name::<ShapeRule>(r.shape))?;
-            rd.set_item("encoding", enum_name::<ScaleEncoding>(r.encoding))?;
+            rd.set_item("shape", r.shape.name())?;
+            rd.set_item("encoding", r.encoding.name())?;
             rules.append(rd)?;
         }
         d.set_item("tensors", rules)?;
@@ -500,6 +565,8 @@ fn format_table(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
 }
 
 /// `quant_algo` strings recognised but refused, with the reason.
+///
+/// :rtype: list[tuple[str, str]]
 #[pyfunction]
 fn unsupported_formats() -> Vec<(&'static str, &'static str)> {
     KNOWN_UNSUPPORTED.to_vec()
@@ -507,6 +574,8 @@ fn unsupported_formats() -> Vec<(&'static str, &'static str)> {
 
 /// Threads used for host work (motensor's own pool, rebuilt in a forked child; set
 /// MOTENSOR_NUM_THREADS or RAYON_NUM_THREADS before the first load of a process to change it).
+///
+/// :rtype: int
 #[pyfunction]
 fn num_threads() -> usize {
     motensor_core::fill::num_threads()
@@ -521,6 +590,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<LoadPlan>()?;
     m.add_class::<BatchList>()?;
     m.add_function(wrap_pyfunction!(format_table, m)?)?;
+    m.add_function(wrap_pyfunction!(vocabulary, m)?)?;
     m.add_function(wrap_pyfunction!(unsupported_formats, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     Ok(())
