@@ -317,9 +317,9 @@ def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, input_scale: Op
 def _(x, weight, weight_scale, input_scale, bias):
     if input_scale is None or not _int_mm_ok(x, weight):
         if input_scale is None:
-            w = weight.to(x.dtype) * weight_scale.to(x.dtype)[:, None]
-            y = x @ w.t()
-            return y + bias.to(y.dtype) if bias is not None else y
+            # The weight rounded once (as the reference), the bias added in the GEMM's fp32 epilogue.
+            w = ref.int8_weight(weight, weight_scale, x.dtype)
+            return torch.nn.functional.linear(x, w, bias.to(x.dtype) if bias is not None else None)
         return ref.int8_linear(x, weight, weight_scale, input_scale, bias)
     xq = ref.int8_quant_static(x, input_scale)
     m = xq.shape[0]
