@@ -1005,7 +1005,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     deadline = start + a.max_minutes * 60 if a.max_minutes else None
     b = Bench(device, Timer(device, rounds, a.smoke), a.smoke, deadline)
-    extra = dict(smoke=a.smoke, shapes=[f"{n}x{k}" for n, k in shapes], m=ms, formats=formats)
+    extra = dict(smoke=a.smoke, quick=a.quick, shapes=[f"{n}x{k}" for n, k in shapes], m=ms, formats=formats)
     b.bandwidth, bw_note = copy_bandwidth(device)
     extra["bandwidth_note"] = bw_note
     log(f"{device}: {b.bandwidth:.0f} GB/s ({bw_note}); shapes {extra['shapes']}, M {ms}, {len(formats)} formats")
