@@ -12,9 +12,9 @@ cupy, matplotlib, pytest, no network): run from the repository root with that ma
 Steps (each in its own process, each with a hard time cap; the whole run fits `--budget`, 450 s
 by default, Triton compilation included):
   preflight  the GPU, versions, the extension; starts two background jobs: writing the 8B-shaped
-             synthetic checkpoints (once per machine, at disk speed) and the exhaustive
+             synthetic checkpoints (once per machine, at disk speed) and the covering
              ahead-of-time compile sweep of the Triton kernels (sm80/sm89/sm90, on this triton)
-  pytest     `pytest -m "gpu or gpu_check"`: the gpu-marked tests plus every test whose behaviour
+  pytest     `pytest -m "(gpu or gpu_check) and not slow"`: the gpu-marked tests plus every test whose behaviour
              changes when a GPU is present (tests/kernels, the bench harnesses), junit XML
   load       benches/load.py --quick     motensor vs safetensors vs the pinned H2D limit
   gemm       benches/gemm.py --quick     8B shapes, M = 1, 16, 4096, vs cuBLAS / _scaled_mm / tinygemm / roofline
@@ -200,7 +200,7 @@ def plan(smoke: bool, py: str, out: Path, cache: Path) -> list[Step]:
         # On the CPU the gpu tests skip; one small file keeps the dry run short.
         pytest_argv += ["-m", "gpu", "tests/kernels/test_act_quant.py"]
     else:
-        pytest_argv += ["-m", "gpu or gpu_check", "tests"]
+        pytest_argv += ["-m", "(gpu or gpu_check) and not slow", "tests"]  # the AOT sweep runs beside
         if _has_module(py, "pytest_timeout"):
             pytest_argv += ["--timeout=240"]
         if _has_module(py, "xdist"):
@@ -387,7 +387,7 @@ def main(argv: Optional[list] = None) -> int:
             writer = [py, "-c", "import sys; sys.path.insert(0, 'benches'); import synthetic; "
                       f"[print(synthetic.ensure_checkpoint('8b', f, {str(cache)!r}), flush=True) for f in {fmts!r}]"]
             background.append(Background(log, "checkpoints", writer, 240, env))
-        sweep = [py, "-m", "motensor.kernels.aot_check", "--sweep", "exhaustive", "--arch", "80,89,90",
+        sweep = [py, "-m", "motensor.kernels.aot_check", "--sweep", "covering", "--arch", "80,89,90",
                  "--jobs", str(max(2, (os.cpu_count() or 4) // 2)), "--quiet"]
         background.append(Background(log, "aot-sweep", ["nice", "-n", "10"] + sweep, 300, env))
 
