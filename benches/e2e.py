@@ -424,7 +424,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--no-hf", action="store_true", help="skip the bf16 transformers baselines")
     p.add_argument("--no-hf-load", action="store_true", help="skip transformers' load-to-first-token (16 GB bf16 write)")
     p.add_argument("--quick", action="store_true",
-                   help="batch-1 decode only, NVFP4 and W4A16_AWQ with CUDA graphs vs bf16 transformers (make gpu-check)")
+                   help="batch-1 decode only, NVFP4 and W4A16_AWQ with CUDA graphs vs bf16 transformers "
+                        "(make gpu-check)")
     p.add_argument("--max-seconds", type=float, default=None,
                    help="--quick: start no new model after this long; write what was measured")
     args = p.parse_args(argv)
