@@ -43,8 +43,10 @@ def _git_sha() -> str:
         return "unknown"
 
 
-def machine_info() -> dict:
-    """The ``machine`` object of a result file."""
+def machine_info(device: str | None = None) -> dict:
+    """The ``machine`` object of a result file. ``gpu`` names the GPU the figures were measured
+    on: ``None`` when ``device`` is the CPU (a ``--smoke`` run), even on a machine with a GPU,
+    which is then named under ``unused_gpu``."""
     import torch
 
     import motensor
@@ -55,8 +57,12 @@ def machine_info() -> dict:
         triton_version = triton.__version__
     except Exception:  # noqa: BLE001 - triton is optional here; any import failure means "absent"
         triton_version = None
+    present = gpu_name()
+    on_cpu = device is not None and str(device).startswith("cpu")
+    extra = {"device": str(device), "unused_gpu": present} if on_cpu and present else {}
     return {
-        "gpu": gpu_name(),
+        "gpu": None if on_cpu else present,
+        **extra,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "triton": triton_version,
@@ -74,11 +80,13 @@ def result_path(bench: str, out_dir: Path, gpu: str | None = None, when: _dt.dat
     return Path(out_dir) / f"{bench}-{gpu_short_name(gpu if gpu is not None else gpu_name())}-{when:%Y%m%d}.json"
 
 
-def write_results(bench: str, rows: list[dict], command: str, out_dir: Path, **extra) -> Path:
+def write_results(bench: str, rows: list[dict], command: str, out_dir: Path, device: str | None = None,
+                  **extra) -> Path:
     """Writes the result JSON (schema of shared/BENCHMARKS.md, ``extra`` keys added at the top
-    level) and a PNG of the same rows beside it. Returns the JSON path."""
+    level) and a PNG of the same rows beside it. ``device``: where the figures were measured
+    (``"cpu"`` names the file ``<bench>-cpu-...`` even on a GPU machine). Returns the JSON path."""
     now = _dt.datetime.now(_dt.timezone.utc)
-    machine = machine_info()
+    machine = machine_info(device)
     doc = {
         "bench": bench,
         "when": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -89,7 +97,7 @@ def write_results(bench: str, rows: list[dict], command: str, out_dir: Path, **e
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = result_path(bench, out_dir, machine["gpu"], now)
+    path = Path(out_dir) / f"{bench}-{gpu_short_name(machine['gpu'])}-{now:%Y%m%d}.json"
     path.write_text(json.dumps(doc, indent=2) + "\n")
     from plot import plot_results  # benches/plot.py; imports matplotlib lazily
 

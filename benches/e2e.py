@@ -52,6 +52,10 @@ FULL = dict(shape="8b", device="cuda", prompt=128, new_tokens=256, batches=(1, 1
             compile_backend="inductor", compile_mode="reduce-overhead")
 SMOKE = dict(shape="tiny", device="cpu", prompt=16, new_tokens=6, batches=(1, 2), prefill=64, repeat=1,
              compile_backend="aot_eager", compile_mode=None)
+# --quick (make gpu-check): batch-1 decode only, a manual greedy loop on a static cache, eager and
+# replayed as one CUDA graph per token; 64 timed tokens, best of 3.
+QUICK = dict(shape="8b", device="cuda", prompt=16, new_tokens=64, repeat=3, compile_backend="inductor")
+QUICK_SMOKE = dict(shape="tiny", device="cpu", prompt=8, new_tokens=4, repeat=1, compile_backend="aot_eager")
 
 
 def log(*a) -> None:
@@ -105,10 +109,17 @@ def hf_bf16_checkpoint(quant_dir: Path, cache: Path, device: torch.device) -> Pa
 
 
 class Results:
-    def __init__(self, shape: str):
+    def __init__(self, shape: str, partial: Optional[Callable[["Results"], None]] = None):
         self.shape = shape
         self.rows: list[dict] = []
         self.failures: list[dict] = []
+        self.skipped: dict[str, str] = {}
+        self._partial = partial
+
+    def checkpoint(self) -> None:
+        """Rows so far to ``e2e-partial.json`` (what a run stopped at its cap leaves behind)."""
+        if self._partial is not None:
+            self._partial(self)
 
     def add(self, case: str, impl: str, metric: str, value: float, note: Optional[str] = None) -> None:
         row = {"case": f"{self.shape}-{case}", "impl": impl, "metric": metric, "value": round(float(value), 4)}
@@ -173,6 +184,171 @@ def load_to_first_token(build: Callable[[], torch.nn.Module], cfg: dict, device:
         del model
     free(device)
     return best
+
+
+# -- --quick: batch-1 decode with CUDA graphs ---------------------------------------------------------
+class StepDecoder:
+    """Batch-1 greedy decode one token per call on a transformers ``StaticCache``, every tensor at a
+    fixed address (the token and its position live in device buffers updated in place), so one
+    step can be captured as a CUDA graph and replayed: no Python, no launch gaps, as
+    ``torch.compile(mode="reduce-overhead")`` would do, but without compiling."""
+
+    def __init__(self, model, prompt: int, new_tokens: int, forward: Optional[Callable] = None):
+        from transformers import StaticCache
+
+        from motensor.models import bench
+
+        self.model, self.forward = model, forward or model
+        dev = bench.model_device(model)
+        self.cache = StaticCache(config=model.config, max_cache_len=prompt + new_tokens + 8)
+        self.tok = torch.zeros((1, 1), dtype=torch.long, device=dev)
+        self.pos = torch.zeros((1,), dtype=torch.long, device=dev)
+        self.start = prompt
+        with torch.no_grad():
+            out = model(input_ids=bench.random_ids(model, 1, prompt), past_key_values=self.cache,
+                        cache_position=torch.arange(prompt, device=dev), use_cache=True, logits_to_keep=1)
+        self.tok.copy_(out.logits[:, -1:].argmax(-1))
+        self.pos.fill_(prompt)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        out = self.forward(input_ids=self.tok, position_ids=self.pos.view(1, 1), cache_position=self.pos,
+                           past_key_values=self.cache, use_cache=True)
+        self.tok.copy_(out.logits[:, -1:].argmax(-1))
+        self.pos.add_(1)
+
+    def rewind(self) -> None:
+        self.pos.fill_(self.start)
+
+    def graph(self):
+        """Warm-up on a side stream (autotuning, lazy allocations), then capture one step."""
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(3):
+                self.step()
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            self.step()
+        self.rewind()
+        return g
+
+
+def time_tokens(run_one: Callable[[], None], dec: StepDecoder, tokens: int, repeat: int) -> tuple[float, list]:
+    """Best tokens/s over ``repeat`` runs of ``tokens`` steps (after one untimed step)."""
+    from motensor.models import bench
+
+    device = dec.pos.device
+    run_one()
+    rates = []
+    for _ in range(max(1, repeat)):
+        dec.rewind()
+        bench.sync(device)
+        t0 = time.perf_counter()
+        for _ in range(tokens):
+            run_one()
+        bench.sync(device)
+        rates.append(tokens / (time.perf_counter() - t0))
+    return max(rates), rates
+
+
+def quick_decode(res: "Results", impl: str, model, cfg: dict, graphs: bool, note: str) -> None:
+    """Rows ``<impl>`` (eager manual loop) and ``<impl>_cudagraph`` for batch-1 decode."""
+    dec = StepDecoder(model, cfg["prompt"], cfg["new_tokens"])
+    best, rates = time_tokens(dec.step, dec, cfg["new_tokens"], cfg["repeat"])
+    res.add("decode-b1", impl, "tok/s", best, note=f"eager greedy loop, static cache; {note}; runs "
+            + "/".join(f"{r:.1f}" for r in rates))
+    if not graphs:
+        res.skipped[f"{impl}_cudagraph"] = "needs CUDA"
+        return
+    g = dec.graph()
+    best, rates = time_tokens(g.replay, dec, cfg["new_tokens"], cfg["repeat"])
+    res.add("decode-b1", f"{impl}_cudagraph", "tok/s", best, note=f"one CUDA graph per token, static cache; {note}; "
+            "runs " + "/".join(f"{r:.1f}" for r in rates))
+
+
+def quick_compiled(res: "Results", model, cfg: dict, graphs: bool) -> None:
+    """bf16 transformers through ``torch.compile`` (static shapes), the step captured as a CUDA graph."""
+    forward = torch.compile(model.forward, backend=cfg["compile_backend"], dynamic=False)
+    dec = StepDecoder(model, cfg["prompt"], cfg["new_tokens"], forward=forward)
+    t0 = time.perf_counter()
+    run = dec.graph().replay if graphs else dec.step
+    if not graphs:
+        dec.step()
+    took = time.perf_counter() - t0
+    best, rates = time_tokens(run, dec, cfg["new_tokens"], cfg["repeat"])
+    res.add("decode-b1", "hf_bf16_compiled", "tok/s", best,
+            note=f"torch.compile({cfg['compile_backend']}, dynamic=False) of the forward, static cache"
+                 f"{', CUDA graph per token' if graphs else ''}; compile + warm-up {took:.0f} s; runs "
+                 + "/".join(f"{r:.1f}" for r in rates))
+
+
+def run_quick(res: "Results", cfg: dict, formats: list, cache: Path, device: torch.device, deadline: float,
+              compiled: bool) -> None:
+    """motensor (each format) and bf16 transformers, batch-1 decode; stops starting work at the deadline."""
+    import motensor
+
+    graphs = device.type == "cuda"
+
+    def time_left(what: str, need: float) -> bool:
+        left = deadline - time.monotonic()
+        if left < need:
+            res.skipped[what] = f"not started: {left:.0f} s left of --max-seconds, about {need:.0f} s needed"
+            log(f"skip {what}: {res.skipped[what]}")
+            return False
+        return True
+
+    for i, fmt in enumerate(formats):
+        algo = synthetic.FORMATS[fmt]
+        impl = f"motensor_{algo}"
+        if not time_left(impl, 20 if i == 0 else 30):
+            continue
+
+        def one(fmt=fmt, impl=impl):
+            path = synthetic.ensure_checkpoint(cfg["shape"], fmt, cache)
+            t0 = time.perf_counter()
+            model = motensor.from_pretrained(path, device=device)
+            load_s = time.perf_counter() - t0
+            try:
+                quick_decode(res, impl, model, cfg, graphs, f"from_pretrained {load_s:.1f} s")
+            finally:
+                del model
+                free(device)
+
+        res.attempt(f"{impl} decode", one)
+        res.checkpoint()
+    if time_left("hf_bf16", 30):
+        config_dir = synthetic.ensure_checkpoint(cfg["shape"], formats[0], cache)  # for its config.json
+        model = hf_model(config_dir, device)
+        try:
+            res.attempt("hf_bf16 decode", lambda: quick_decode(res, "hf_bf16_eager", model, cfg, graphs,
+                                                               "transformers bf16, random weights"))
+            res.checkpoint()
+            if compiled and time_left("hf_bf16_compiled", 90):
+                res.attempt("hf_bf16_compiled decode", lambda: quick_compiled(res, model, cfg, graphs))
+                torch._dynamo.reset()
+            elif not compiled:
+                res.skipped["hf_bf16_compiled"] = "--no-compiled"
+        finally:
+            del model
+            free(device)
+    # eager rows are named <impl> / hf_bf16_eager; the graph rows <impl>_cudagraph
+    for r in list(res.rows):
+        if r["impl"] == "hf_bf16_eager_cudagraph":
+            r["impl"] = "hf_bf16_cudagraph"
+
+
+def quick_headline(rows: list[dict]) -> list[str]:
+    val = {r["impl"]: r["value"] for r in rows if r["case"].endswith("decode-b1")}
+    out = []
+    for impl, v in sorted(val.items()):
+        if not impl.startswith("motensor_"):
+            continue
+        peers = [f"{v / val[p]:.2f}x {p}" for p in ("hf_bf16_cudagraph", "hf_bf16_compiled", "hf_bf16_eager")
+                 if val.get(p)]
+        out.append(f"decode-b1 {impl} {v:.1f} tok/s" + (": " + ", ".join(peers) if peers else ""))
+    return out
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -247,8 +423,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--no-compiled", action="store_true", help="skip the static-cache + torch.compile impls")
     p.add_argument("--no-hf", action="store_true", help="skip the bf16 transformers baselines")
     p.add_argument("--no-hf-load", action="store_true", help="skip transformers' load-to-first-token (16 GB bf16 write)")
+    p.add_argument("--quick", action="store_true",
+                   help="batch-1 decode only, NVFP4 and W4A16_AWQ with CUDA graphs vs bf16 transformers "
+                        "(make gpu-check)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="--quick: start no new model after this long; write what was measured")
     args = p.parse_args(argv)
 
+    if args.quick:
+        return main_quick(args, argv)
     cfg = dict(SMOKE if args.smoke else FULL)
     if args.repeat:
         cfg["repeat"] = args.repeat
@@ -283,7 +466,62 @@ def main(argv: Optional[list[str]] = None) -> int:
     if res.failures:
         extra["failures"] = res.failures
     command = "python " + " ".join([os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])])
-    path = write_results("e2e", res.rows, command, out, **extra)
+    path = write_results("e2e", res.rows, command, out, device=str(device), **extra)
+    log(f"wrote {path}" + (f"; {len(res.failures)} failure(s)" if res.failures else ""))
+    return 1 if res.failures and not res.rows else 0
+
+
+def main_quick(args, argv) -> int:
+    start = time.monotonic()
+    cfg = dict(QUICK_SMOKE if args.smoke else QUICK)
+    if args.repeat:
+        cfg["repeat"] = args.repeat
+    device = torch.device(cfg["device"])
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA GPU: run with --smoke for the CPU harness check")
+    from transformers.utils import logging as hf_logging
+
+    import transformers
+
+    hf_logging.set_verbosity_error()
+    out = args.out or (Path(tempfile.mkdtemp(prefix="motensor-e2e-")) if args.smoke else RESULTS_DIR)
+    cache = args.cache_dir or (out / ".cache" if args.smoke else synthetic.CACHE_DIR)
+    command = "python " + " ".join([os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])])
+
+    def extra(res: Results) -> dict:
+        d = {"note": (f"--quick: {cfg['shape']} Llama-3.1 shape, random weights, batch 1, prompt {cfg['prompt']}, "
+                      f"{cfg['new_tokens']} timed tokens per run, best of {cfg['repeat']}; a greedy loop over "
+                      "model(...) on a transformers StaticCache, eager (<impl>) and one CUDA graph per token "
+                      "(<impl>_cudagraph); hf_bf16_compiled = torch.compile of the bf16 forward + CUDA graph"),
+             "transformers": transformers.__version__, "quick": True, "smoke": args.smoke,
+             "skipped": res.skipped, "headline": quick_headline(res.rows)}
+        if res.failures:
+            d["failures"] = res.failures
+        return d
+
+    def partial(res: Results) -> None:
+        if args.smoke:
+            return
+        import json
+
+        from common import machine_info
+
+        doc = {"bench": "e2e", "command": command, "machine": machine_info(str(device)), "rows": res.rows,
+               **extra(res)}
+        (Path(out) / "e2e-partial.json").write_text(json.dumps(doc, indent=1) + "\n")
+
+    res = Results(cfg["shape"], partial)
+    deadline = start + (args.max_seconds if args.max_seconds else 1e9)
+    formats = args.formats
+    run_quick(res, cfg, formats, cache, device, deadline, compiled=not args.no_compiled and not args.no_hf)
+    doc_extra = extra(res)
+    doc_extra["wall_s"] = round(time.monotonic() - start, 1)
+    path = write_results("e2e", res.rows, command, out, device=str(device), **doc_extra)
+    p = Path(out) / "e2e-partial.json"
+    if p.exists():
+        p.unlink()
+    for line in doc_extra["headline"]:
+        log(line)
     log(f"wrote {path}" + (f"; {len(res.failures)} failure(s)" if res.failures else ""))
     return 1 if res.failures and not res.rows else 0
 

@@ -72,8 +72,11 @@ SMOKE_SHAPE = (64, 256)
 DEFAULT_M = (1, 4, 16, 64, 256, 1024, 4096)
 DEFAULT_FORMATS = ("NVFP4", "W4A16_NVFP4", "W4A16_AWQ", "W4A8_AWQ", "W4A8_NVFP4_FP8", "FP8",
                    "FP8_PER_CHANNEL_PER_TOKEN", "FP8_PB_WO", "MXFP8", "W8A8_SQ_PER_CHANNEL")
-QUICK_SHAPES = ((14336, 4096),)
-QUICK_M = (1, 16, 1024)
+# --quick (make gpu-check): the 8B shapes, the targets' shape first (a deadline cuts from the end),
+# M = 1, 16, 4096, one format per target of the summary.
+QUICK_SHAPES = ((14336, 4096), (4096, 4096), (4096, 14336))
+QUICK_M = (1, 16, 4096)
+QUICK_FORMATS = ("NVFP4", "W4A16_NVFP4", "W4A16_AWQ", "W4A8_AWQ", "FP8")
 SMOKE_M = (1, 3)
 
 WEIGHT_STD = 0.02      # random bf16 weight ~ N(0, 0.02), input ~ N(0, 1)
@@ -827,6 +830,17 @@ def summarize(rows: list[dict]) -> tuple[list[str], list[dict]]:
     return table, targets
 
 
+def headline(targets: list[dict]) -> list[str]:
+    """One line per target with a measured case: the worst ratio and whether it is met."""
+    out = []
+    for t in targets:
+        if t["measured"]:
+            met = "n/a" if t["met"] is None else ("met" if t["met"] else "NOT met")
+            worst = "-" if t["worst"] is None else f"{t['worst']:.2f}x"
+            out.append(f"{t['impl']} {t['target']}: worst {worst} ({t['worst_case']}), {met}")
+    return out
+
+
 def target_lines(targets: list[dict]) -> list[str]:
     out = [f"{'target':50s} {'impl':34s} {'met/n':>6s} {'worst':>7s}  {'(case)':20s} met"]
     for t in targets:
@@ -866,14 +880,16 @@ def write(b: Bench, command: str, out: Path, extra: dict, partial: bool = False)
     annotate(b.rows)
     table, targets = summarize(b.rows)
     kw = dict(note=TIMING_NOTE.format(rounds=b.timer.rounds), skipped=b.skipped, targets=targets,
+              headline=headline(targets),
               bandwidth_GBps=None if b.bandwidth is None else round(b.bandwidth, 1),
               plot_groups=b.plot_groups, **extra)
     if partial:
         out.mkdir(parents=True, exist_ok=True)
         p = out / "gemm-partial.json"
-        p.write_text(json.dumps({"bench": "gemm", "command": command, "rows": b.rows, **kw}, indent=1) + "\n")
+        doc = {"bench": "gemm", "command": command, "machine": common.machine_info(str(b.device)), "rows": b.rows, **kw}
+        p.write_text(json.dumps(doc, indent=1) + "\n")
         return p
-    return common.write_results("gemm", b.rows, command, out, **kw)
+    return common.write_results("gemm", b.rows, command, out, device=str(b.device), **kw)
 
 
 def merge(files: list[Path], out: Path) -> Path:
@@ -957,10 +973,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--m", default=None, help="comma-separated M values (default 1,4,16,64,256,1024,4096)")
     p.add_argument("--formats", nargs="+", default=None,
                    help="quant_algo names, comma or space separated, or 'all' (default: the 10 of issue 4)")
-    p.add_argument("--quick", action="store_true", help="14336x4096, M = 1,16,1024 (a few minutes on an H100)")
+    p.add_argument("--quick", action="store_true",
+                   help="8B shapes, M = 1,16,4096, formats " + ",".join(QUICK_FORMATS) + " (make gpu-check)")
     p.add_argument("--rounds", type=int, default=None, help="timing rounds per row, minimum of the medians kept (3)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop starting new cases after this long and write what was measured")
+    p.add_argument("--max-seconds", type=float, default=None, help="the same in seconds")
     p.add_argument("--out-dir", type=Path, default=None, help="result directory (default benches/results)")
     p.add_argument("--smoke", action="store_true", help="tiny shape on the CPU, results to a temporary directory")
     p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
@@ -987,14 +1005,16 @@ def main(argv: list[str] | None = None) -> int:
         out = a.out_dir or common.RESULTS_DIR
         rounds = a.rounds or 3
         torch.ones(1, device=device)  # CUDA context before any timing
-    formats = parse_formats(a.formats) if a.formats else list(DEFAULT_FORMATS)
+    formats = parse_formats(a.formats) if a.formats else list(QUICK_FORMATS if a.quick else DEFAULT_FORMATS)
+    if a.max_seconds is not None:
+        a.max_minutes = a.max_seconds / 60
     command = "python " + " ".join(shlex.quote(x) for x in
                                    [os.path.relpath(__file__, common.ROOT), *(argv if argv is not None else sys.argv[1:])])
 
     start = time.monotonic()
     deadline = start + a.max_minutes * 60 if a.max_minutes else None
     b = Bench(device, Timer(device, rounds, a.smoke), a.smoke, deadline)
-    extra = dict(smoke=a.smoke, shapes=[f"{n}x{k}" for n, k in shapes], m=ms, formats=formats)
+    extra = dict(smoke=a.smoke, quick=a.quick, shapes=[f"{n}x{k}" for n, k in shapes], m=ms, formats=formats)
     b.bandwidth, bw_note = copy_bandwidth(device)
     extra["bandwidth_note"] = bw_note
     log(f"{device}: {b.bandwidth:.0f} GB/s ({bw_note}); shapes {extra['shapes']}, M {ms}, {len(formats)} formats")

@@ -225,6 +225,7 @@ class Bench:
         self.dry_run = dry_run
         self.rows: list[dict] = []
         self.skipped: dict[str, str] = {}
+        self.headline: list[str] = []
 
     def row(self, case: str, impl: str, metric: str, value: float, note: str | None = None) -> dict:
         r = {"case": case, "impl": impl, "metric": metric, "value": round(float(value), 3)}
@@ -243,7 +244,12 @@ class Bench:
         return times, last
 
 
-def bench_format(b: Bench, shape: str, fmt: str, cache: Path | None, cold: bool, h2d: float | None, sweep: bool) -> None:
+#: --quick: the issue's headline peers only (the rest are listed under "skipped").
+QUICK_PEERS = ("safetensors", "raw_pinned_16t")
+
+
+def bench_format(b: Bench, shape: str, fmt: str, cache: Path | None, cold: bool, h2d: float | None, sweep: bool,
+                 quick: bool = False) -> None:
     path = synthetic.ensure_checkpoint(shape, fmt, cache)
     files = synthetic.shard_files(path)
     nbytes = synthetic.checkpoint_bytes(shape, fmt)
@@ -276,7 +282,7 @@ def bench_format(b: Bench, shape: str, fmt: str, cache: Path | None, cold: bool,
                 b.row(warm, f"motensor_chunk{chunk_mib}M_x{nbuf}", "GB/s", nbytes / min(ts) / 1e9, f"runs {fmt_times(ts)} s")
 
     for impl, (runner, module) in PEERS.items():
-        why = skip_reason(impl, module, t)
+        why = "not in --quick" if quick and impl not in QUICK_PEERS else skip_reason(impl, module, t)
         if why:
             b.skipped[impl] = why
             print(f"  skip {impl}: {why}")
@@ -295,6 +301,7 @@ def bench_format(b: Bench, shape: str, fmt: str, cache: Path | None, cold: bool,
     if h2d is not None:
         b.row(warm, "h2d_pinned_limit", "GB/s", h2d, f"{H2D_BYTES >> 30} GiB pinned host->device copy, best of 3")
     mo["note"] = ratios(nbytes / best["motensor"] / 1e9, h2d, nbytes / best["safetensors"] / 1e9 if "safetensors" in best else None) + "; " + mo["note"]
+    b.headline.append(f"{warm}: motensor {mo['value']:.1f} GB/s; " + mo["note"].split("; runs")[0])
     b.t.free()
 
     if cold:
@@ -371,7 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", type=Path, default=None, help="synthetic checkpoints (default benches/.cache)")
     p.add_argument("--out-dir", type=Path, default=None, help="result directory (default benches/results)")
     p.add_argument("--dry-run", action="store_true", help="tiny checkpoint on the CPU, results to a temporary directory")
+    p.add_argument("--quick", action="store_true",
+                   help="the headline only (make gpu-check): nvfp4, warm, motensor vs safetensors vs the pinned "
+                        "H2D limit (and raw_pinned_16t), min of 3")
     a = p.parse_args(argv)
+    if a.quick:
+        a.formats = ["nvfp4"] if a.formats == sorted(synthetic.FORMATS) else a.formats
+        a.no_cold = True
 
     if a.dry_run:
         shape, repeats = a.shape or "tiny", a.repeats or 2
@@ -394,13 +407,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load benchmark: {shape} {a.formats} on {device}, min of {repeats}, {motensor._core.num_threads()} fill threads")
     for fmt in a.formats:
         print(f"- {shape}-{fmt}: {synthetic.checkpoint_bytes(shape, fmt) / 1e9:.2f} GB")
-        bench_format(b, shape, fmt, Path(cache) if cache else None, not a.no_cold, h2d, a.sweep)
+        bench_format(b, shape, fmt, Path(cache) if cache else None, not a.no_cold, h2d, a.sweep, a.quick)
 
     command = "python " + " ".join(shlex.quote(x) for x in [os.path.relpath(__file__, common.ROOT), *(argv if argv is not None else sys.argv[1:])])
     path = common.write_results(
         "load", b.rows, command, out,
         note=f"warm rows: min of {repeats} runs; GB/s = checkpoint tensor bytes / wall seconds (raw_pinned_16t: file bytes)",
-        skipped=b.skipped, dry_run=a.dry_run,
+        skipped=b.skipped, dry_run=a.dry_run, quick=a.quick, headline=b.headline, device=str(device),
     )
     print_table(b.rows)
     print(f"\nwrote {path}")

@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# GPU-present behaviour (the machine named in results) is checked by make gpu-check too.
+pytestmark = pytest.mark.gpu_check
+
 BENCHES = Path(__file__).resolve().parent.parent / "benches"
 
 

@@ -15,6 +15,9 @@ import torch
 import motensor
 from motensor.layout import to_kernel_layout
 
+# GPU-present behaviour (the machine named in results) is checked by make gpu-check too.
+pytestmark = pytest.mark.gpu_check
+
 BENCHES = Path(__file__).resolve().parent.parent / "benches"
 
 

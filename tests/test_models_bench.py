@@ -9,6 +9,11 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
+# GPU-present behaviour (the machine named in results) is checked by make gpu-check too.
+pytestmark = pytest.mark.gpu_check
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

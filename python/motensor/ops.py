@@ -304,10 +304,10 @@ def _(x, weight, weight_scale, input_scale, bias):
     choice = _native_choice("int8_linear" if input_scale is not None else "int8_weight_only", x, weight)
     if choice.is_reference:
         return ref.int8_linear(x, weight, weight_scale, input_scale, bias)
-    if input_scale is None:  # weight-only: dequantize + matmul
-        w = weight.to(x.dtype) * weight_scale.to(x.dtype)[:, None]
-        y = x @ w.t()
-        return y + bias.to(y.dtype) if bias is not None else y
+    if input_scale is None:
+        # The weight rounded once (as the reference), the bias added in the GEMM's fp32 epilogue.
+        w = ref.int8_weight(weight, weight_scale, x.dtype)
+        return torch.nn.functional.linear(x, w, bias.to(x.dtype) if bias is not None else None)
     xq = ref.int8_quant_static(x, input_scale)
     m = xq.shape[0]
     if m < dispatch.INT_MM_MIN_M:  # cuBLASLt's int8 GEMM wants more than 16 rows

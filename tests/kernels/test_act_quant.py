@@ -138,3 +138,48 @@ def test_quantizers_bf16_gpu():
     same_bits(act_quant.fp8_quant_per_token(x)[0], R.fp8_quant_per_token(x)[0])
     same_bits(act_quant.nvfp4_fake_quant(x, s, out_dtype=F32), R.nvfp4_fake_quant(x, s, out_dtype=F32))
     same_bits(act_quant.mxfp8_fake_quant(x), R.mxfp8_fake_quant(x))
+
+
+class CudaScalarDivision(torch.overrides.TorchFunctionMode):
+    """On the CPU, torch's CUDA arithmetic for ``tensor / python_number``: CUDA computes it as
+    ``tensor * fp32(1 / number)`` (BinaryDivTrueKernel.cu, a CPU-scalar divisor), one more
+    rounding than a division. The kernels divide (``tl.math.div_rn``)."""
+
+    DIVS = {torch.Tensor.__truediv__, torch.Tensor.div, torch.Tensor.true_divide, torch.div, torch.true_divide,
+            torch.Tensor.__itruediv__, torch.Tensor.div_}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if (func in self.DIVS and len(args) == 2 and isinstance(args[1], (int, float))
+                and not kwargs.get("rounding_mode") and args[0].is_floating_point()):
+            inv = torch.tensor(1.0) / torch.tensor(float(args[1]))        # fp32 reciprocal
+            out = (args[0].float() * inv).to(args[0].dtype)
+            return args[0].copy_(out) if func in (torch.Tensor.__itruediv__, torch.Tensor.div_) else out
+        return func(*args, **kwargs)
+
+
+def test_reference_quantizers_divide_like_the_kernels_under_cuda_arithmetic():
+    """The references give the same bits with CUDA's scalar-division arithmetic as without it,
+    so on a GPU they still equal the kernels (a reference dividing by a Python float moved 15 of
+    33 row scales by an ulp and 293 FP8 codes on the first GPU run)."""
+    x = torch.cat([e4m3_hard_values(), (torch.randn(40, 64, generator=gen(9)) * 30)]) * 0.37
+    with CudaScalarDivision():
+        naive = x.abs().amax(dim=-1, keepdim=True) / R.FP8_MAX
+    exact = (x.abs().amax(dim=-1, keepdim=True).double() / R.FP8_MAX).float()
+    assert not torch.equal(naive, exact), "the emulation must change a plain division (else this test proves nothing)"
+    s = torch.tensor(0.0371)
+    plain = [R.fp8_quant_per_token(x), R.fp8_quant_static(x, s), R.nvfp4_fake_quant(x, s, out_dtype=F32),
+             R.mxfp8_fake_quant(x, out_dtype=F32), R.fp8_fake_quant(x, None)]
+    with CudaScalarDivision():
+        cuda = [R.fp8_quant_per_token(x), R.fp8_quant_static(x, s), R.nvfp4_fake_quant(x, s, out_dtype=F32),
+                R.mxfp8_fake_quant(x, out_dtype=F32), R.fp8_fake_quant(x, None)]
+    (q0, s0), (q1, s1) = plain[0], cuda[0]
+    same_bits(q0, q1)
+    same_bits(s0, s1)
+    assert torch.equal(s0, exact), "row scales are the correctly rounded amax / 448"
+    for a, b in zip(plain[1:], cuda[1:]):
+        same_bits(a, b)
+    # and they still equal the kernels
+    q, sk = act_quant.fp8_quant_per_token(x.to(DEVICE))
+    same_bits(q, q0)
+    same_bits(sk, s0)

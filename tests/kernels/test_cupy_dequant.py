@@ -66,3 +66,54 @@ def test_cupy_dequant_matches_reference_gpu(kind, dtype):
     w = cupy_dequant.dequant_w4(qw, sc, gs, element=el, scale_kind=sk, group_size=g, dtype=dtype)
     ref = R.dequant_w4(qw, sc, gs, element=el, scale_kind=sk, group_size=g).to(dtype)
     assert torch.equal(w, ref)   # same fp32 products, one rounding
+
+
+def _nvrtc():
+    if importlib.util.find_spec("cuda") is None or importlib.util.find_spec("cuda.bindings") is None:
+        return None
+    try:
+        from cuda.bindings import nvrtc
+        err = nvrtc.nvrtcVersion()[0]
+        return nvrtc if err == nvrtc.nvrtcResult.NVRTC_SUCCESS else None
+    except Exception:   # no libnvrtc on this machine
+        return None
+
+
+@pytest.mark.skipif(_nvrtc() is None, reason="needs cuda-bindings with a loadable NVRTC")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("element,scale_kind,has_gs", [("E2M1", "E4M3", 1), ("E2M1", "E8M0", 0), ("INT4", "F32", 0),
+                                                       ("INT4", "E4M3", 1)])
+def test_cuda_source_needs_no_headers(element, scale_kind, has_gs, dtype):
+    """The kernel compiles with no include path at all (cupy-cuda13x's NVRTC may not find
+    cuda_fp16.h / cuda_bf16.h), for sm80 and sm90."""
+    nvrtc = _nvrtc()
+    src = cupy_dequant.defines(Element[element], ScaleEncoding[scale_kind], dtype, has_gs=bool(has_gs))
+    src += cupy_dequant._SOURCE
+    assert not any(line.lstrip().startswith("#include") for line in cupy_dequant._SOURCE.splitlines())
+    for arch in (b"-arch=compute_80", b"-arch=compute_90"):
+        err, prog = nvrtc.nvrtcCreateProgram(src.encode(), b"dequant.cu", 0, [], [])
+        opts = [b"--std=c++17", arch]
+        (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+        _, n = nvrtc.nvrtcGetProgramLogSize(prog)
+        log = bytearray(n)
+        nvrtc.nvrtcGetProgramLog(prog, log)
+        assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode(errors="replace")
+
+
+def test_bit_tricks_of_the_cuda_source():
+    """The fp32 bit constructions the CUDA source uses, done in numpy: every E2M1 code and every
+    finite E4M3 byte decode exactly, and the bf16 rounding is round-to-nearest-even."""
+    import numpy as np
+
+    c = np.arange(16, dtype=np.uint32)
+    e2m1 = (((c & 7) << 22) | ((c & 8) << 28)).view(np.float32) * np.float32(2.0 ** 126)
+    assert np.array_equal(e2m1, np.array(R.E2M1_VALUES, dtype=np.float32))
+    b = np.arange(256, dtype=np.uint32)
+    e4m3 = (((b & 0x7F) << 20) | ((b & 0x80) << 24)).view(np.float32) * np.float32(2.0 ** 120)
+    want = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float().numpy()
+    finite = np.isfinite(want)
+    assert np.array_equal(e4m3[finite], want[finite])
+    v = (torch.randn(100000) * torch.logspace(-30, 30, 100000)).numpy().astype(np.float32)
+    u = v.view(np.uint32)
+    bits = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    assert np.array_equal(bits, torch.from_numpy(v).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16))

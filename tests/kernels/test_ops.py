@@ -124,3 +124,27 @@ def test_ops_on_cuda_use_the_kernels_and_capture_in_a_graph():
     g.replay()
     ref2 = R.w4a16_gemm(x, qw, sc, gs, element="E2M1", scale_kind="E4M3", group_size=16)
     assert ((yg.float() - ref2.float()).norm() / ref2.float().norm()).item() < 1e-2
+
+
+def test_w8a16_cuda_path_rounds_the_weight_once():
+    """ops.int8_linear's CUDA branch (weight-only INT8), run on CPU tensors: its weight operand is
+    the reference's bit for bit (fp32 product, one rounding to bf16) and its output agrees with the
+    reference far inside W8A16's oracle tolerance (2e-3, tests/test_nn_oracle.py). Casting weight
+    and scale to bf16 and multiplying there (two roundings, the per-row scale's shifting whole
+    output columns) was about 4e-3 off."""
+    from motensor import ops as mops
+
+    cuda_impl = mops.int8_linear._backend_fns["cuda"]
+    g = gen(31)
+    w = torch.randint(-127, 128, (256, 512), generator=g, dtype=torch.int8)
+    s = (torch.rand(256, generator=g) * 0.02 + 0.001) / 127
+    x = torch.randn(7, 512, generator=g).to(torch.bfloat16)
+    bias = torch.randn(256, generator=g).to(torch.bfloat16)
+    ref = R.int8_linear(x, w, s, None, bias)
+    y = cuda_impl(x, w, s, None, bias)
+    want_w = R.int8_weight(w, s, torch.bfloat16)
+    assert torch.equal(want_w.float(), (w.float() * s[:, None]).to(torch.bfloat16).float())
+    err = lambda a: float((a.double() - ref.double()).norm() / ref.double().norm())
+    assert y.dtype == ref.dtype and err(y) < 1e-3, err(y)
+    twice = x @ (w.to(torch.bfloat16) * s.to(torch.bfloat16)[:, None]).t() + bias
+    assert err(twice) > 2 * err(y), (err(twice), err(y))   # the test can tell the two apart

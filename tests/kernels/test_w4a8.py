@@ -10,7 +10,7 @@ import zlib
 import pytest
 import torch
 
-from kcases import DEVICE, REL_TOL, assert_rel, gen, make_x
+from kcases import DEVICE, REL_TOL, assert_rel, gen, make_x, tol
 from motensor.kernels import _util, reference as R, w4a8
 
 DOT = lambda **kw: dict(dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=64, SPLIT_K=1, GROUP_M=2), **kw)
@@ -62,7 +62,7 @@ def test_w4a8_matches_reference(case):
                        operand=op, prequant=pre, config=config)
     ref = R.w4a8_gemm(x.cpu(), qw.cpu(), sc.cpu(), ws2.cpu(), in_s.cpu(), element=el, scale_kind=sk,
                       group_size=g, bias=None if bias is None else bias.cpu())
-    assert_rel(y.cpu(), ref, REL_TOL[dtype])
+    assert_rel(y.cpu(), ref, tol(dtype, fp8=op == FP8))
 
 
 @pytest.mark.parametrize("kind", [("INT4", "F32", 32), ("E2M1", "E4M3", 32)])
@@ -145,3 +145,23 @@ def test_w4a8_gpu(kind, path, m, hw_cvt):
     y = w4a8.w4a8_gemm(x, qw, sc, ws2, in_s, element=el, scale_kind=sk, group_size=g, path=path, hw_cvt=hw_cvt)
     assert_rel(y, R.w4a8_gemm(x, qw, sc, ws2, in_s, element=el, scale_kind=sk, group_size=g),
                REL_TOL[torch.bfloat16])
+
+
+@pytest.mark.parametrize("path", ["splitk", "tiled"])
+def test_w4a8_long_k_accumulates_in_fp32(path):
+    """K = 14336 (Llama-3.1-8B's down_proj) with fp32 output, so accumulation error is visible:
+    on Hopper the fp8 MMA's reduced-precision adder must hand over to the fp32 accumulator every
+    32 products (FP8_IMPRECISE_ACC; Triton's sm90 default lets it run over all of K). Under the
+    interpreter the same dataflow runs exactly (fp32 dot), checking the long K loop itself."""
+    k = 14336
+    cpu = DEVICE == "cpu"
+    n, m = (16, 1 if path == "splitk" else 16) if cpu else (512, 3 if path == "splitk" else 200)
+    qw, sc, ws2 = make_w4a8(n, k, "INT4", 128, seed=41)
+    x = make_x((m, k), F32, seed=42, scale=2.0)
+    in_s = (x.abs().max() / 448).reshape(())
+    config = DOT(SPLIT_K=1) if cpu else None
+    y = w4a8.w4a8_gemm(x, qw, sc, ws2, in_s, element="INT4", scale_kind="F32", group_size=128, path=path,
+                       operand=FP8, config=config)
+    ref = R.w4a8_gemm(x.cpu(), qw.cpu(), sc.cpu(), ws2.cpu(), in_s.cpu(), element="INT4", scale_kind="F32",
+                      group_size=128)
+    assert_rel(y.cpu(), ref, tol(F32, fp8=True))

@@ -4,7 +4,7 @@ import zlib
 import pytest
 import torch
 
-from kcases import DEVICE, REL_TOL, assert_rel, gen, make_x
+from kcases import DEVICE, REL_TOL, assert_rel, gen, make_x, tol
 from motensor.kernels import reference as R, w8a16
 
 DOT = lambda **kw: dict(dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, SPLIT_K=1, GROUP_M=2), **kw)
@@ -50,7 +50,7 @@ def test_w8a16_matches_reference(case):
     y = w8a16.w8a16_gemm(x, w, s, scale_kind=sk, block_size=block, bias=bias, path=path, config=config)
     ref = R.w8a16_gemm(x.cpu(), w.cpu(), s.cpu(), scale_kind=sk, block_size=block,
                        bias=None if bias is None else bias.cpu())
-    assert_rel(y.cpu(), ref, REL_TOL[dtype])
+    assert_rel(y.cpu(), ref, tol(dtype))
 
 
 def test_w8a16_block_k_must_divide_the_scale_block():

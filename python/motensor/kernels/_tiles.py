@@ -5,6 +5,13 @@ import triton.language as tl
 
 
 @triton.jit
+def row_offsets(rows, stride):
+    """``rows * stride`` in 64 bits. In 32 bits it wraps once M * N reaches 2^31 (a 16k-token
+    prefill against a 128k vocabulary), and so would M * K for the activation rows."""
+    return rows.to(tl.int64) * stride
+
+
+@triton.jit
 def grouped_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     """(pid_m, pid_n) of program 0-axis id, in grouped order: GROUP_M row-blocks sweep the N tiles
     together, so weight tiles are reused from L2 (the Triton matmul tutorial's ordering)."""
@@ -35,7 +42,7 @@ def store_tile(acc, c_ptr, b_ptr, rm, rn, mask_m, mask_n, stride_cm, pid_k,
     if HAS_BIAS:
         bias = tl.load(b_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)
         acc += tl.where(pid_k == 0, 1.0, 0.0) * bias[None, :]
-    c_ptrs = c_ptr + rm[:, None] * stride_cm + rn[None, :]
+    c_ptrs = c_ptr + row_offsets(rm, stride_cm)[:, None] + rn[None, :]
     c_mask = mask_m[:, None] & mask_n[None, :]
     if SPLIT_K == 1:
         tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from motensor.kernels import _util
+from motensor.kernels._tiles import row_offsets
 from motensor.kernels._decode import ceil_log2_clamped, e4m3_bits, e8m0_f32, round_e2m1, round_e4m3
 
 
@@ -41,7 +42,7 @@ def _block_tile(M, K, BLOCK_M: tl.constexpr, NB: tl.constexpr, BS: tl.constexpr)
 def _nvfp4_fake_quant_kernel(x_ptr, is_ptr, o_ptr, M, K, stride_xm, stride_om,
                              BLOCK_M: tl.constexpr, NB: tl.constexpr, BS: tl.constexpr):
     rm, rk, mask = _block_tile(M, K, BLOCK_M, NB, BS)
-    x = tl.load(x_ptr + rm * stride_xm + rk, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + row_offsets(rm, stride_xm) + rk, mask=mask, other=0.0).to(tl.float32)
     gs = tl.load(is_ptr)
     amax = tl.max(tl.abs(x), axis=2)                                         # [BLOCK_M, NB]
     sb = round_e4m3(tl.math.div_rn(amax, 6.0 * gs))
@@ -50,20 +51,20 @@ def _nvfp4_fake_quant_kernel(x_ptr, is_ptr, o_ptr, M, K, stride_xm, stride_om,
     q = round_e2m1(tl.minimum(tl.maximum(tl.math.div_rn(x, safe), -6.0), 6.0))
     q = tl.where(denom == 0.0, 0.0, q)
     y = (q * sb[:, :, None]) * gs
-    tl.store(o_ptr + rm * stride_om + rk, y.to(o_ptr.dtype.element_ty), mask=mask)
+    tl.store(o_ptr + row_offsets(rm, stride_om) + rk, y.to(o_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _mxfp8_fake_quant_kernel(x_ptr, o_ptr, M, K, stride_xm, stride_om,
                              BLOCK_M: tl.constexpr, NB: tl.constexpr, BS: tl.constexpr):
     rm, rk, mask = _block_tile(M, K, BLOCK_M, NB, BS)
-    x = tl.load(x_ptr + rm * stride_xm + rk, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + row_offsets(rm, stride_xm) + rk, mask=mask, other=0.0).to(tl.float32)
     amax = tl.max(tl.abs(x), axis=2)
     e = ceil_log2_clamped(tl.math.div_rn(amax, 448.0))
     inv = e8m0_f32(127 - e)[:, :, None]                                      # 2^-e, exact
     scale = e8m0_f32(e + 127)[:, :, None]                                    # 2^e (2^-127 subnormal ok)
     y = round_e4m3(x * inv) * scale
-    tl.store(o_ptr + rm * stride_om + rk, y.to(o_ptr.dtype.element_ty), mask=mask)
+    tl.store(o_ptr + row_offsets(rm, stride_om) + rk, y.to(o_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -76,7 +77,7 @@ def _fp8_per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm,
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         mask = mask_m[:, None] & (rk < K)[None, :]
-        x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + row_offsets(rm, stride_xm)[:, None] + rk[None, :], mask=mask, other=0.0).to(tl.float32)
         amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
     s = tl.math.div_rn(amax, 448.0)
     tl.store(s_ptr + rm, s, mask=mask_m)
@@ -84,9 +85,9 @@ def _fp8_per_token_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm,
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         mask = mask_m[:, None] & (rk < K)[None, :]
-        x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + row_offsets(rm, stride_xm)[:, None] + rk[None, :], mask=mask, other=0.0).to(tl.float32)
         q = tl.where(s[:, None] == 0.0, 0.0, round_e4m3(tl.math.div_rn(x, safe)))
-        tl.store(q_ptr + rm[:, None] * stride_qm + rk[None, :], e4m3_bits(q), mask=mask)
+        tl.store(q_ptr + row_offsets(rm, stride_qm)[:, None] + rk[None, :], e4m3_bits(q), mask=mask)
 
 
 @triton.jit
@@ -95,9 +96,9 @@ def _fp8_static_kernel(x_ptr, is_ptr, q_ptr, M, K, stride_xm, stride_qm,
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     mask = (rm < M)[:, None] & (rk < K)[None, :]
-    x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + row_offsets(rm, stride_xm)[:, None] + rk[None, :], mask=mask, other=0.0).to(tl.float32)
     q = round_e4m3(tl.math.div_rn(x, tl.load(is_ptr)))
-    tl.store(q_ptr + rm[:, None] * stride_qm + rk[None, :], e4m3_bits(q), mask=mask)
+    tl.store(q_ptr + row_offsets(rm, stride_qm)[:, None] + rk[None, :], e4m3_bits(q), mask=mask)
 
 
 # ----------------------------------------------------------------------------- launchers

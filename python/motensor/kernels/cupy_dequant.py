@@ -10,7 +10,7 @@ W[n, k] = v[n, k] * (s[k//G, n] * global_scale), rounded once to the output dtyp
 fp32 operations as kernels/reference.py `dequant_w4`.
 
 One thread per 32-bit word (8 elements, one group since G % 8 == 0): a coalesced 4-byte load,
-the nibbles decoded with the fp16 bit trick (no table), one 16-byte store of 8 halves.
+the nibbles decoded with an fp32 bit trick (no table, no CUDA headers), one 16-byte store of 8 halves.
 The global scale is read from device memory (no host sync; CUDA-graph safe).
 """
 from __future__ import annotations
@@ -28,25 +28,36 @@ from motensor.kernels import _util
 __all__ = ["CupyUnavailableError", "dequant_w4", "is_available"]
 
 _SOURCE = r"""
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
+// No #include: NVRTC under cupy-cuda13x need not find cuda_fp16.h / cuda_bf16.h, so every
+// conversion is written out. Values are built from fp32 bit patterns with exact power-of-two
+// factors (no flush to zero: NVRTC keeps fp32 subnormals unless told --ftz).
 
-// E2M1 code -> float (exact): the fp16 pattern of value * 2^-14, see kernels/_decode.py.
+// E2M1 code -> float (exact): code bits 0..2 as fp32 exponent/mantissa bits 22..24 give
+// value * 2^-126 for normal and subnormal codes alike (times 2^126, exact); sign to bit 31.
 __device__ __forceinline__ float e2m1_value(unsigned int c) {
-    unsigned short bits = (unsigned short)(((c & 7u) << 9) | ((c & 8u) << 12));
-    return __half2float(__ushort_as_half(bits)) * 16384.0f;
+    return __int_as_float((int)(((c & 7u) << 22) | ((c & 8u) << 28))) * 0x1p126f;
 }
 __device__ __forceinline__ float scale_value(const SCALE_T* scales, long long idx) {
-#if SCALE_KIND == SCALE_E4M3   // E4M3 byte -> fp16 pattern of value * 2^-8
+#if SCALE_KIND == SCALE_E4M3   // E4M3 byte -> fp32 bits 20..30 give value * 2^-120 (subnormals too)
     unsigned int b = scales[idx];
-    unsigned short bits = (unsigned short)(((b & 0x7Fu) << 7) | ((b & 0x80u) << 8));
-    return __half2float(__ushort_as_half(bits)) * 256.0f;
+    return __int_as_float((int)(((b & 0x7Fu) << 20) | ((b & 0x80u) << 24))) * 0x1p120f;
 #elif SCALE_KIND == SCALE_E8M0 // E8M0
     unsigned int e = scales[idx];
     return e == 0 ? __int_as_float(0x00400000) : __int_as_float((int)(e << 23));
 #else
     return scales[idx];
 #endif
+}
+// fp32 -> fp16 bits, round to nearest even (the hardware cvt).
+__device__ __forceinline__ unsigned short f16_bits(float v) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    return h;
+}
+// fp32 -> bf16 bits, round to nearest even (finite inputs; NaN cannot arise here).
+__device__ __forceinline__ unsigned short bf16_bits(float v) {
+    unsigned int u = __float_as_uint(v);
+    return (unsigned short)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 
 extern "C" __global__ void dequant_w4(const unsigned int* __restrict__ qw, const SCALE_T* __restrict__ scales,
@@ -80,8 +91,7 @@ _ELEMENTS = (Element.E2M1, Element.INT4)
 # C type of a scale, per encoding (the defines below carry the encodings' ids).
 _SCALE_C_TYPES = {ScaleEncoding.E4M3: "unsigned char", ScaleEncoding.E8M0: "unsigned char",
                   ScaleEncoding.F32: "float"}
-_OUTS = {torch.float16: "__half_as_ushort(__float2half_rn(v))",
-         torch.bfloat16: "__bfloat16_as_ushort(__float2bfloat16_rn(v))"}
+_OUTS = {torch.float16: "f16_bits(v)", torch.bfloat16: "bf16_bits(v)"}
 _THREADS = 256
 
 

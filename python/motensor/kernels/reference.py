@@ -40,6 +40,18 @@ def scalar(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if t is None else t.float().reshape(())
 
 
+def div(a: torch.Tensor, b) -> torch.Tensor:
+    """``a / b``, correctly rounded on every device, as the kernels divide (``tl.math.div_rn``).
+
+    CUDA torch computes ``tensor / python_number`` (and a divisor that is a 0-d CPU tensor) as
+    ``tensor * (1 / b)``: one more rounding, which moves a row scale by an ulp and then the FP8
+    codes quantized with it. A divisor on ``a``'s own device is divided for real.
+    """
+    if not isinstance(b, torch.Tensor) or b.device != a.device:
+        b = torch.as_tensor(b, dtype=torch.float32).to(a.device)
+    return torch.div(a, b)
+
+
 # ----------------------------------------------------------------------------- weights
 def unpack_4bit(qweight: torch.Tensor, element: ElementLike) -> torch.Tensor:
     """uint8 [N, K//2] -> fp32 [N, K] element values (low nibble = even k)."""
@@ -147,7 +159,7 @@ def ceil_log2_clamped(r: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- activation quantizers
 def fp8_quant_static(x: torch.Tensor, input_scale: torch.Tensor) -> torch.Tensor:
     """x_q = fp8(clamp(x / input_scale, +-448)) (FORMATS §4.1), float8_e4m3fn, same shape."""
-    return round_e4m3(x.float() / scalar(input_scale)).to(torch.float8_e4m3fn)
+    return round_e4m3(div(x.float(), scalar(input_scale))).to(torch.float8_e4m3fn)
 
 
 def fp8_quant_per_token(x: torch.Tensor):
@@ -156,8 +168,8 @@ def fp8_quant_per_token(x: torch.Tensor):
     Returns (x_q float8_e4m3fn [..., K], s fp32 [..., 1]); an all-zero row gives s = 0, x_q = 0.
     """
     xf = x.float()
-    s = xf.abs().amax(dim=-1, keepdim=True) / FP8_MAX
-    q = torch.where(s == 0, torch.zeros_like(xf), round_e4m3(xf / s))
+    s = div(xf.abs().amax(dim=-1, keepdim=True), FP8_MAX)
+    q = torch.where(s == 0, torch.zeros_like(xf), round_e4m3(div(xf, s)))
     return q.to(torch.float8_e4m3fn), s
 
 
@@ -175,10 +187,10 @@ def nvfp4_fake_quant(x: torch.Tensor, input_scale: torch.Tensor, out_dtype: Opti
     gs = scalar(input_scale)
     xb = x.float().reshape(*x.shape[:-1], k // block, block)
     amax = xb.abs().amax(dim=-1, keepdim=True)
-    sb = round_e4m3(amax / (6.0 * gs))
+    sb = round_e4m3(div(amax, 6.0 * gs))
     denom = sb * gs
     safe = torch.where(denom == 0, torch.ones_like(denom), denom)
-    q = torch.where(denom == 0, torch.zeros_like(xb), round_e2m1((xb / safe).clamp(-E2M1_MAX, E2M1_MAX)))
+    q = torch.where(denom == 0, torch.zeros_like(xb), round_e2m1(div(xb, safe).clamp(-E2M1_MAX, E2M1_MAX)))
     y = (q * sb) * gs
     return y.reshape(x.shape).to(out_dtype or x.dtype)
 
@@ -193,7 +205,7 @@ def mxfp8_fake_quant(x: torch.Tensor, out_dtype: Optional[torch.dtype] = None, b
     if k % block:
         raise ValueError(f"K={k} must be a multiple of {block}")
     xb = x.float().reshape(*x.shape[:-1], k // block, block)
-    e = ceil_log2_clamped(xb.abs().amax(dim=-1, keepdim=True) / FP8_MAX).float()
+    e = ceil_log2_clamped(div(xb.abs().amax(dim=-1, keepdim=True), FP8_MAX)).float()
     q = round_e4m3(xb * torch.exp2(-e))
     return (q * torch.exp2(e)).reshape(x.shape).to(out_dtype or x.dtype)
 
@@ -240,7 +252,7 @@ def w4a8_weight_fp8(qweight: torch.Tensor, scales: torch.Tensor, weight_scale_2:
     v = unpack_4bit(qweight, el)
     s = decode_scales(scales, kind)
     if (el, kind) == (Element.INT4, ScaleEncoding.F32):
-        s = s / scalar(weight_scale_2)
+        s = div(s, scalar(weight_scale_2))
     elif (el, kind) != (Element.E2M1, ScaleEncoding.E4M3):
         raise ValueError(f"W4A8 supports (INT4, F32) and (E2M1, E4M3), got ({el.name}, {kind.name})")
     return round_e4m3(v * s.t().repeat_interleave(group_size, dim=1))
@@ -266,7 +278,7 @@ def mxfp4_fake_quant(x: torch.Tensor, out_dtype: Optional[torch.dtype] = None, b
     if k % block:
         raise ValueError(f"K={k} must be a multiple of {block}")
     xb = x.float().reshape(*x.shape[:-1], k // block, block)
-    e = ceil_log2_clamped(xb.abs().amax(dim=-1, keepdim=True) / E2M1_MAX).float()
+    e = ceil_log2_clamped(div(xb.abs().amax(dim=-1, keepdim=True), E2M1_MAX)).float()
     q = round_e2m1((xb * torch.exp2(-e)).clamp(-E2M1_MAX, E2M1_MAX))
     return (q * torch.exp2(e)).reshape(x.shape).to(out_dtype or x.dtype)
 
@@ -280,9 +292,9 @@ def fp8_fake_quant(x: torch.Tensor, input_scale: Optional[torch.Tensor]) -> torc
     per-tensor matches to bf16 rounding (2e-3) while an unscaled cast or per-token scales are
     off by 2-3e-2 (tests/test_nn_oracle.py).
     """
-    s: torch.Tensor = scalar(input_scale) if input_scale is not None else x.float().abs().amax() / FP8_MAX
+    s: torch.Tensor = scalar(input_scale) if input_scale is not None else div(x.float().abs().amax(), FP8_MAX)
     safe = torch.where(s == 0, torch.ones_like(s), s)
-    return (round_e4m3(x.float() / safe) * s).to(x.dtype)
+    return (round_e4m3(div(x.float(), safe)) * s).to(x.dtype)
 
 
 def fp8_linear(x, weight, weight_scale, input_scale=None, bias=None) -> torch.Tensor:
@@ -307,7 +319,16 @@ def int8_quant_static(x: torch.Tensor, input_scale: torch.Tensor) -> torch.Tenso
     FORMATS §4.9 expects ModelOpt's narrow range (±127); its 0.47 fake quant of SmoothQuant
     activations uses the full int8 range, which the fixtures' emulation check confirmed.
     """
-    return torch.round(x.float() / scalar(input_scale)).clamp(-128, 127).to(torch.int8)
+    return torch.round(div(x.float(), scalar(input_scale))).clamp(-128, 127).to(torch.int8)
+
+
+def int8_weight(weight: torch.Tensor, weight_scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """W8A16's dequantized weight w[n, k] * s[n]: the product in fp32, rounded once to `dtype`.
+
+    (Casting both factors to bf16 first and multiplying there rounds twice: the per-row scale's
+    own bf16 rounding shifts whole output columns, about 4e-3 relative.)
+    """
+    return (weight.float() * weight_scale.float().reshape(-1, 1)).to(dtype)
 
 
 def int8_linear(x, weight, weight_scale, input_scale=None, bias=None) -> torch.Tensor:
@@ -315,7 +336,7 @@ def int8_linear(x, weight, weight_scale, input_scale=None, bias=None) -> torch.T
     else weight-only (W8A16). fp32 math (the int8 products are exact in float64), output x.dtype."""
     sw = weight_scale.float()
     if input_scale is None:
-        return _linear(x.float(), _as_operand(weight.float() * sw[:, None], x.dtype), bias).to(x.dtype)
+        return _linear(x.float(), _as_operand(int8_weight(weight, weight_scale), x.dtype), bias).to(x.dtype)
     xq = int8_quant_static(x, input_scale)
     acc = (xq.double() @ weight.double().t()).float()  # exact integer sums
     return _epilogue(acc, scalar(input_scale) * sw, bias).to(x.dtype)

@@ -26,7 +26,7 @@ import triton.language as tl
 
 from motensor.formats import Element, ScaleEncoding, as_enum
 from motensor.kernels import _util
-from motensor.kernels._tiles import grouped_tile, split_k_range, store_tile
+from motensor.kernels._tiles import grouped_tile, row_offsets, split_k_range, store_tile
 from motensor.kernels._decode import (ELEM_E2M1, E2M1_F16_FACTOR, SCALE_E4M3, e2m1_f16_scaled, e4m3_f16_scaled,
                                       group_scale_f32, int4_f16)
 
@@ -102,7 +102,7 @@ def _gemv_kernel(
         # (the [K//G, N] layout makes it a contiguous run along N).
         s_raw = tl.load(s_ptr + ((rkw * 8) // GROUP) * stride_sg + rn, mask=w_mask, other=0)
         s = group_scale_f32(s_raw, SCALE_KIND)
-        x_word = x_ptr + rm * stride_xm + rkw * 8                                             # [BM, 1, BKW]
+        x_word = x_ptr + row_offsets(rm, stride_xm) + rkw * 8                                             # [BM, 1, BKW]
         part = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_KW), dtype=tl.float32)
         xsum = tl.zeros((BLOCK_M, 1, BLOCK_KW), dtype=tl.float32)
         for i in tl.static_range(4):
@@ -134,7 +134,7 @@ def _gemv_kernel(
     if HAS_BIAS:
         bias = tl.load(b_ptr + rn2, mask=rn2 < N, other=0.0).to(tl.float32)
         y += tl.where(pid_k == 0, 1.0, 0.0) * bias[None, :]       # added by one split only
-    c_ptrs = c_ptr + rm2[:, None] * stride_cm + rn2[None, :]
+    c_ptrs = c_ptr + row_offsets(rm2, stride_cm)[:, None] + rn2[None, :]
     c_mask = (rm2 < M)[:, None] & (rn2 < N)[None, :]
     if SPLIT_K == 1:
         tl.store(c_ptrs, y.to(c_ptr.dtype.element_ty), mask=c_mask)
@@ -202,7 +202,7 @@ def _dot_kernel(
         else:
             x_mask = mask_m[:, None] & (kk < k_hi)[None, :]
             w_mask = mask_n[:, None] & (kk < k_hi)[None, :]
-        x_row = x_ptr + rm[:, None] * stride_xm + kk[None, :]
+        x_row = x_ptr + row_offsets(rm, stride_xm)[:, None] + kk[None, :]
         x_even = tl.load(x_row, mask=x_mask, other=0.0)
         x_odd = tl.load(x_row + 1, mask=x_mask, other=0.0)
         # The packed tile is loaded N-major ([BLOCK_N, K/2], the memory order: contiguous bytes
@@ -210,7 +210,7 @@ def _dot_kernel(
         # view of the shared-memory operand, not a data movement).
         if CHUNK_IN_GROUP:
             rb = tl.max_contiguous(tl.multiple_of(k0 // 2 + rj, HALF), HALF)
-            p = tl.load(w_ptr + rn[:, None] * stride_wn + rb[None, :], mask=w_mask, other=0).to(tl.int32)
+            p = tl.load(w_ptr + row_offsets(rn, stride_wn)[:, None] + rb[None, :], mask=w_mask, other=0).to(tl.int32)
             s_raw = tl.load(s_ptr + (k0 // GROUP) * stride_sg + rn, mask=mask_n, other=0)
             if ELEMENT == ELEM_E2M1:
                 w_lo = e2m1_f16_scaled(p & 0xF).to(op_dtype)
@@ -233,7 +233,7 @@ def _dot_kernel(
                 mask3 = rn3 < N
             else:
                 mask3 = (rn3 < N) & (2 * kb3 < k_hi)
-            p3 = tl.load(w_ptr + rn3 * stride_wn + kb3, mask=mask3, other=0).to(tl.int32)
+            p3 = tl.load(w_ptr + row_offsets(rn3, stride_wn) + kb3, mask=mask3, other=0).to(tl.int32)
             s3 = tl.load(s_ptr + (k0 // GROUP + rg) * stride_sg + rn3,
                          mask=(rn3 < N) & (k0 + rg * GROUP < k_hi), other=0)              # [BLOCK_N, NG, 1]
             w_lo = tl.reshape(_dequant_tile(p3 & 0xF, s3, ELEMENT, SCALE_KIND, op_dtype), (BLOCK_N, HALF))

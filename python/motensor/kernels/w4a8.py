@@ -29,9 +29,17 @@ import triton.language as tl
 
 from motensor.formats import Element, ScaleEncoding, as_enum
 from motensor.kernels import _util
-from motensor.kernels._tiles import grouped_tile, split_k_range, store_tile
+from motensor.kernels._tiles import grouped_tile, row_offsets, split_k_range, store_tile
 from motensor.kernels._decode import (ELEM_E2M1, E2M1_F16_FACTOR, SCALE_E4M3, e2m1_f16_scaled, e4m3_f16_scaled,
                                       int4_f32, round_e4m3)
+
+
+# Hopper's fp8 MMA adds its products into the accumulator with fewer than fp32's bits, and on sm90
+# Triton lets that run over all of K unless told otherwise (its default there is 2^30 products).
+# Every FP8_IMPRECISE_ACC products (one fp8 wgmma's K) the partial sum is added to the fp32
+# accumulator instead, as cuBLAS does for `_scaled_mm` without fast accumulation. No effect on
+# other GPUs, fp16 operands or the interpreter.
+FP8_IMPRECISE_ACC = tl.constexpr(32)
 
 
 @triton.jit
@@ -99,7 +107,7 @@ def _w4a8_kernel(
             x_mask = mask_m[:, None]   # no K tail: masks constant along K keep loads vectorized
         else:
             x_mask = mask_m[:, None] & (kk < k_hi)[None, :]
-        x_offs = rm[:, None] * stride_xm + kk[None, :]
+        x_offs = row_offsets(rm, stride_xm)[:, None] + kk[None, :]
         x_even = _x_operand(x_ptr, x_offs, x_mask, in_scale, X_PREQUANT, OP_DTYPE, HW_CVT)
         x_odd = _x_operand(x_ptr, x_offs + 1, x_mask, in_scale, X_PREQUANT, OP_DTYPE, HW_CVT)
         # Packed tile N-major (memory order), FP8 operand handed to the MMA transposed.
@@ -110,7 +118,7 @@ def _w4a8_kernel(
                 w_mask = mask_n[:, None]
             else:
                 w_mask = mask_n[:, None] & (kk < k_hi)[None, :]
-            p = tl.load(w_ptr + rn[:, None] * stride_wn + rb[None, :], mask=w_mask, other=0).to(tl.int32)
+            p = tl.load(w_ptr + row_offsets(rn, stride_wn)[:, None] + rb[None, :], mask=w_mask, other=0).to(tl.int32)
             s_raw = tl.load(s_ptr + (k0 // GROUP) * stride_sg + rn, mask=mask_n, other=0)[:, None]
         else:
             # [BN, groups, G/2] view: one scale load (and AWQ division) per group.
@@ -122,7 +130,7 @@ def _w4a8_kernel(
                 mask3 = rn3 < N
             else:
                 mask3 = (rn3 < N) & (2 * kb3 < k_hi)
-            p = tl.load(w_ptr + rn3 * stride_wn + kb3, mask=mask3, other=0).to(tl.int32)
+            p = tl.load(w_ptr + row_offsets(rn3, stride_wn) + kb3, mask=mask3, other=0).to(tl.int32)
             s_raw = tl.load(s_ptr + (k0 // GROUP + rg) * stride_sg + rn3,
                             mask=(rn3 < N) & (k0 + rg * GROUP < k_hi), other=0)
         if SCALE_KIND == SCALE_E4M3:
@@ -131,8 +139,12 @@ def _w4a8_kernel(
             scale = tl.math.div_rn(s_raw.to(tl.float32), ws2)      # correctly rounded, as the reference
         w_lo = tl.reshape(_w_operand(p & 0xF, scale, ELEMENT, OP_DTYPE, HW_CVT), (BLOCK_N, HALF))
         w_hi = tl.reshape(_w_operand(p >> 4, scale, ELEMENT, OP_DTYPE, HW_CVT), (BLOCK_N, HALF))
-        acc = tl.dot(x_even, tl.trans(w_lo), acc)
-        acc = tl.dot(x_odd, tl.trans(w_hi), acc)
+        if OP_DTYPE == tl.float8e4nv:
+            acc = tl.dot(x_even, tl.trans(w_lo), acc, max_num_imprecise_acc=FP8_IMPRECISE_ACC)
+            acc = tl.dot(x_odd, tl.trans(w_hi), acc, max_num_imprecise_acc=FP8_IMPRECISE_ACC)
+        else:
+            acc = tl.dot(x_even, tl.trans(w_lo), acc)
+            acc = tl.dot(x_odd, tl.trans(w_hi), acc)
 
     acc = acc * (in_scale * ws2)
     store_tile(acc, c_ptr, b_ptr, rm, rn, mask_m, mask_n, stride_cm, pid_k, HAS_BIAS, SPLIT_K)

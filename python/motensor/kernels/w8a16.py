@@ -22,7 +22,7 @@ import triton.language as tl
 
 from motensor.formats import ScaleEncoding, as_enum
 from motensor.kernels import _util
-from motensor.kernels._tiles import grouped_tile, split_k_range, store_tile
+from motensor.kernels._tiles import grouped_tile, row_offsets, split_k_range, store_tile
 from motensor.kernels._decode import e4m3_f16_scaled, e8m0_f32
 
 # The scale encodings this kernel reads (the vocabulary's ids, passed as SCALE_KIND).
@@ -62,10 +62,10 @@ def _w8a16_kernel(
         else:
             x_mask = mask_m[:, None] & (rk < k_hi)[None, :]
             w_mask = mask_n[:, None] & (rk < k_hi)[None, :]
-        x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=x_mask, other=0.0)
+        x = tl.load(x_ptr + row_offsets(rm, stride_xm)[:, None] + rk[None, :], mask=x_mask, other=0.0)
         if CHUNK_IN_BLOCK:
             # N-major tile (memory order, wide loads), handed to the MMA transposed (a smem view).
-            wb = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=w_mask, other=0)   # [BN, BK]
+            wb = tl.load(w_ptr + row_offsets(rn, stride_wn)[:, None] + rk[None, :], mask=w_mask, other=0)   # [BN, BK]
             h = e4m3_f16_scaled(wb)                                                            # w * 2^-8
             if SCALE_KIND == SCALE_F32_BLOCK:
                 s = tl.load(s_ptr + (rn // SBLOCK) * stride_s0 + k0 // SBLOCK, mask=mask_n, other=0.0)
@@ -83,7 +83,7 @@ def _w8a16_kernel(
                 mask3 = rn3 < N
             else:
                 mask3 = (rn3 < N) & (k3 < k_hi)
-            wb3 = tl.load(w_ptr + rn3 * stride_wn + k3, mask=mask3, other=0)
+            wb3 = tl.load(w_ptr + row_offsets(rn3, stride_wn) + k3, mask=mask3, other=0)
             s3 = e8m0_f32(tl.load(s_ptr + (k0 // SBLOCK + rg) * stride_s0 + rn3,
                                   mask=(rn3 < N) & (k0 + rg * SBLOCK < k_hi), other=0))
             w = (e4m3_f16_scaled(wb3).to(tl.float32) * (s3 * 256.0)).to(op_dtype)
