@@ -98,7 +98,14 @@ class Checkpoint:
     tensor. Tensor data is memory-mapped and read only when asked for.
     """
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], *, revision: str | None = None,
+                 cache_dir: str | os.PathLike[str] | None = None, token: str | bool | None = None,
+                 local_files_only: bool = False, progress: bool = True):
+        from motensor.hub import resolve
+
+        # A Hub repo id ("org/name") becomes its snapshot in the HF cache; a path stays a path.
+        path = resolve(path, revision=revision, cache_dir=cache_dir, token=token,
+                       local_files_only=local_files_only, progress=progress)
         self.path = Path(path)
         self._core = _core.Checkpoint(os.fspath(path))
 
@@ -277,11 +284,19 @@ def _human(n: int) -> str:
     return f"{n:.1f} GiB"
 
 
-def open(path: str | os.PathLike[str]) -> Checkpoint:  # noqa: A001 - mirrors safetensors.safe_open / builtins
-    """Opens a ModelOpt checkpoint directory (or a single ``.safetensors`` file) for reading.
+def open(path: str | os.PathLike[str], *, revision: str | None = None,  # noqa: A001 - mirrors safetensors.safe_open
+         cache_dir: str | os.PathLike[str] | None = None, token: str | bool | None = None,
+         local_files_only: bool = False, progress: bool = True) -> Checkpoint:
+    """Opens a ModelOpt checkpoint directory (or a single ``.safetensors`` file, or a Hugging Face
+    Hub repo id such as ``"nvidia/Llama-3.1-8B-Instruct-FP8"``) for reading.
+
+    For a repo id, the safetensors, JSON and tokenizer files of ``revision`` are downloaded into the
+    Hugging Face cache (``cache_dir``; ``token`` for gated repos), or only looked up there with
+    ``local_files_only=True`` or ``HF_HUB_OFFLINE=1``. ``progress`` shows the download bars.
 
     >>> ckpt = motensor.open("tests/data/llama-nvfp4")
     >>> ckpt.modules["model.layers.0.mlp.down_proj"].quant_algo
     'NVFP4'
     """
-    return Checkpoint(path)
+    return Checkpoint(path, revision=revision, cache_dir=cache_dir, token=token,
+                      local_files_only=local_files_only, progress=progress)
