@@ -77,8 +77,8 @@ def test_automodel_default_device_and_dtype_follow_transformers():
 
 
 def test_automodel_refuses_several_devices():
-    with pytest.raises(ArgumentError, match="devices"):
-        AutoModelForCausalLM.from_pretrained(DATA / "llama-nvfp4", device_map={"model": "cpu", "lm_head": "meta"})
+    with pytest.raises(ArgumentError, match="2 devices"):
+        AutoModelForCausalLM.from_pretrained(DATA / "llama-nvfp4", device_map={"model": "cpu", "lm_head": "cuda:0"})
 
 
 def _without_quantization_config(src: Path, dst: Path) -> Path:
@@ -257,5 +257,34 @@ def test_default_device_and_device_map(caplog):
 
 
 def test_tokenizer_missing_is_a_clear_error():
-    with pytest.raises(ConfigError, match="no usable tokenizer"):
+    with pytest.raises(ConfigError, match="no tokenizer files"):
         motensor.load_tokenizer(DATA / "mistral-nvfp4")
+
+
+# -- packaging ----------------------------------------------------------------------------------------
+def test_cli_names_the_extra_when_transformers_is_missing(monkeypatch, capsys):
+    import sys
+
+    from motensor import cli
+
+    for name in [m for m in sys.modules if m == "transformers" or m.startswith("transformers.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "transformers", None)  # what an environment without it looks like
+    assert cli.main(["generate", str(DATA / "llama-nvfp4"), "-p", "x", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "motensor[models]" in err and "transformers" in err
+
+
+def test_cli_generate_without_tokenizer_is_an_error(capsys):
+    from motensor import cli
+
+    assert cli.main(["generate", str(DATA / "mistral-nvfp4"), "-p", "x", "--device", "cpu", "-q"]) == 2
+    assert "tokenizer" in capsys.readouterr().err
+
+
+def test_cli_hub_id(offline_hub, capsys):
+    from motensor import cli
+
+    cache, _ = offline_hub
+    assert cli.main(["inspect", "nvidia/Tiny-Llama-NVFP4", "--cache-dir", str(cache), "--local-files-only"]) == 0
+    assert "NVFP4" in capsys.readouterr().out

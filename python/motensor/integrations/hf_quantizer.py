@@ -33,6 +33,7 @@ import copy
 import json
 import logging
 import os
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -125,6 +126,7 @@ class ModelOptHfQuantizer(HfQuantizer):
         self.checkpoint: Optional["Checkpoint"] = None
         self._dtype: Optional[torch.dtype] = None
         self._hidden: dict[str, Any] = {}
+        self._non_persistent: list = []
 
     # -- arguments --------------------------------------------------------------------------------
     def validate_environment(self, device_map=None, **kwargs: Any) -> None:
@@ -170,12 +172,20 @@ class ModelOptHfQuantizer(HfQuantizer):
                               moe_mode=self.quantization_config.moe_mode)
         _mark_initialized(model)
         _drop_untieable(model)
+        # transformers re-creates every non-persistent buffer after its loop (empty, then its own
+        # init); motensor's (KV-cache scales, rotary tables) are put back afterwards.
+        self._non_persistent = [(module, attr, module._buffers[attr]) for module in model.modules()
+                                for attr in module._non_persistent_buffers_set
+                                if module._buffers.get(attr) is not None]
         self._hide_state_dict(model)
         model.motensor_report = report
         return model
 
     def _process_model_after_weight_loading(self, model: "PreTrainedModel", **kwargs: Any):
         self._restore_state_dict(model)
+        for module, attr, value in self._non_persistent:
+            module._buffers[attr] = value
+        self._non_persistent = []
         model.requires_grad_(False)
         if self.checkpoint is not None:
             _attach_saving(model, self.checkpoint)
@@ -296,8 +306,12 @@ def _attach_saving(model, ckpt: "Checkpoint") -> None:
     # The state dict is already in checkpoint names: nothing for transformers to rename back.
     model._weight_conversions = []
     cls_save = type(model).save_pretrained
+    ref = weakref.ref(model)  # no reference cycle: the model is freed as soon as the user drops it
 
     def save_pretrained(save_directory, *args: Any, push_to_hub: bool = False, **kwargs: Any):
+        model = ref()
+        if model is None:  # pragma: no cover - a bound method outliving its model
+            raise ReferenceError("the model of this save_pretrained no longer exists")
         hub_keys = ("repo_id", "commit_message", "private", "create_pr", "token", "revision")
         hub_kwargs = {k: kwargs.pop(k) for k in hub_keys if k in kwargs}
         if "token" in hub_kwargs:
