@@ -76,6 +76,16 @@ def test_automodel_default_device_and_dtype_follow_transformers():
     torch.testing.assert_close(_logits(model), _logits(ours), rtol=0, atol=0)
 
 
+def test_automodel_takes_motensor_options_from_an_explicit_config():
+    from motensor.models import QuantExperts
+
+    model = AutoModelForCausalLM.from_pretrained(DATA / "mixtral-nvfp4", device_map="cpu",
+                                                 quantization_config=ModelOptConfig(moe_mode="dense", progress=False))
+    modes = {m.mode for m in model.modules() if isinstance(m, QuantExperts)}
+    assert modes == {"dense"}
+    assert model.config.quantization_config.quant_algo == "NVFP4"  # the checkpoint's, not the argument's
+
+
 def test_automodel_refuses_several_devices():
     with pytest.raises(ArgumentError, match="2 devices"):
         AutoModelForCausalLM.from_pretrained(DATA / "llama-nvfp4", device_map={"model": "cpu", "lm_head": "cuda:0"})
@@ -97,6 +107,23 @@ def test_old_exporter_checkpoint_without_quant_method(tmp_path):
     auto = AutoModelForCausalLM.from_pretrained(old, quantization_config=ModelOptConfig())
     assert _module_types(auto) == _module_types(ours)
     torch.testing.assert_close(_logits(auto), _logits(ours), rtol=0, atol=0)
+
+
+def test_modelopt_031_config_without_quant_method(tmp_path):
+    """ModelOpt 0.31 wrote config.json's quantization_config without quant_method."""
+    old = tmp_path / "v031"
+    shutil.copytree(DATA / "llama-fp8", old)
+    cfg = json.loads((old / "config.json").read_text())
+    cfg["quantization_config"].pop("quant_method")
+    (old / "config.json").write_text(json.dumps(cfg))
+    model = motensor.from_pretrained(old, device="cpu", progress=False)
+    assert model.config.quantization_config.quant_algo == "FP8"
+    assert model.config.quantization_config.to_dict()["quant_method"] == "modelopt"
+    ref = motensor.from_pretrained(DATA / "llama-fp8", device="cpu", progress=False)
+    torch.testing.assert_close(_logits(model), _logits(ref), rtol=0, atol=0)
+    model.save_pretrained(tmp_path / "resaved")  # now with quant_method: transformers recognises it
+    auto = AutoModelForCausalLM.from_pretrained(tmp_path / "resaved", device_map="cpu")
+    torch.testing.assert_close(_logits(auto), _logits(ref), rtol=0, atol=0)
 
 
 def test_quantizer_trainable_hook_exists():

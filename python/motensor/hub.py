@@ -107,3 +107,29 @@ def _bars(progress: bool):
     finally:
         if not progress and not was_disabled:
             enable_progress_bars()
+
+
+def fetch_companion(root: Union[str, "os.PathLike[str]"], filename: str) -> Optional[Path]:
+    """``root/filename``, fetched into the same Hub cache snapshot if ``root`` is one and lacks it.
+
+    transformers downloads only the weights and ``config.json``; a checkpoint whose quantization is
+    described only in ``hf_quant_config.json`` (ModelOpt < 0.31) needs that file too. Returns the
+    local path, or None when it is not there and cannot be fetched (offline, no such file, not a
+    cache snapshot)."""
+    root = Path(root)
+    local = root / filename
+    if local.is_file():
+        return local
+    parts = root.resolve().parts
+    if len(parts) < 3 or parts[-2] != "snapshots" or not parts[-3].startswith("models--"):
+        return None
+    repo_id = parts[-3].removeprefix("models--").replace("--", "/")
+    try:
+        import huggingface_hub
+
+        got = huggingface_hub.hf_hub_download(repo_id, filename, revision=parts[-1],
+                                              cache_dir=str(Path(*parts[:-3])))
+    except Exception as e:  # offline, missing file, no huggingface_hub: the caller reports what it lacks
+        log.info("%s: could not fetch %s from %s (%s)", root, filename, repo_id, e)
+        return None
+    return Path(got)

@@ -29,6 +29,7 @@ Saving: ``save_pretrained`` (and so ``push_to_hub``) writes a ModelOpt unified c
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -93,6 +94,11 @@ class ModelOptConfig(QuantizationConfigMixin):
         cfg._hf_quant_config = _read_json(ckpt.root / HF_QUANT_CONFIG)
         return cfg
 
+    def get_loading_attributes(self) -> dict[str, Any]:
+        """What a ``quantization_config=`` passed to ``from_pretrained`` overrides in the
+        checkpoint's (transformers' loading attributes): motensor's loader options only."""
+        return {k: getattr(self, k) for k in _RUNTIME_OPTIONS}
+
     def to_dict(self) -> dict[str, Any]:
         out = {k: copy.deepcopy(v) for k, v in self.__dict__.items()
                if not k.startswith("_") and k not in _RUNTIME_OPTIONS and v is not None}
@@ -155,7 +161,10 @@ class ModelOptHfQuantizer(HfQuantizer):
         from motensor.args import FALLBACK_DTYPE
         from motensor.models.pretrained import populate
 
+        from motensor.hub import fetch_companion
+
         root = _checkpoint_root(checkpoint_files)
+        fetch_companion(root, HF_QUANT_CONFIG)  # a Hub snapshot of an old export: transformers skips it
         ckpt = motensor.open(root)
         if ckpt.quant_config is None:
             raise ConfigError(f"{root}: quantization_config names quant_method 'modelopt' but the checkpoint has no "
@@ -166,8 +175,9 @@ class ModelOptHfQuantizer(HfQuantizer):
         dtype = self._dtype if self._dtype in (torch.bfloat16, torch.float16, torch.float32) else FALLBACK_DTYPE
         device = self.device or torch.device("cpu")
         # transformers calls this inside its torch.device("meta") context: tensors made while
-        # installing (rotary buffers, stacked experts) must be real.
-        with torch.device(device):
+        # installing (rotary buffers, stacked experts) must be real, and every torch call through
+        # that mode costs time (~5% of a 1B load on the CPU).
+        with _outside_function_modes(device):
             report = populate(model, ckpt, device=device, dtype=dtype, progress=self.quantization_config.progress,
                               moe_mode=self.quantization_config.moe_mode)
         _mark_initialized(model)
@@ -377,6 +387,22 @@ def _config_json_form(ckpt: "Checkpoint") -> dict:
     return out
 
 
+@contextlib.contextmanager
+def _outside_function_modes(device: torch.device):
+    """Runs the block with transformers' torch-function modes (its ``torch.device("meta")``
+    context) popped, falling back to a nested ``torch.device`` where torch lacks the hooks."""
+    pop = getattr(torch.overrides, "_pop_mode_temporarily", None)
+    depth = getattr(torch._C, "_len_torch_function_stack", None)
+    if pop is None or depth is None:  # pragma: no cover - other torch versions
+        with torch.device(device):
+            yield
+        return
+    with contextlib.ExitStack() as stack:
+        while depth() > 0:
+            stack.enter_context(pop())
+        yield
+
+
 def _mark_initialized(model) -> None:
     """Loaded tensors must not be re-initialized by transformers' ``initialize_weights``; the
     non-persistent buffers are re-created by transformers itself afterwards."""
@@ -427,6 +453,10 @@ def register() -> None:
         auto.AUTO_QUANTIZATION_CONFIG_MAPPING[QUANT_METHOD] = ModelOptConfig
     else:
         auto.register_quantization_config(QUANT_METHOD)(ModelOptConfig)
+    # A ModelOptConfig(moe_mode=..., progress=...) passed to from_pretrained for a checkpoint that
+    # has its own quantization_config keeps those options (transformers' "loading attributes").
+    if ModelOptConfig not in auto.LOADING_ATTRIBUTES_CONFIG_TYPES:
+        auto.LOADING_ATTRIBUTES_CONFIG_TYPES = (*auto.LOADING_ATTRIBUTES_CONFIG_TYPES, ModelOptConfig)
     if QUANT_METHOD in auto.AUTO_QUANTIZER_MAPPING:
         auto.AUTO_QUANTIZER_MAPPING[QUANT_METHOD] = ModelOptHfQuantizer
     else:
