@@ -245,7 +245,10 @@ class ModelOptHfQuantizer(HfQuantizer):
 def attach(model: "PreTrainedModel", ckpt: "Checkpoint", report: Optional["ModelReport"] = None) -> None:
     """Gives a model built by ``motensor.from_pretrained`` what transformers' quantizer path gives
     its models: ``config.quantization_config``, ``hf_quantizer``, ``is_quantized`` and a
-    ``save_pretrained`` that writes a ModelOpt checkpoint."""
+    ``save_pretrained`` that writes a ModelOpt checkpoint. An unquantized checkpoint stays a plain
+    transformers model (nothing to attach)."""
+    if ckpt.quant_config is None:
+        return
     cfg = ModelOptConfig.from_checkpoint(ckpt)
     quantizer = ModelOptHfQuantizer(cfg, pre_quantized=True)
     quantizer.checkpoint = ckpt
