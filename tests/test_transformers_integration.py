@@ -315,3 +315,31 @@ def test_cli_hub_id(offline_hub, capsys):
     cache, _ = offline_hub
     assert cli.main(["inspect", "nvidia/Tiny-Llama-NVFP4", "--cache-dir", str(cache), "--local-files-only"]) == 0
     assert "NVFP4" in capsys.readouterr().out
+
+
+def test_push_to_hub_uploads_a_modelopt_checkpoint(monkeypatch):
+    """push_to_hub saves through the model's save_pretrained: the upload holds hf_quant_config.json
+    and the original tensors (the Hub itself is replaced by a recorder: no network in tests)."""
+    import types
+
+    import transformers.utils.hub as hf_hub_utils
+
+    model = motensor.from_pretrained(DATA / "llama-nvfp4", device="cpu", progress=False)
+    uploaded: dict[str, dict] = {}
+
+    def fake_upload(self, folder, repo_id, **kwargs):
+        ck = motensor.open(folder)
+        uploaded[repo_id] = {"files": sorted(p.name for p in Path(folder).iterdir()),
+                             "tensors": {n: ck.tensor(n) for n in ck.tensor_names()}}
+
+    monkeypatch.setattr(hf_hub_utils, "hf_api", lambda: types.SimpleNamespace(
+        create_repo=lambda repo_id, **kw: types.SimpleNamespace(repo_id=repo_id)))
+    monkeypatch.setattr(hf_hub_utils, "create_and_tag_model_card",
+                        lambda *a, **k: types.SimpleNamespace(save=lambda path: None))
+    monkeypatch.setattr(type(model), "_upload_modified_files", fake_upload)
+    model.push_to_hub("me/tiny-nvfp4")
+    got = uploaded["me/tiny-nvfp4"]
+    assert "hf_quant_config.json" in got["files"] and "config.json" in got["files"]
+    src = _tensors(DATA / "llama-nvfp4")
+    assert set(got["tensors"]) == set(src)
+    assert all(torch.equal(got["tensors"][n].view(-1).view(torch.uint8), src[n].view(-1).view(torch.uint8)) for n in src)

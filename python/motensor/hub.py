@@ -69,7 +69,6 @@ def resolve(
         raise ShardError(f"{text}: no such file or directory (and not a Hugging Face Hub repo id like 'org/name')")
     try:
         import huggingface_hub
-        from huggingface_hub.utils import HfHubHTTPError
     except ImportError:
         raise ArgumentError(
             f"{text!r} is not a local path; loading Hub repo ids needs huggingface_hub: pip install 'motensor[models]'"
@@ -86,7 +85,7 @@ def resolve(
                 local_files_only=offline,
                 allow_patterns=list(ALLOW_PATTERNS),
             )
-    except (HfHubHTTPError, OSError, ValueError) as e:
+    except Exception as e:  # HTTP, connection (httpx), cache and validation errors alike: say which repo
         where = "in the Hugging Face cache (offline)" if offline else "on the Hugging Face Hub"
         rev = f" at revision {revision!r}" if revision else ""
         raise ShardError(f"{text}: not a local path, and no snapshot{rev} {where}: {type(e).__name__}: {e}") from e
