@@ -469,9 +469,9 @@ def test_dequantize_to_a_non_float_dtype_is_an_argument_error():
     expect(ArgumentError, lambda: ck.dequantize(DOWN, dtype="float32"), file=None)
 
 
-@pytest.mark.parametrize("kwargs", [dict(dtype="bfloat16"), dict(dtype=torch.int8), dict(chunk_bytes=0),
+@pytest.mark.parametrize("kwargs", [dict(dtype="fp17"), dict(dtype=torch.int8), dict(chunk_bytes=0),
                                     dict(num_buffers="2"), dict(modules=[3]), dict(validate_scales="yes")],
-                         ids=["dtype-str", "dtype-int8", "chunk0", "num_buffers-str", "modules-int", "validate-str"])
+                         ids=["dtype-unknown-str", "dtype-int8", "chunk0", "num_buffers-str", "modules-int", "validate-str"])
 def test_bad_load_arguments_are_argument_errors(kwargs):
     expect(ArgumentError, lambda: motensor.load(DATA / "llama-nvfp4", device="cpu", progress=False, **kwargs),
            file=None)

@@ -35,6 +35,7 @@ _LAZY = {
     "QuantLinear": "motensor.nn",
     "from_pretrained": "motensor.models",
     "load_tokenizer": "motensor.models",
+    "ModelOptConfig": "motensor.integrations.hf_quantizer",
 }
 
 
@@ -48,8 +49,15 @@ def __getattr__(name: str):
     globals()[name] = value
     return value
 
+# transformers' quantizer for quant_method "modelopt": AutoModelForCausalLM.from_pretrained on
+# ModelOpt checkpoints goes through motensor (motensor/integrations/hf_quantizer.py).
+from motensor.integrations import register_transformers as _register_transformers  # noqa: E402
+
+_register_transformers()
+
 __all__ = [
     "__version__",
+    "ModelOptConfig",
     "load",
     "LoadedCheckpoint",
     "LoadedModule",

@@ -106,11 +106,18 @@ class Checkpoint:
     its numbers will be wrong.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, validate_scales: bool = True):
+    def __init__(self, path: str | os.PathLike[str], *, validate_scales: bool = True, revision: str | None = None,
+                 cache_dir: str | os.PathLike[str] | None = None, token: str | bool | None = None,
+                 local_files_only: bool = False, progress: bool = True):
+        from motensor.hub import resolve
+
         if not isinstance(path, (str, os.PathLike)):
             raise ArgumentError(f"a checkpoint path is a str or os.PathLike, not {type(path).__name__}")
         if not isinstance(validate_scales, bool):
             raise ArgumentError(f"validate_scales is True or False, not {validate_scales!r}")
+        # A Hub repo id ("org/name") becomes its snapshot in the HF cache; a path stays a path.
+        path = resolve(path, revision=revision, cache_dir=cache_dir, token=token,
+                       local_files_only=local_files_only, progress=progress)
         self.path = Path(path)
         self._core = _core.Checkpoint(os.fspath(path), validate_scales)
 
@@ -301,8 +308,15 @@ def _human(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def open(path: str | os.PathLike[str], *, validate_scales: bool = True) -> Checkpoint:  # noqa: A001 - mirrors safetensors.safe_open / builtins
-    """Opens a ModelOpt checkpoint directory (or a single ``.safetensors`` file) for reading.
+def open(path: str | os.PathLike[str], *, validate_scales: bool = True,  # noqa: A001 - mirrors safetensors.safe_open
+         revision: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
+         token: str | bool | None = None, local_files_only: bool = False, progress: bool = True) -> Checkpoint:
+    """Opens a ModelOpt checkpoint directory (or a single ``.safetensors`` file, or a Hugging Face
+    Hub repo id such as ``"nvidia/Llama-3.1-8B-Instruct-FP8"``) for reading.
+
+    For a repo id, the safetensors, JSON and tokenizer files of ``revision`` are downloaded into the
+    Hugging Face cache (``cache_dir``; ``token`` for gated repos), or only looked up there with
+    ``local_files_only=True`` or ``HF_HUB_OFFLINE=1``. ``progress`` shows the download bars.
 
     ``validate_scales=False`` turns off the poisoned-scale checks (see :class:`Checkpoint`), to
     inspect a broken file.
@@ -311,4 +325,5 @@ def open(path: str | os.PathLike[str], *, validate_scales: bool = True) -> Check
     >>> ckpt.modules["model.layers.0.mlp.down_proj"].quant_algo
     'NVFP4'
     """
-    return Checkpoint(path, validate_scales=validate_scales)
+    return Checkpoint(path, validate_scales=validate_scales, revision=revision, cache_dir=cache_dir, token=token,
+                      local_files_only=local_files_only, progress=progress)

@@ -31,14 +31,23 @@ def _default_device() -> str:
 
 
 def _dtype(name: str):
-    import torch
+    from motensor.args import DTYPE_NAMES
 
-    table = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
-             "float32": torch.float32, "fp32": torch.float32}
+    if name.lower() == "auto":
+        return "auto"
     try:
-        return table[name.lower()]
+        return DTYPE_NAMES[name.lower()]
     except KeyError:
-        raise argparse.ArgumentTypeError(f"unknown dtype {name!r} (one of {', '.join(table)})") from None
+        raise argparse.ArgumentTypeError(f"unknown dtype {name!r} (one of auto, {', '.join(DTYPE_NAMES)})") from None
+
+
+def _hub(args: argparse.Namespace) -> dict:
+    """The Hub options of a command (PATH may be a repo id)."""
+    return {"revision": args.revision, "cache_dir": args.cache_dir, "local_files_only": args.local_files_only}
+
+
+#: Packages of the ``models`` extra: a command that needs one names the extra, not a traceback.
+_MODELS_EXTRA = ("transformers", "tokenizers", "huggingface_hub", "accelerate")
 
 
 def _counts(names_formats) -> str:
@@ -52,7 +61,7 @@ def _counts(names_formats) -> str:
 def _inspect(args: argparse.Namespace) -> int:
     import motensor
 
-    ckpt = motensor.open(args.path)
+    ckpt = motensor.open(args.path, **_hub(args))
     print(ckpt.summary())
     return 0
 
@@ -64,7 +73,8 @@ def _load(args: argparse.Namespace) -> int:
     if args.model:
         _quiet_transformers(args)
         t0 = time.perf_counter()
-        model = motensor.from_pretrained(args.path, device=device, dtype=args.dtype, progress=not args.quiet)
+        model = motensor.from_pretrained(args.path, device=device, dtype=args.dtype, progress=not args.quiet,
+                                         **_hub(args))
         seconds = time.perf_counter() - t0
         r = model.motensor_report
         print(f"loaded {r.architecture} ({r.quant_algo or 'unquantized'}) onto {device} in {seconds:.2f} s")
@@ -76,7 +86,7 @@ def _load(args: argparse.Namespace) -> int:
         if r.kv_cache_scales:
             print(f"  FP8 KV-cache scales on {r.kv_cache_scales} attention modules")
         return 0
-    loaded = motensor.load(args.path, device=device, dtype=args.dtype, progress=not args.quiet)
+    loaded = motensor.load(args.path, device=device, dtype=args.dtype, progress=not args.quiet, **_hub(args))
     print(f"loaded {loaded.checkpoint.root} onto {loaded.device}: {loaded.stats}")
     print(f"  quantized modules: {len(loaded.modules)} ({_counts(m.info.quant_algo for m in loaded.modules.values())})")
     print(f"  other tensors: {len(loaded.tensors)} (embeddings, norms, excluded layers, KV-cache scales)")
@@ -94,9 +104,9 @@ def _generate(args: argparse.Namespace) -> int:
 
     _quiet_transformers(args)
     device = args.device or _default_device()
-    tok = motensor.load_tokenizer(args.path)
+    tok = motensor.load_tokenizer(args.path, **_hub(args))
     t0 = time.perf_counter()
-    model = motensor.from_pretrained(args.path, device=device, dtype=args.dtype)
+    model = motensor.from_pretrained(args.path, device=device, dtype=args.dtype, **_hub(args))
     load_s = time.perf_counter() - t0
     enc = tok(args.prompt, return_tensors="pt").to(device)
     gen = dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0)
@@ -128,7 +138,7 @@ def _bench(args: argparse.Namespace) -> int:
     _quiet_transformers(args)
     device = torch.device(args.device or _default_device())
     t0 = time.perf_counter()
-    model = motensor.from_pretrained(args.path, device=device, dtype=args.dtype)
+    model = motensor.from_pretrained(args.path, device=device, dtype=args.dtype, **_hub(args))
     bench.sync(device)
     load_s = time.perf_counter() - t0
     first_s = bench.first_token(model, args.prompt_len)
@@ -174,22 +184,31 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def hub_args(s):
+        g = s.add_argument_group("Hugging Face Hub repo ids (PATH = org/name)")
+        g.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
+        g.add_argument("--cache-dir", default=None, help="Hugging Face cache directory (default: HF_HUB_CACHE)")
+        g.add_argument("--local-files-only", action="store_true",
+                       help="use the cache only, no network (also: HF_HUB_OFFLINE=1)")
+
     s = sub.add_parser("inspect", help="print the modules, formats and sizes of a checkpoint",
                        description="Print a checkpoint's quantization metadata and a table of its quantized "
                                    "modules (format, shape, group size, bytes). Reads headers only.")
-    s.add_argument("path", help="checkpoint directory or .safetensors file")
+    s.add_argument("path", help="checkpoint directory, .safetensors file or Hugging Face Hub repo id")
+    hub_args(s)
     s.set_defaults(func=_inspect)
 
     def device_args(s):
+        hub_args(s)
         s.add_argument("--device", default=None, help="cuda, cuda:1, cpu... (default: cuda if available, else cpu)")
-        s.add_argument("--dtype", type=_dtype, default="bfloat16",
-                       help="activation / unquantized weight dtype (default: bfloat16)")
+        s.add_argument("--dtype", type=_dtype, default="auto",
+                       help="activation / unquantized weight dtype (default: auto = the checkpoint's, bf16)")
 
     s = sub.add_parser("load", help="load a checkpoint onto a device and report the speed",
                        description="Load every tensor of a checkpoint onto a device in motensor's kernel layout "
                                    "(motensor.load) and report bytes, seconds, GB/s and modules per format. With "
                                    "--model, build the whole transformers model (motensor.from_pretrained) instead.")
-    s.add_argument("path", help="checkpoint directory")
+    s.add_argument("path", help="checkpoint directory or Hugging Face Hub repo id")
     device_args(s)
     s.add_argument("--model", action="store_true", help="build the transformers model, not only the tensors")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -199,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Build the model (motensor.from_pretrained) and its tokenizer from the checkpoint "
                                    "directory and print the prompt followed by the generated text (greedy unless "
                                    "--temperature is set).")
-    s.add_argument("path", help="checkpoint directory (with tokenizer files)")
+    s.add_argument("path", help="checkpoint directory or Hub repo id (with tokenizer files)")
     s.add_argument("-p", "--prompt", required=True, help="the text to continue")
     s.add_argument("-n", "--max-new-tokens", type=int, default=64, help="tokens to generate (default: 64)")
     device_args(s)
@@ -213,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Time a checkpoint end to end: load seconds and GB/s, load-to-first-token, "
                                    "greedy decode tokens/s per batch size (time of N new tokens minus time of one), "
                                    "prefill tokens/s. Random prompt tokens; best of --repeat runs after a warm-up.")
-    s.add_argument("path", help="checkpoint directory")
+    s.add_argument("path", help="checkpoint directory or Hugging Face Hub repo id")
     device_args(s)
     s.add_argument("--batch", type=int, nargs="+", default=[1], help="decode batch sizes (default: 1)")
     s.add_argument("--prompt-len", type=int, default=128, help="decode prompt length (default: 128)")
@@ -234,6 +253,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except MotensorError as e:
         print(f"motensor: error: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:
+        missing = getattr(e, "name", None) or ""
+        if missing.split(".")[0] not in _MODELS_EXTRA and "motensor[models]" not in str(e):
+            raise
+        print(f"motensor: error: `motensor {args.command}` needs {missing.split('.')[0] or 'transformers'}, "
+              "which is not installed: pip install 'motensor[models]'", file=sys.stderr)
         return 2
 
 

@@ -48,12 +48,15 @@ def load(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     num_buffers: int = DEFAULT_NUM_BUFFERS,
     validate_scales: bool | None = None,
+    **hub_kwargs,
 ) -> LoadedCheckpoint:
     """Loads a ModelOpt checkpoint onto ``device``, every tensor in motensor's kernel layout.
 
     Args:
         checkpoint: a checkpoint directory (``model.safetensors``, or an index with shards), a
-            single ``.safetensors`` file, or an already opened :class:`motensor.Checkpoint`.
+            single ``.safetensors`` file, a Hugging Face Hub repo id (``hub_kwargs``:
+            ``revision``, ``cache_dir``, ``token``, ``local_files_only``, as in
+            :func:`motensor.open`), or an already opened :class:`motensor.Checkpoint`.
         device: ``"cuda"``, ``"cuda:1"``, a device index, ``"cpu"`` or a ``torch.device``.
         dtype: converts the unquantized floating tensors (embeddings, norms, excluded layers)
             and the modules' ``pre_quant_scale`` and ``bias`` to this dtype. Quantized weights,
@@ -99,6 +102,7 @@ def load(
         chunk_bytes=chunk_bytes,
         num_buffers=num_buffers,
         validate_scales=validate_scales,
+        hub_kwargs=hub_kwargs,
     )
 
 
@@ -113,6 +117,7 @@ def _load(
     num_buffers: int,
     staged: bool | None = None,
     validate_scales: bool | None = None,
+    hub_kwargs: Mapping | None = None,
 ) -> LoadedCheckpoint:
     """:func:`load`, plus ``staged``: force (``True``) or forbid (``False``) the staging ring.
     Forcing it on the CPU runs the CUDA path's batch loop with ordinary buffers and
@@ -120,6 +125,11 @@ def _load(
     t0 = time.perf_counter()
     dev = resolve_device(device)
     patterns = _patterns(modules)
+    if isinstance(dtype, str):
+        from motensor.args import resolve_dtype
+
+        # "auto": the checkpoint's own dtypes, i.e. no conversion.
+        dtype = None if dtype == "auto" else resolve_dtype(dtype)
     if dtype is not None and dtype not in _CASTABLE:
         raise ArgumentError(f"dtype= converts to one of {_names(_CASTABLE)}, not {dtype}")
     if dtype is not None and not isinstance(dtype, torch.dtype):
@@ -139,7 +149,8 @@ def _load(
             ck = Checkpoint(ck.path, validate_scales=validate_scales)
             open_seconds = time.perf_counter() - t0
     else:
-        ck = Checkpoint(checkpoint, validate_scales=True if validate_scales is None else validate_scales)
+        ck = Checkpoint(checkpoint, validate_scales=True if validate_scales is None else validate_scales,
+                        progress=progress, **(hub_kwargs or {}))
         open_seconds = time.perf_counter() - t0
 
     plan = ck._core.plan(patterns)

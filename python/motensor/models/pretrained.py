@@ -101,23 +101,40 @@ class ModelReport:
 
 def from_pretrained(
     path: Union[str, os.PathLike],
-    device: Union[str, torch.device] = "cuda",
-    dtype: torch.dtype = torch.bfloat16,
+    device: Union[str, int, torch.device, None] = None,
+    dtype: Union[str, torch.dtype, None] = "auto",
     *,
-    progress: bool = False,
+    device_map: Any = None,
+    torch_dtype: Union[str, torch.dtype, None] = None,
+    progress: bool = True,
     moe_mode: str = "auto",
     check_architecture: bool = True,
+    revision: Optional[str] = None,
+    cache_dir: Union[str, os.PathLike, None] = None,
+    token: Union[str, bool, None] = None,
+    local_files_only: bool = False,
     **hf_kwargs: Any,
 ) -> "PreTrainedModel":
-    """Builds the transformers model of a ModelOpt checkpoint directory with motensor's
-    quantized modules, on ``device``, in eval mode.
+    """Builds the transformers model of a ModelOpt checkpoint (a directory or a Hugging Face Hub
+    repo id) with motensor's quantized modules, on one device, in eval mode.
 
-    ``dtype`` is the activation / unquantized-weight dtype (the checkpoint's is bf16).
-    ``hf_kwargs`` go to ``AutoConfig.from_pretrained`` (config overrides), except
-    ``attn_implementation`` (``"sdpa"``, ``"eager"``...), which goes to the model.
+    The transformers way, ``AutoModelForCausalLM.from_pretrained(path, device_map=..., dtype=...)``
+    after ``import motensor``, returns the same model; this is the short form with motensor's
+    options.
+
+    ``device`` / ``device_map``: ``"cuda"``, ``"cuda:1"``, a GPU index, ``"cpu"``, ``"auto"`` or a
+    dict placing everything on one device; default: CUDA if torch sees a GPU, else the CPU.
+    ``dtype`` (or ``torch_dtype``): the activation / unquantized-weight dtype, a ``torch.dtype`` or
+    a name; ``"auto"`` (default) = the checkpoint's (``config.json``, bf16 for ModelOpt exports).
+    ``revision``, ``cache_dir``, ``token``, ``local_files_only``: for Hub repo ids (see
+    :func:`motensor.open`). ``hf_kwargs`` go to ``AutoConfig.from_pretrained`` (config overrides),
+    except ``attn_implementation`` (``"sdpa"``, ``"eager"``...), which goes to the model.
     ``moe_mode`` picks the experts path (``"auto"``, ``"loop"``, ``"dense"``; see
     ``motensor.models.moe``). ``check_architecture=False`` tries architectures outside
-    :data:`SUPPORTED_ARCHITECTURES` (untested).
+    :data:`SUPPORTED_ARCHITECTURES` (untested). ``progress`` shows download and load bars.
+
+    The model has ``config.quantization_config`` (a :class:`motensor.ModelOptConfig`),
+    ``hf_quantizer``, ``is_quantized``, and ``save_pretrained`` writes a ModelOpt checkpoint.
 
     >>> model = motensor.from_pretrained("tests/data/demo", device="cpu")
     >>> tok = motensor.load_tokenizer("tests/data/demo")
@@ -126,16 +143,43 @@ def from_pretrained(
     import time
 
     import motensor
+    from motensor.args import resolve_device, resolve_dtype
 
     t0 = time.perf_counter()
-    ckpt = motensor.open(path)
+    _require_transformers()
+    ckpt = motensor.open(path, revision=revision, cache_dir=cache_dir, token=token,
+                         local_files_only=local_files_only, progress=progress)
+    dtype = resolve_dtype(dtype, torch_dtype, ckpt.config)
+    device = resolve_device(device, device_map)
     config, arch = _config(ckpt, hf_kwargs, check_architecture)
     attn = hf_kwargs.pop("attn_implementation", None)
     model = _build_on_meta(arch, config, dtype, attn)
+    report = populate(model, ckpt, device=device, dtype=dtype, progress=progress, moe_mode=moe_mode)
+    model.eval()
+    model.requires_grad_(False)
+    _generation_config(model, ckpt.root)
+    report.seconds = time.perf_counter() - t0
+
+    from motensor.integrations.hf_quantizer import attach
+
+    attach(model, ckpt, report)
+    log.info("%s: %d quantized Linears, %d expert containers, %d plain tensors in %.2f s", report.architecture,
+             len(report.quantized_linears), len(report.quantized_experts), report.plain_tensors, report.seconds)
+    return model
+
+
+def populate(model: "PreTrainedModel", ckpt: "Checkpoint", *, device: torch.device, dtype: torch.dtype,
+             progress: bool = True, moe_mode: str = "auto") -> ModelReport:
+    """Fills a transformers model built on the meta device from ``ckpt`` (steps 3-6 above):
+    motensor's loader puts every tensor on ``device``, quantized modules replace the Linears and
+    expert containers, the rest is assigned without copies. Used by :func:`from_pretrained` and
+    by the transformers quantizer (``AutoModelForCausalLM.from_pretrained``)."""
+    import motensor
 
     loaded = motensor.load(ckpt, device=device, dtype=dtype, progress=progress)
     target = loaded.device  # resolved ("cuda" -> "cuda:0"), checked by the loader
     q = ckpt.quant_config
+    arch = type(model).__name__
     report = ModelReport(architecture=arch, quant_algo=q.quant_algo if q else None, load_stats=loaded.stats)
     rename = naming.renamer(model)
 
@@ -147,26 +191,45 @@ def from_pretrained(
                                               q.kv_cache_quant_algo if q else None)
     _init_non_persistent_buffers(model, target)
     _check_complete(model, ckpt.root)
-
-    model.eval()
-    model.requires_grad_(False)
-    _generation_config(model, ckpt.root)
-    report.seconds = time.perf_counter() - t0
     model.motensor_report = report
-    log.info("%s: %d quantized Linears, %d expert containers, %d plain tensors in %.2f s", arch,
-             len(report.quantized_linears), len(report.quantized_experts), report.plain_tensors, report.seconds)
-    return model
+    return report
+
+
+def _require_transformers() -> None:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "motensor.from_pretrained builds transformers models, and transformers is not installed: "
+            "pip install 'motensor[models]'"
+        ) from None
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
 
 
 def load_tokenizer(path: Union[str, os.PathLike], **kwargs: Any):
-    """The checkpoint directory's tokenizer (``AutoTokenizer``, offline)."""
+    """The checkpoint's tokenizer (``AutoTokenizer``), from a directory or a Hub repo id.
+
+    Raises :class:`~motensor.errors.ConfigError` when the checkpoint has no tokenizer files."""
+    _require_transformers()
     from transformers import AutoTokenizer
 
+    from motensor.hub import resolve
+
+    hub = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token") if k in kwargs}
+    root = resolve(path, local_files_only=kwargs.pop("local_files_only", False), **hub)
+    if root.is_dir() and not any((root / f).is_file() for f in _TOKENIZER_FILES) and not any(root.glob("*.tiktoken")):
+        # AutoTokenizer would build an empty tokenizer here, and generate() fail far away.
+        raise ConfigError(f"{path}: this checkpoint has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); "
+                          "encoding a prompt needs one: copy the original model's tokenizer files beside the "
+                          "weights, or load the tokenizer from the original model")
     kwargs.setdefault("local_files_only", True)
     try:
-        return AutoTokenizer.from_pretrained(os.fspath(path), **kwargs)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: no usable tokenizer in this directory ({e})") from e
+        return AutoTokenizer.from_pretrained(os.fspath(root), **kwargs)
+    except (OSError, ValueError, TypeError) as e:
+        raise ConfigError(f"{path}: no usable tokenizer in this checkpoint ({type(e).__name__}: {e}); "
+                          "tokenizer.json / tokenizer_config.json are needed to encode prompts") from e
 
 
 # -- 1. config and architecture -----------------------------------------------------------------
