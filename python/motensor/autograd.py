@@ -55,14 +55,17 @@ def _check_frozen(op: str, **tensors: Optional[Tensor]) -> None:
             )
 
 
-def _operand(w: Tensor, dtype: torch.dtype) -> Tensor:
-    """The dense weight in the gradient's dtype (the forward rounds it the same way for fp16/bf16)."""
-    return w.to(dtype)
-
-
 def _input_grad(grad: Tensor, w: Tensor) -> Tensor:
-    """dy [..., N] @ W [N, K] -> [..., K] in dy's dtype; ``w`` is used once and dropped."""
-    return grad @ _operand(w, grad.dtype)
+    """dy [..., N] @ W [N, K] -> [..., K] in dy's dtype; ``w`` is used once and dropped.
+
+    ``w`` is first rounded to the gradient's dtype, the operand the forward multiplies with. On
+    the GPU the product runs in that dtype (tensor cores, fp32 accumulation); elsewhere in fp32
+    like the CPU references (CPU bf16 GEMMs are both slower and less exact).
+    """
+    w = w.to(grad.dtype)
+    if grad.device.type == "cuda" or grad.dtype == torch.float32:
+        return grad @ w
+    return (grad.float() @ w.float()).to(grad.dtype)
 
 
 def _bias_grad(grad: Tensor, bias: Optional[Tensor], needed: bool) -> Optional[Tensor]:
@@ -105,7 +108,7 @@ def _w4a16_backward(ctx, grad):
         element, scale_kind, group_size = ctx.w4
         # One dense [N, K] weight in the gradient's dtype, exactly the operand the forward rounds to.
         w = ops.dequant_w4(qweight, scales, global_scale, element, scale_kind, group_size, grad.dtype)
-        dx = grad @ w
+        dx = _input_grad(grad, w)
     return dx, None, None, None, _bias_grad(grad, bias, ctx.needs_input_grad[4]), None, None, None, None
 
 
