@@ -21,8 +21,8 @@ multiple adapters, ``adapter_names`` mixed batches, saving) around a frozen ``Qu
 base output comes from the motensor kernels, gradients flow to the input through
 ``motensor.autograd`` (straight-through activation quantizers), and the quantized bytes never
 change. The quantized experts of MoE models (``QuantExperts``) hold one ``QuantLinear`` per
-expert and projection, so LoRA attaches to experts by name, e.g.
-``target_modules=r".*experts\\.(gate|up|down)\\.\\d+"``.
+expert and projection, so LoRA attaches to experts by name (``...mlp.experts.gate.3``; pass the
+names, or ``"all-linear"``, which :func:`get_peft_model` expands to every quantized Linear).
 
 Refused, with a :class:`LoraMergeError` / ``ValueError`` that says why: merging an adapter into
 the quantized weight (the sum is not representable in the checkpoint's format; keep the adapter
