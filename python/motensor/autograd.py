@@ -35,7 +35,11 @@ from motensor import ops
 from motensor.errors import ArgumentError
 from motensor.kernels import reference as ref
 
-__all__ = ["FrozenWeightError", "INT8_QMIN", "INT8_QMAX"]
+__all__ = ["FrozenWeightError", "INT8_QMIN", "INT8_QMAX", "TRAINABLE"]
+
+# Read by transformers-facing code: a motensor ``HfQuantizer`` answers ``is_trainable`` with this
+# (adapters train on top of the frozen quantized modules; tests/test_lora.py).
+TRAINABLE = True
 
 INT8_QMIN, INT8_QMAX = -128.0, 127.0  # the INT8 SmoothQuant activation range (reference.int8_quant_static)
 
