@@ -22,7 +22,7 @@ stubs:
 	.venv/bin/python scripts/gen_stubs.py
 
 py-lint:
-	.venv/bin/ruff check python scripts benches tests
+	.venv/bin/ruff check python scripts benches tests examples
 	.venv/bin/mypy
 
 rust-lint:

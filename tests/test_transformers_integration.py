@@ -126,10 +126,33 @@ def test_modelopt_031_config_without_quant_method(tmp_path):
     torch.testing.assert_close(_logits(auto), _logits(ref), rtol=0, atol=0)
 
 
-def test_quantizer_trainable_hook_exists():
+def test_quantizer_is_trainable():
     q = ModelOptHfQuantizer(ModelOptConfig(), pre_quantized=True)
-    assert q.is_trainable is ModelOptHfQuantizer.supports_training
+    assert q.is_trainable is True
     assert q.is_serializable()
+
+
+def test_automodel_lora_with_prepare_model_for_kbit_training():
+    """The front door a QLoRA user takes: AutoModel -> prepare_model_for_kbit_training -> LoRA."""
+    peft = pytest.importorskip("peft")
+    import motensor.lora as mlora
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(DATA / "llama-nvfp4", device_map="cpu", dtype=torch.float32)
+    assert model.hf_quantizer.is_trainable
+    model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    assert all(not p.requires_grad for p in model.parameters())
+    pm = mlora.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(1))
+    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(12):
+        loss = pm(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
 
 
 # -- hub ids ---------------------------------------------------------------------------------------

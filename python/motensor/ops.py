@@ -325,3 +325,6 @@ def _(x, weight, weight_scale, input_scale, bias):
 
 
 __all__ += ["mxfp4_fake_quant", "fp8_fake_quant", "fp8_linear", "int8_linear"]
+
+# Backward formulas (input/bias gradients, straight-through activation quantizers) for the ops above.
+from motensor import autograd as _autograd  # noqa: E402,F401

@@ -221,13 +221,11 @@ class ModelOptHfQuantizer(HfQuantizer):
 
     @property
     def is_trainable(self) -> bool:
-        """Whether PEFT / Trainer may train adapters on this model (quantized weights frozen).
-        Hook for the training work: true once the quantized modules have a backward (set
-        ``ModelOptHfQuantizer.supports_training = True`` there)."""
-        return self.supports_training
+        """Whether PEFT / Trainer may train adapters on this model: the quantized weights stay
+        frozen, every motensor op on the forward path has a backward (``motensor.autograd``)."""
+        from motensor import autograd
 
-    #: Flipped by the training work when QuantLinear's backward is in place.
-    supports_training = False
+        return autograd.TRAINABLE
 
     @property
     def is_qat_trainable(self) -> bool:

@@ -62,6 +62,11 @@ class QuantLinear(nn.Module):
         if missing:
             raise FormatError(f"{name or 'QuantLinear'} ({self.format.name}): missing {missing}")
         self.recipe: Recipe = recipe_for(self.format)
+        if self.format.activation is not Activation.NONE:
+            # Quantizers amplify a one-ulp change of their input: keep inductor's roundings eager's.
+            from motensor.compile_numerics import match_eager_casts
+
+            match_eager_casts()
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -117,6 +122,10 @@ class QuantLinear(nn.Module):
             raise TypeError(f"{self.name or 'QuantLinear'}: input must be float16/bfloat16/float32, got {x.dtype}")
         if x.device != self.weight.device:
             raise ArgumentError(f"{self.name or 'QuantLinear'}: input on {x.device}, weights on {self.weight.device}")
+        if torch.is_autocast_enabled(x.device.type):
+            # Like nn.Linear under autocast: the product runs in the autocast dtype (the custom ops
+            # are not autocast-aware themselves, and must not cast their fp32/FP8 scales).
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         if self.pre_quant_scale is not None:
