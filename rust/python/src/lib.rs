@@ -4,6 +4,8 @@
 //! errors mapped onto the `motensor.errors` exception hierarchy (defined here so that the
 //! extension can raise them; `motensor.errors` re-exports them).
 
+mod cpu_gemm;
+
 use std::sync::Arc;
 
 use pyo3::create_exception;
@@ -503,6 +505,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(format_table, m)?)?;
     m.add_function(wrap_pyfunction!(unsupported_formats, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    cpu_gemm::register(m)?;
     m.add("MotensorError", py.get_type::<MotensorError>())?;
     m.add("HeaderError", py.get_type::<HeaderError>())?;
     m.add("ShardError", py.get_type::<ShardError>())?;

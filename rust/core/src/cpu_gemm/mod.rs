@@ -184,12 +184,42 @@ impl Weight<'_> {
         matches!(self, Weight::W4(_))
     }
 
-    fn decode_row(&self, isa: Isa, op: Operand, row: usize, natural: bool, out: &mut [f32]) {
-        match self {
-            Weight::W4(w) => w.decode_row(isa, op, row, natural, out),
-            Weight::Fp8(w) => fp8::decode_row(w, isa, op, row, out),
-            Weight::Int8(w) => int8::decode_row(w, isa, op, row, out),
+    /// Per-task preparation: the effective 4-bit group scales of rows `n0..n0 + rows`
+    /// (`[rows, k / group]`, see `W4Weight::gather_scales`); nothing for the other families.
+    fn gather(&self, n0: usize, rows: usize, scratch: &mut Vec<f32>) {
+        if let Weight::W4(w) = self {
+            w.gather_scales(n0, rows, scratch);
         }
+    }
+
+    /// Number of gathered scales per row.
+    fn gathered_per_row(&self) -> usize {
+        match self {
+            Weight::W4(w) => w.k / w.group,
+            _ => 0,
+        }
+    }
+
+    /// Decodes rows `n0..n0 + rows` into `out` (`[rows, k]`); `gathered` holds their
+    /// `gather`ed scales.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_rows(&self, isa: Isa, op: Operand, n0: usize, rows: usize, natural: bool, out: &mut [f32], gathered: &[f32]) {
+        let k = self.k();
+        let ng = self.gathered_per_row();
+        for r in 0..rows {
+            let dst = &mut out[r * k..(r + 1) * k];
+            match self {
+                Weight::W4(w) => w.decode_row(isa, op, n0 + r, &gathered[r * ng..(r + 1) * ng], natural, dst),
+                Weight::Fp8(w) => fp8::decode_row(w, isa, op, n0 + r, dst),
+                Weight::Int8(w) => int8::decode_row(w, isa, op, n0 + r, dst),
+            }
+        }
+    }
+
+    /// `gather` + `decode_rows`.
+    fn decode_block(&self, isa: Isa, op: Operand, n0: usize, rows: usize, natural: bool, out: &mut [f32], scratch: &mut Vec<f32>) {
+        self.gather(n0, rows, scratch);
+        self.decode_rows(isa, op, n0, rows, natural, out, scratch);
     }
 }
 
@@ -227,12 +257,13 @@ pub fn gemm(x: &[f32], m: usize, w: &Weight, op: Operand, epi: &Epilogue, out: &
         let n0 = t * TASK_ROWS;
         let rows = chunk.len() / m;
         let mut buf = vec![0f32; ROWS * k];
+        let mut scratch = Vec::new();
+        w.gather(n0, rows, &mut scratch);
+        let ng = w.gathered_per_row();
         let mut r = 0;
         while r < rows {
             let nr = ROWS.min(rows - r);
-            for i in 0..nr {
-                w.decode_row(isa, op, n0 + r + i, false, &mut buf[i * k..(i + 1) * k]);
-            }
+            w.decode_rows(isa, op, n0 + r, nr, false, &mut buf[..nr * k], &scratch[r * ng..]);
             for i in nr..ROWS {
                 buf[i * k..(i + 1) * k].fill(0.0);
             }
@@ -305,7 +336,9 @@ pub fn dequant(w: &Weight, op: Operand, out: &mut [f32], isa: Isa) -> Result<()>
         return Ok(());
     }
     crate::fill::num_threads();
-    out.par_chunks_mut(k).enumerate().for_each(|(row, dst)| w.decode_row(isa, op, row, true, dst));
+    out.par_chunks_mut(TASK_ROWS * k).enumerate().for_each_init(Vec::new, |scratch, (t, dst)| {
+        w.decode_block(isa, op, t * TASK_ROWS, dst.len() / k, true, dst, scratch)
+    });
     Ok(())
 }
 
@@ -320,10 +353,11 @@ pub fn dequant_bf16(w: &Weight, out: &mut [u16], isa: Isa) -> Result<()> {
         return Ok(());
     }
     crate::fill::num_threads();
-    out.par_chunks_mut(k).enumerate().for_each_init(
-        || vec![0f32; k],
-        |buf, (row, dst)| {
-            w.decode_row(isa, Operand::Bf16, row, true, buf);
+    out.par_chunks_mut(TASK_ROWS * k).enumerate().for_each_init(
+        || (vec![0f32; TASK_ROWS * k], Vec::new()),
+        |(buf, scratch), (t, dst)| {
+            let buf = &mut buf[..dst.len()];
+            w.decode_block(isa, Operand::Bf16, t * TASK_ROWS, dst.len() / k, true, buf, scratch);
             // Already rounded to bf16: the upper half of the fp32 bits is the bf16 value.
             for (d, s) in dst.iter_mut().zip(buf.iter()) {
                 *d = (s.to_bits() >> 16) as u16;

@@ -78,7 +78,7 @@ fn check_all(w: &Weight, op: Operand, label: &str, rng: &mut Rng) {
         for isa in isas() {
             let mut row = vec![0f32; k];
             for r in [0, n - 1] {
-                w.decode_row(isa, op, r, natural, &mut row);
+                w.decode_block(isa, op, r, 1, natural, &mut row, &mut Vec::new());
                 match &first {
                     None => first = Some(row.clone()),
                     Some(f) if r == 0 => assert_eq!(
@@ -194,4 +194,28 @@ fn bad_lengths_are_errors() {
     let b = [0f32; 3];
     let epi = Epilogue { a: Factor::One, b: Factor::One, bias: Some(&b) };
     assert!(gemm(&[0.0; 32], 1, &w, Operand::F32, &epi, &mut y, Isa::Scalar).is_err());
+}
+
+#[test]
+#[ignore]
+fn bench_w4_gemv() {
+    let mut rng = Rng(1);
+    let (n, k, g) = (4096, 4096, 16);
+    let packed = rng.bytes(n * k / 2);
+    let sc: Vec<u8> = rng.bytes(k / g * n).into_iter().map(|b| b & 0x77).collect();
+    let w = Weight::W4(W4Weight { packed: &packed, n, k, element: Element4::E2M1, scales: Scales4::E4M3(&sc), group: g, scale_mul: Some(0.01), scale_div: None });
+    let x = rng.f32s(k, 1.0);
+    let mut y = vec![0f32; n];
+    let mut row = vec![0f32; k];
+    let isa = Isa::detect();
+    let t = std::time::Instant::now();
+    let mut sc = Vec::new();
+    for r in 0..n { w.decode_block(isa, Operand::Bf16, r, 1, false, &mut row, &mut sc); }
+    eprintln!("decode only: {:?}", t.elapsed());
+    let t = std::time::Instant::now();
+    for _ in 0..n / 4 { std::hint::black_box(dot::dot_1x4(isa, &x, [&row, &row, &row, &row])); }
+    eprintln!("dot only: {:?}", t.elapsed());
+    let t = std::time::Instant::now();
+    gemm(&x, 1, &w, Operand::Bf16, &Epilogue::NONE, &mut y, isa).unwrap();
+    eprintln!("gemm: {:?} threads {}", t.elapsed(), rayon::current_num_threads());
 }

@@ -82,6 +82,20 @@ impl W4Weight<'_> {
         }
     }
 
+    /// Effective scales of rows `n0..n0 + rows`, row-major `[rows, k / group]`. The stored
+    /// scales are `[k / group, n]`: gathering a block of rows at once reads each cache line
+    /// (and page) of them once per block instead of once per row.
+    pub(super) fn gather_scales(&self, n0: usize, rows: usize, out: &mut Vec<f32>) {
+        let ng = self.k / self.group;
+        out.clear();
+        out.resize(rows * ng, 0.0);
+        for g in 0..ng {
+            for r in 0..rows {
+                out[r * ng + g] = self.scale(g, n0 + r);
+            }
+        }
+    }
+
     /// The 16 nibble values of the element kind.
     #[inline(always)]
     fn values(&self) -> &'static [f32; 16] {
@@ -91,27 +105,27 @@ impl W4Weight<'_> {
         }
     }
 
-    /// Decodes row `row` into `out` (`k` values): natural order, or de-interleaved.
-    pub(super) fn decode_row(&self, isa: Isa, op: Operand, row: usize, natural: bool, out: &mut [f32]) {
+    /// Decodes row `row` into `out` (`k` values) given its effective group scales (from
+    /// `gather_scales`): natural order, or de-interleaved.
+    pub(super) fn decode_row(&self, isa: Isa, op: Operand, row: usize, scales: &[f32], natural: bool, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if isa != Isa::Scalar && self.group % 16 == 0 {
             // SAFETY: Isa::Avx2/Avx512 are only produced by `Isa::detect`, which checked
             // that this CPU has AVX2, FMA and F16C.
-            unsafe { super::x86::w4_decode_row(self, op, row, natural, out) };
+            unsafe { super::x86::w4_decode_row(self, op, row, scales, natural, out) };
             return;
         }
         let _ = isa;
-        self.decode_row_portable(op, row, natural, out)
+        self.decode_row_portable(op, row, scales, natural, out)
     }
 
-    pub(super) fn decode_row_portable(&self, op: Operand, row: usize, natural: bool, out: &mut [f32]) {
+    pub(super) fn decode_row_portable(&self, op: Operand, row: usize, scales: &[f32], natural: bool, out: &mut [f32]) {
         let (k, g) = (self.k, self.group);
         let h = k / 2;
         let bytes = &self.packed[row * h..(row + 1) * h];
         let values = self.values();
         let mut table = [0f32; 16];
-        for gi in 0..k / g {
-            let s = self.scale(gi, row);
+        for (gi, &s) in scales[..k / g].iter().enumerate() {
             for (t, v) in table.iter_mut().zip(values.iter()) {
                 *t = op.apply(v * s);
             }
@@ -130,12 +144,6 @@ impl W4Weight<'_> {
                 }
             }
         }
-    }
-
-    /// The scale and 16-entry table of a group (for the SIMD decoders).
-    #[inline(always)]
-    pub(super) fn group_scale(&self, g: usize, row: usize) -> f32 {
-        self.scale(g, row)
     }
 
     pub(super) fn nibble_values(&self) -> &'static [f32; 16] {

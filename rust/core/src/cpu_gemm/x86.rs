@@ -86,7 +86,7 @@ unsafe fn lookup16(t_lo: __m256, t_hi: __m256, idx: __m256i) -> __m256 {
 
 /// AVX2 version of `W4Weight::decode_row_portable` (same values, bit for bit); `group % 16 == 0`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn w4_decode_row(w: &W4Weight, op: Operand, row: usize, natural: bool, out: &mut [f32]) {
+pub(super) unsafe fn w4_decode_row(w: &W4Weight, op: Operand, row: usize, scales: &[f32], natural: bool, out: &mut [f32]) {
     let (k, g) = (w.k, w.group);
     let h = k / 2;
     let bytes = &w.packed[row * h..(row + 1) * h];
@@ -95,8 +95,8 @@ pub(super) unsafe fn w4_decode_row(w: &W4Weight, op: Operand, row: usize, natura
     let v_lo = _mm256_loadu_ps(vals[..8].as_ptr());
     let v_hi = _mm256_loadu_ps(vals[8..].as_ptr());
     let mask = _mm256_set1_epi32(15);
-    for gi in 0..k / g {
-        let s = _mm256_set1_ps(w.group_scale(gi, row));
+    for (gi, &sc) in scales[..k / g].iter().enumerate() {
+        let s = _mm256_set1_ps(sc);
         let t_lo = round8(op, _mm256_mul_ps(v_lo, s));
         let t_hi = round8(op, _mm256_mul_ps(v_hi, s));
         let j0 = gi * g / 2;
