@@ -277,7 +277,7 @@ def _int_mm_ok(x2: Tensor, weight: Tensor) -> bool:
 def native_choice(forward: str, device: torch.device, M: int) -> str:
     """Which torch GEMM an FP8/INT8 forward runs (for `QuantLinear.kernel_for`)."""
     if device.type != "cuda":
-        return f"{forward}: exact torch reference ({device.type})"
+        return f"{forward}: {cpu_kernels.describe(M)}" if device.type == "cpu" else f"{forward}: torch reference ({device.type})"
     if forward.startswith("fp8"):
         cap = torch.cuda.get_device_capability(device)
         return f"{forward}: torch._scaled_mm (cuBLASLt FP8)" if cap >= (8, 9) else f"{forward}: torch reference (< sm89)"

@@ -136,7 +136,7 @@ def describe(m: "QuantLinear", M: int, dtype: torch.dtype) -> str:
 
     fwd = forward_for(m.format)
     family = _FAMILY.get(fwd)
-    if family is None:
+    if family is None or m.weight.device.type == "cpu":
         return ops.native_choice(fwd.__name__.lstrip("_"), m.weight.device, M)
     return repr(dispatch.choose(family, device=m.weight.device, dtype=dtype, M=M))
 
