@@ -38,7 +38,8 @@ impl View {
         }
         let ptr: usize = obj.call_method0("data_ptr")?.extract()?;
         let numel: usize = obj.call_method0("numel")?.extract()?;
-        if numel > 0 && (ptr == 0 || ptr % elem != 0) {
+        // `elem` is 1, 2 or 4 (a power of two): the mask tests alignment.
+        if numel > 0 && (ptr == 0 || ptr & (elem - 1) != 0) {
             return Err(ArgumentError::new_err(format!("{what} has no storage or a misaligned data pointer")));
         }
         Ok(View { ptr, numel, elem, _owner: obj.clone().unbind() })

@@ -217,6 +217,7 @@ impl Weight<'_> {
     }
 
     /// `gather` + `decode_rows`.
+    #[allow(clippy::too_many_arguments)]
     fn decode_block(&self, isa: Isa, op: Operand, n0: usize, rows: usize, natural: bool, out: &mut [f32], scratch: &mut Vec<f32>) {
         self.gather(n0, rows, scratch);
         self.decode_rows(isa, op, n0, rows, natural, out, scratch);

@@ -109,7 +109,7 @@ impl W4Weight<'_> {
     /// `gather_scales`): natural order, or de-interleaved.
     pub(super) fn decode_row(&self, isa: Isa, op: Operand, row: usize, scales: &[f32], natural: bool, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if isa != Isa::Scalar && self.group % 16 == 0 {
+        if isa != Isa::Scalar && self.group & 15 == 0 {
             // SAFETY: Isa::Avx2/Avx512 are only produced by `Isa::detect`, which checked
             // that this CPU has AVX2, FMA and F16C.
             unsafe { super::x86::w4_decode_row(self, op, row, scales, natural, out) };
