@@ -53,7 +53,7 @@ def test_smoke_writes_a_result_file(gemm, tmp_path):
             assert rows[(case, impl)]["value"] > 0, (case, impl)
         mo = rows[(case, "motensor_NVFP4")]["note"]
         # the ratios, dispatch's choice (the CPU reference here) and a sane error vs bf16
-        assert mo.startswith("ratios: ") and "x roofline" in mo and "torch_reference" in mo
+        assert mo.startswith("ratios: ") and "x roofline" in mo and "w4a16_cpu_fused" in mo
         err = float(re.search(r"rel err vs cublas_bf16 ([0-9.e-]+)", mo).group(1))
         assert 0.01 < err < 0.3
         assert (case, "motensor_W4A16_AWQ_gemm") not in rows  # the forward is the op itself

@@ -236,8 +236,12 @@ IDS = torch.tensor([[5, 17, 200, 33, 90, 128, 7, 64, 250, 3, 99, 12]])
 @pytest.fixture
 def bf16_weight_operand(monkeypatch):
     """The CPU reference kernels multiply with the bf16-rounded dequantized weight, as the
-    transformers reference here (and ModelOpt) does: only accumulation order is left to differ."""
+    transformers reference here (and ModelOpt) does: only accumulation order is left to differ.
+    The forwards run the torch reference itself (not the fused Rust kernels, which are held to
+    the reference with bounds in tests/test_cpu_kernels.py)."""
     from motensor.kernels import reference as ref
+
+    monkeypatch.setenv("MOTENSOR_CPU_KERNELS", "reference")
 
     orig = ref.dequant_w4
     monkeypatch.setattr(ref, "dequant_w4", lambda *a, **k: orig(*a, **k).to(torch.bfloat16).float())

@@ -103,6 +103,26 @@ class LoadPlan:
         ...
 
 
+def cpu_dequant(out: torch.Tensor, kind: str, n: int, k: int, qweight: torch.Tensor, scales: Optional[torch.Tensor], element: str, scale_kind: str, group: int, scale_mul: Optional[float], scale_div: Optional[float], operand_dtype: str, force_scalar: bool) -> None:
+    """The whole weight dequantized into `out` ([N, K] float32, or bfloat16 with bf16 rounding)."""
+    ...
+
+
+def cpu_gemm(x: torch.Tensor, out: torch.Tensor, m: int, kind: str, n: int, k: int, qweight: torch.Tensor, scales: Optional[torch.Tensor], element: str, scale_kind: str, group: int, scale_mul: Optional[float], scale_div: Optional[float], operand_dtype: str, a: Optional[torch.Tensor], b: Optional[torch.Tensor], bias: Optional[torch.Tensor], force_scalar: bool) -> None:
+    """`out[M, N] = (x[M, K] @ W^T) * a * b + bias` (fp32 x, out, a, b, bias; see cpu.py)."""
+    ...
+
+
+def cpu_gemm_i8(xq: torch.Tensor, out: torch.Tensor, m: int, n: int, k: int, qweight: torch.Tensor, a: Optional[torch.Tensor], b: Optional[torch.Tensor], bias: Optional[torch.Tensor], force_scalar: bool) -> None:
+    """W8A8: `out[M, N] = (xq[M, K] @ W^T, exact int32) * a * b + bias` (int8 xq and weight)."""
+    ...
+
+
+def cpu_isa() -> str:
+    """The instruction set the fused kernels use on this CPU ("avx512", "avx2" or "scalar"; other architectures run the portable build)."""
+    ...
+
+
 def format_table() -> list[dict[str, Any]]:
     """The format table (one dict per quant_algo), the single source of format facts. Enum-valued
     fields hold the stable names of `vocabulary()`."""

@@ -6,14 +6,15 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator, Mapping
-
-import torch
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 from motensor import _core
 from motensor.dtypes import dtype_name, torch_dtype
 from motensor.errors import ArgumentError, ConfigError, MotensorError
 from motensor.formats import FormatSpec, get_format
+
+if TYPE_CHECKING:  # torch is imported when a tensor is first made, not by `import motensor`
+    import torch
 
 PathLike = "str | os.PathLike[str]"
 
@@ -224,12 +225,14 @@ class Checkpoint:
         scales are not validated here: this is the raw view for inspection)."""
         if not isinstance(name, str):
             raise ArgumentError(f"a tensor name is a str, not {type(name).__name__}")
+        import torch
+
         info = self.tensor_info(name)
         out = torch.empty(info.shape, dtype=info.torch_dtype)
         self._core.read_into(name, out.view(-1).view(torch.uint8) if out.numel() else out)
         return out
 
-    def dequantize(self, module: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def dequantize(self, module: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The logical weight ``[*lead, N, K]`` of quantized ``module``, dequantized on the CPU.
 
         The math follows the format table (FORMATS.md section 8) and equals the weight
@@ -237,6 +240,9 @@ class Checkpoint:
         """
         if not isinstance(module, str):
             raise ArgumentError(f"module is a name (str), not {type(module).__name__}")
+        import torch
+
+        dtype = torch.float32 if dtype is None else dtype
         info = self.modules.get(module)
         if info is None:
             raise _error(ArgumentError, f"{module!r} is not a quantized module of {self.root}", module=module)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -36,12 +37,18 @@ DEQUANT_CUBLAS_MIN_M = 1024  # dequantize once (CuPy) + cuBLAS when the GEMM is 
 SCALED_MM_ALIGN = 16         # torch._scaled_mm: K and N multiples of 16
 INT_MM_ALIGN = 8             # torch._int_mm: K and N multiples of 8
 INT_MM_MIN_M = 17            # cuBLASLt's int8 GEMM wants more than 16 rows (smaller M is padded)
+CPU_FUSED_MAX_M = 16         # CPU: fused Rust dequant+GEMM up to here; above, Rust dequantize + torch BLAS
+                             # (benches/cpu_gemm.py on a 2-core AVX2 box: fused wins at M = 8, BLAS at 64)
+CPU_KERNEL_MODES = ("rust", "scalar", "reference")  # MOTENSOR_CPU_KERNELS
 
 GEMM_FAMILIES = ("w4a16", "w8a16", "w4a8")
 QUANT_FAMILIES = ("nvfp4_fake_quant", "mxfp8_fake_quant", "fp8_quant_per_token", "fp8_quant_static")
 # FP8 / INT8 weights on torch's own cuBLAS(Lt) GEMMs.
 NATIVE_FAMILIES = ("fp8_linear", "int8_linear", "int8_weight_only")
 FAMILIES = GEMM_FAMILIES + QUANT_FAMILIES + ("dequant_w4",) + NATIVE_FAMILIES
+# Families with a Rust CPU kernel (motensor.kernels.cpu); the rest run the reference on the CPU.
+CPU_FAMILIES = GEMM_FAMILIES + NATIVE_FAMILIES
+_CPU_PATHS = ("fused", "dequant_blas")
 
 _PATHS = {
     "w4a16": ("gemv", "splitk", "tiled", "dequant_cublas"),
@@ -138,6 +145,45 @@ def _triton(family: str, device: torch.device, dtype: torch.dtype, M: int,
     return KernelChoice(name, family, backend, path, None if backend != "triton" else operand, reason)
 
 
+def cpu_kernel_mode() -> str:
+    """``MOTENSOR_CPU_KERNELS``: ``rust`` (default), ``scalar`` (the Rust kernels' portable,
+    non-SIMD build) or ``reference`` (the pure-torch reference only). Read on every call."""
+    m = os.environ.get("MOTENSOR_CPU_KERNELS", "rust").strip().lower()
+    return m if m in CPU_KERNEL_MODES else "rust"
+
+
+def cpu_isa() -> str:
+    """The instruction set the Rust CPU kernels use here: ``avx512``, ``avx2`` or ``scalar`` (no NEON path yet: ARM runs the portable build)."""
+    if cpu_kernel_mode() == "scalar":
+        return "scalar"
+    from motensor import _core
+
+    return _core.cpu_isa()
+
+
+def _cpu(family: str, dtype: torch.dtype, M: int, path: Optional[str]) -> KernelChoice:
+    mode = cpu_kernel_mode()
+    if family not in CPU_FAMILIES:
+        return _reference(family, "cpu device: exact pure-torch reference")
+    if mode == "reference":
+        return _reference(family, "MOTENSOR_CPU_KERNELS=reference")
+    if dtype not in _DTYPE_NAMES:
+        return _reference(family, f"{dtype} activations: exact pure-torch reference")
+    if family == "int8_linear":
+        # W8A8: exact int32 sums at every M, one kernel.
+        return KernelChoice("int8_linear_cpu_fused", family, "rust", "fused", "int8",
+                            f"Rust int8 x int8 -> int32 kernel ({cpu_isa()})")
+    if path is not None:
+        if path not in _CPU_PATHS:
+            raise ValueError(f"CPU path must be one of {_CPU_PATHS}, got {path!r}")
+        reason = "path forced by caller"
+    elif M <= CPU_FUSED_MAX_M:
+        path, reason = "fused", f"M={M} <= {CPU_FUSED_MAX_M}: fused dequant+GEMM, packed weight read once"
+    else:
+        path, reason = "dequant_blas", f"M={M} > {CPU_FUSED_MAX_M}: Rust dequantize once + torch BLAS"
+    return KernelChoice(f"{family}_cpu_{path}", family, "rust", path, "fp32", f"{reason} ({cpu_isa()})")
+
+
 def _aligned(N: Optional[int], K: Optional[int], align: int) -> bool:
     return all(d is None or d % align == 0 for d in (N, K))
 
@@ -169,6 +215,8 @@ def _decide(family: str, device: torch.device, dtype: torch.dtype, M: int, N: Op
     """The decision (see `choose`), without logging; also returns the capability it used."""
     if family not in FAMILIES:
         raise ValueError(f"unknown kernel family {family!r}; known: {FAMILIES}")
+    if device.type == "cpu":
+        return _cpu(family, dtype, M, path), None
     if device.type != "cuda":
         return _reference(family, f"{device.type} device: exact pure-torch reference"), None
     if capability is None:
@@ -206,7 +254,10 @@ def choose(family: str, *, device: Union[str, torch.device], dtype: torch.dtype,
     """Pick the implementation the ops run for `family` on `device` with activations of `dtype`
     and a product of `M` rows, `N` outputs and `K` inputs (N/K matter to the torch GEMMs).
 
-    Rules, in order: non-CUDA device -> pure-torch reference (the CPU implementation of every op);
+    Rules, in order: CPU -> the Rust kernels for the GEMM families (fused dequant+GEMM up to
+    ``CPU_FUSED_MAX_M`` rows, Rust dequantize + torch BLAS above; the W8A8 INT8 kernel at every M),
+    the pure-torch reference for the rest, for other dtypes, or with ``MOTENSOR_CPU_KERNELS=reference``;
+    other non-CUDA devices -> pure-torch reference;
     FP8 / INT8 weights -> torch._scaled_mm (sm89+, N/K % 16) / torch._int_mm (N/K % 8) / dequantize
     + matmul (weight-only INT8), else the reference; `dequant_w4` -> CuPy kernel when CuPy imports,
     else torch; no Triton, compute capability < 7.0, or bf16 before sm80 -> torch reference on the
@@ -227,7 +278,8 @@ _SITUATIONS = (
 
 def _rules() -> str:
     lines = ["motensor kernel dispatch (motensor/dispatch.py; each line is choose() on that case)"]
-    ms = sorted({1, GEMV_MAX_M, SPLITK_MAX_M, SPLITK_MAX_M + 1, DEQUANT_CUBLAS_MIN_M})
+    ms = sorted({1, GEMV_MAX_M, SPLITK_MAX_M, SPLITK_MAX_M + 1, CPU_FUSED_MAX_M, CPU_FUSED_MAX_M + 1,
+                 DEQUANT_CUBLAS_MIN_M})
     for family in FAMILIES:
         seen: set[tuple[str, str]] = set()
         for label, device, cap, dtype in _SITUATIONS:

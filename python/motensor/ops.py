@@ -1,7 +1,8 @@
 """motensor's kernels as `torch.library` custom ops (namespace `motensor`).
 
 Each op has a fake (meta) implementation for torch.compile / FakeTensor tracing, a CPU
-implementation that is the exact pure-torch reference (motensor/kernels/reference.py), and a CUDA
+implementation that runs the fused Rust kernels (motensor/kernels/cpu.py; the exact pure-torch
+reference, motensor/kernels/reference.py, where they do not apply), and a CUDA
 implementation that asks `motensor.dispatch.choose` which kernel to run (Triton, CuPy + cuBLAS,
 or the reference when neither applies). Kernel modules are imported lazily inside the CUDA
 implementations, so importing this module never compiles or decorates a Triton kernel.
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor
 
 from motensor import dispatch
+from motensor.kernels import cpu as cpu_kernels
 from motensor.kernels import reference as ref
 
 __all__ = ["w4a16_gemm", "w8a16_gemm", "w4a8_gemm", "nvfp4_fake_quant", "mxfp8_fake_quant",
@@ -44,6 +46,9 @@ def w4a16_gemm(x: Tensor, qweight: Tensor, scales: Tensor, global_scale: Optiona
     ``motensor.formats.Element`` / ``ScaleEncoding``: op schemas carry plain strings);
     path: optional override of the dispatch choice ("gemv", "splitk", "tiled", "dequant_cublas").
     """
+    y = cpu_kernels.w4a16_gemm(x, qweight, scales, global_scale, bias, element, scale_kind, group_size)
+    if y is not None:
+        return y
     return ref.w4a16_gemm(x, qweight, scales, global_scale, element=element, scale_kind=scale_kind,
                           group_size=group_size, bias=bias)
 
@@ -71,6 +76,9 @@ def w8a16_gemm(x: Tensor, qweight: Tensor, scales: Tensor, bias: Optional[Tensor
                block_size: int, path: Optional[str] = None) -> Tensor:
     """y = x @ W^T (+ bias), W float8_e4m3fn [N, K] with "F32" (FP8_PB_WO 2-D blocks, fp32
     [ceil(N/B), ceil(K/B)], B = 128) or "E8M0" (MXFP8, uint8 [K//32, N]) scales."""
+    y = cpu_kernels.w8a16_gemm(x, qweight, scales, bias, scale_kind, block_size)
+    if y is not None:
+        return y
     return ref.w8a16_gemm(x, qweight, scales, scale_kind=scale_kind, block_size=block_size, bias=bias)
 
 
@@ -100,6 +108,9 @@ def w4a8_gemm(x: Tensor, qweight: Tensor, scales: Tensor, weight_scale_2: Tensor
     ("INT4", "F32"): W4A8_AWQ, w_fp8 = e4m3(q * scales / weight_scale_2);
     ("E2M1", "E4M3"): W4A8_NVFP4_FP8, w_fp8 = e4m3(e2m1 * scales).
     """
+    y = cpu_kernels.w4a8_gemm(x, qweight, scales, weight_scale_2, input_scale, bias, element, scale_kind, group_size)
+    if y is not None:
+        return y
     return ref.w4a8_gemm(x, qweight, scales, weight_scale_2, input_scale, element=element,
                          scale_kind=scale_kind, group_size=group_size, bias=bias)
 
@@ -265,6 +276,9 @@ def _native_choice(family: str, x: Tensor, weight: Tensor):
 def fp8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, input_scale: Optional[Tensor],
                bias: Optional[Tensor]) -> Tensor:
     """FP8 weight [N, K]: per-tensor static activations (input_scale) or per-token dynamic."""
+    y = cpu_kernels.fp8_linear(x, weight, weight_scale, input_scale, bias)
+    if y is not None:
+        return y
     return ref.fp8_linear(x, weight, weight_scale, input_scale, bias)
 
 
@@ -296,6 +310,9 @@ def _(x, weight, weight_scale, input_scale, bias):
 def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, input_scale: Optional[Tensor],
                 bias: Optional[Tensor]) -> Tensor:
     """INT8 weight [N, K] with per-channel scales: W8A8 (static input_scale) or weight-only."""
+    y = cpu_kernels.int8_linear(x, weight, weight_scale, input_scale, bias)
+    if y is not None:
+        return y
     return ref.int8_linear(x, weight, weight_scale, input_scale, bias)
 
 

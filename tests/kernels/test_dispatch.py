@@ -50,8 +50,12 @@ def test_operands_by_capability(monkeypatch):
 
 def test_fallbacks_to_the_reference(monkeypatch):
     monkeypatch.setattr(dispatch, "triton_available", lambda: True)
+    monkeypatch.setenv("MOTENSOR_CPU_KERNELS", "reference")
     cpu = dispatch.choose("w4a16", device="cpu", dtype=BF16, M=1)
     assert (cpu.name, cpu.backend) == ("w4a16_torch_reference", "torch")
+    monkeypatch.delenv("MOTENSOR_CPU_KERNELS")
+    # Families without a Rust CPU kernel run the reference on the CPU.
+    assert dispatch.choose("nvfp4_fake_quant", device="cpu", dtype=BF16, M=1).backend == "torch"
     assert dispatch.choose("w4a16", device="cuda", dtype=BF16, M=1, capability=(7, 5)).backend == "torch"
     assert dispatch.choose("w4a16", device="cuda", dtype=F16, M=1, capability=(7, 5)).backend == "triton"
     assert dispatch.choose("fp8_quant_static", device="cuda", dtype=F16, M=1, capability=(6, 1)).backend == "torch"
@@ -67,6 +71,22 @@ def test_dequant_and_quantizer_families(monkeypatch):
     assert dispatch.choose("dequant_w4", device="cuda", dtype=BF16, capability=H100).name == "dequant_w4_cupy"
     q = dispatch.choose("nvfp4_fake_quant", device="cuda", dtype=BF16, M=7, capability=H100)
     assert (q.name, q.backend) == ("nvfp4_fake_quant_triton", "triton")
+
+
+def test_cpu_rust_kernels(monkeypatch):
+    monkeypatch.delenv("MOTENSOR_CPU_KERNELS", raising=False)
+    small = dispatch.choose("w4a16", device="cpu", dtype=BF16, M=dispatch.CPU_FUSED_MAX_M)
+    assert (small.name, small.backend, small.path) == ("w4a16_cpu_fused", "rust", "fused")
+    large = dispatch.choose("fp8_linear", device="cpu", dtype=F16, M=dispatch.CPU_FUSED_MAX_M + 1)
+    assert (large.name, large.path) == ("fp8_linear_cpu_dequant_blas", "dequant_blas")
+    # W8A8 keeps its exact int32 kernel at every M.
+    assert dispatch.choose("int8_linear", device="cpu", dtype=BF16, M=4096).path == "fused"
+    assert dispatch.choose("w8a16", device="cpu", dtype=torch.float64, M=1).backend == "torch"
+    assert dispatch.choose("w4a8", device="cpu", dtype=BF16, M=1000, path="fused").path == "fused"
+    with pytest.raises(ValueError):
+        dispatch.choose("w4a8", device="cpu", dtype=BF16, M=1, path="tiled")
+    monkeypatch.setenv("MOTENSOR_CPU_KERNELS", "scalar")
+    assert "(scalar)" in dispatch.choose("w4a16", device="cpu", dtype=BF16, M=1).reason
 
 
 def test_forced_path_is_validated():

@@ -8,6 +8,7 @@
 //! Nothing here knows about Python or CUDA; the binding crate adds both.
 
 pub mod checkpoint;
+pub mod cpu_gemm;
 pub mod dequant;
 pub mod dtype;
 pub mod error;

@@ -6,6 +6,8 @@
 //! `OSError` / `ValueError` and print as `motensor.errors.X`); this module looks them up there
 //! when it raises one.
 
+mod cpu_gemm;
+
 use std::sync::Arc;
 
 use pyo3::exceptions::PyRuntimeError;
@@ -593,5 +595,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(vocabulary, m)?)?;
     m.add_function(wrap_pyfunction!(unsupported_formats, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    cpu_gemm::register(m)?;
     Ok(())
 }

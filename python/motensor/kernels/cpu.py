@@ -1,0 +1,189 @@
+"""Fused dequantize + GEMM kernels for the CPU (Rust, ``motensor._core.cpu_gemm``).
+
+The custom ops' CPU implementations (``motensor.ops``) call these first; each returns ``None``
+when its inputs are outside what the Rust kernels take (an unexpected dtype, a CUDA tensor...),
+and the op then runs the exact torch reference (``reference.py``), which stays the oracle the
+tests compare with. The numbers are the reference's: the same fp32 dequantized weight, rounded
+to the same operand type, the same activation quantizers (they run in torch, from
+``reference.py``), the same fp32 epilogue; only the order of the fp32 sums differs.
+
+Per call, ``motensor.dispatch.choose`` (the one dispatcher) picks the path:
+
+- ``M <= dispatch.CPU_FUSED_MAX_M``: the fused kernel. Memory-bound decode: the packed weight is read once,
+  decoded into L1 a few rows at a time and multiplied with every activation row (rayon + AVX2 /
+  AVX-512 / NEON chosen at run time, GIL released).
+- larger ``M``: the weight is dequantized once (Rust, all cores) into an fp32 ``[N, K]`` matrix
+  and multiplied by torch's BLAS, which is compute-bound-efficient where the fused kernel is not.
+
+``MOTENSOR_CPU_KERNELS`` overrides it: ``rust`` (default), ``scalar`` (the Rust kernels forced to
+their portable, non-SIMD build), ``reference`` (the pure-torch reference only).
+A dispatch choice whose backend is the reference makes these functions return ``None``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from motensor import _core, dispatch
+from motensor.kernels import reference as ref
+
+_OPERAND = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
+
+mode = dispatch.cpu_kernel_mode
+isa = dispatch.cpu_isa
+
+
+def path_for(M: int, family: str = "w4a16") -> str:
+    """``"fused"`` or ``"dequant_blas"`` for a product with ``M`` activation rows (dispatch's choice)."""
+    return dispatch.choose(family, device="cpu", dtype=torch.float32, M=M).path or "reference"
+
+
+def describe(M: int, family: str = "w4a16") -> str:
+    """The CPU kernel a forward with ``M`` rows runs, and why (dispatch's choice)."""
+    return dispatch.choose(family, device="cpu", dtype=torch.float32, M=M).describe()
+
+
+def _rows(x: Tensor) -> int:
+    return x.numel() // max(x.shape[-1], 1) if x.dim() else 1
+
+
+def _usable(family: str, x: Tensor, *tensors: Optional[Tensor]) -> bool:
+    if x.device.type != "cpu" or x.dtype not in _OPERAND:
+        return False
+    if dispatch.choose(family, device="cpu", dtype=x.dtype, M=_rows(x)).is_reference:
+        return False
+    return all(t is None or t.device.type == "cpu" for t in tensors)
+
+
+def _scalar(t: Optional[Tensor]) -> Optional[Tensor]:
+    """A [] / [1] scale as a contiguous 1-element fp32 tensor (the epilogue factor)."""
+    return None if t is None else t.float().reshape(1).contiguous()
+
+
+def _vec(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.float().reshape(-1).contiguous()
+
+
+def _force_scalar(force_scalar: Optional[bool]) -> bool:
+    return mode() == "scalar" if force_scalar is None else force_scalar
+
+
+def _gemm(family: str, x: Tensor, out_dtype: torch.dtype, kind: str, n: int, k: int, qweight: Tensor, scales: Optional[Tensor],
+          element: str, scale_kind: str, group: int, operand: str, *, scale_mul: Optional[float] = None,
+          scale_div: Optional[float] = None, a: Optional[Tensor] = None, b: Optional[Tensor] = None,
+          bias: Optional[Tensor] = None, force_scalar: Optional[bool] = None, path: Optional[str] = None) -> Tensor:
+    """``epilogue(x @ W^T)`` in fp32 -> ``out_dtype``; ``x`` [..., K] (any float dtype)."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, k).float().contiguous()
+    m = x2.shape[0]
+    fs = _force_scalar(force_scalar)
+    qweight = qweight.contiguous()
+    scales = None if scales is None else scales.contiguous()
+    bias = _vec(bias)
+    if (path or dispatch.choose(family, device="cpu", dtype=torch.float32, M=m).path) == "dequant_blas":
+        w = torch.empty((n, k), dtype=torch.float32)
+        _core.cpu_dequant(w, kind, n, k, qweight, scales, element, scale_kind, group, scale_mul, scale_div,
+                          operand, fs)
+        y = x2 @ w.t()
+        if a is not None and b is not None:
+            y = y * (a.reshape(-1, 1) * b.reshape(1, -1) if a.numel() > 1 else a * b)
+        elif a is not None:
+            y = y * a.reshape(-1, 1)
+        elif b is not None:
+            y = y * b
+        if bias is not None:
+            y = y + bias
+    else:
+        y = torch.empty((m, n), dtype=torch.float32)
+        _core.cpu_gemm(x2, y, m, kind, n, k, qweight, scales, element, scale_kind, group, scale_mul, scale_div,
+                       operand, a, b, bias, fs)
+    return y.reshape(*lead, n).to(out_dtype)
+
+
+# ----------------------------------------------------------------------------- the families
+def w4a16_gemm(x, qweight, scales, global_scale, bias, element: str, scale_kind: str, group_size: int,
+               force_scalar: Optional[bool] = None, path: Optional[str] = None) -> Optional[Tensor]:
+    """``ref.w4a16_gemm`` (E2M1/INT4 with E4M3/E8M0/F32 group scales), or None."""
+    if not _usable("w4a16", x, qweight, scales, global_scale, bias) or qweight.dtype != torch.uint8:
+        return None
+    if scale_kind == "F32":
+        scales = scales.float()
+    elif scales.dtype != {"E4M3": torch.float8_e4m3fn, "E8M0": torch.uint8}.get(scale_kind):
+        return None
+    gs = None if global_scale is None else float(ref.scalar(global_scale))
+    n, k = qweight.shape[0], qweight.shape[1] * 2
+    return _gemm("w4a16", x, x.dtype, "w4", n, k, qweight, scales, element, scale_kind, group_size, _OPERAND[x.dtype],
+                 scale_mul=gs, bias=bias, force_scalar=force_scalar, path=path)
+
+
+def w4a8_gemm(x, qweight, scales, weight_scale_2, input_scale, bias, element: str, scale_kind: str,
+              group_size: int, force_scalar: Optional[bool] = None, path: Optional[str] = None) -> Optional[Tensor]:
+    """``ref.w4a8_gemm``: FP8 activations x the 4-bit weight rounded to E4M3, or None."""
+    if not _usable("w4a8", x, qweight, scales, weight_scale_2, input_scale, bias) or qweight.dtype != torch.uint8:
+        return None
+    if (element, scale_kind) == ("INT4", "F32"):
+        scales, div = scales.float(), float(ref.scalar(weight_scale_2))
+    elif (element, scale_kind) == ("E2M1", "E4M3") and scales.dtype == torch.float8_e4m3fn:
+        div = None
+    else:
+        return None
+    xq = ref.fp8_quant_static(x, input_scale).float()
+    post = _scalar(ref.scalar(input_scale) * ref.scalar(weight_scale_2))
+    n, k = qweight.shape[0], qweight.shape[1] * 2
+    return _gemm("w4a8", xq, x.dtype, "w4", n, k, qweight, scales, element, scale_kind, group_size, "e4m3",
+                 scale_div=div, b=post, bias=bias, force_scalar=force_scalar, path=path)
+
+
+def w8a16_gemm(x, qweight, scales, bias, scale_kind: str, block_size: int,
+               force_scalar: Optional[bool] = None, path: Optional[str] = None) -> Optional[Tensor]:
+    """``ref.w8a16_gemm`` (FP8 weight with 2-D fp32 block or E8M0 group scales), or None."""
+    if not _usable("w8a16", x, qweight, scales, bias) or qweight.dtype != torch.float8_e4m3fn:
+        return None
+    n, k = qweight.shape
+    if scale_kind == "F32":  # ScaleEncoding.F32 here: 2-D fp32 blocks (the binding calls them F32_BLOCK)
+        scale_kind = "F32_BLOCK"
+        scales = scales.float().reshape(-1)
+        if scales.numel() != -(-n // block_size) * -(-k // block_size):
+            return None
+    elif scale_kind != "E8M0" or scales.dtype != torch.uint8:
+        return None
+    return _gemm("w8a16", x, x.dtype, "fp8", n, k, qweight, scales, "", scale_kind, block_size, _OPERAND[x.dtype],
+                 bias=bias, force_scalar=force_scalar, path=path)
+
+
+def fp8_linear(x, weight, weight_scale, input_scale, bias, force_scalar: Optional[bool] = None,
+               path: Optional[str] = None) -> Optional[Tensor]:
+    """``ref.fp8_linear`` (per-tensor static or per-token dynamic activations), or None."""
+    if not _usable("fp8_linear", x, weight, weight_scale, input_scale, bias) or weight.dtype != torch.float8_e4m3fn:
+        return None
+    n, k = weight.shape
+    if input_scale is not None:
+        xq, a = ref.fp8_quant_static(x, input_scale).float(), _scalar(input_scale)
+    else:
+        xq, sx = ref.fp8_quant_per_token(x)
+        xq, a = xq.float(), _vec(sx)
+    return _gemm("fp8_linear", xq, x.dtype, "fp8", n, k, weight, None, "", "NONE", 0, "float32", a=a, b=_vec(weight_scale),
+                 bias=bias, force_scalar=force_scalar, path=path)
+
+
+def int8_linear(x, weight, weight_scale, input_scale, bias, force_scalar: Optional[bool] = None,
+                path: Optional[str] = None) -> Optional[Tensor]:
+    """``ref.int8_linear``: weight-only (scale in the operand) or W8A8 (exact int32 sums), or None."""
+    family = "int8_linear" if input_scale is not None else "int8_weight_only"
+    if not _usable(family, x, weight, weight_scale, input_scale, bias) or weight.dtype != torch.int8:
+        return None
+    n, k = weight.shape
+    sw = _vec(weight_scale)
+    if sw is None or sw.numel() != n:
+        return None
+    if input_scale is None:
+        return _gemm(family, x, x.dtype, "int8", n, k, weight, sw, "", "F32", 0, _OPERAND[x.dtype], bias=bias,
+                     force_scalar=force_scalar, path=path)
+    lead = x.shape[:-1]
+    xq = ref.int8_quant_static(x, input_scale).reshape(-1, k).contiguous()
+    y = torch.empty((xq.shape[0], n), dtype=torch.float32)
+    _core.cpu_gemm_i8(xq, y, xq.shape[0], n, k, weight.contiguous(), _scalar(input_scale), sw, _vec(bias),
+                      _force_scalar(force_scalar))
+    return y.reshape(*lead, n).to(x.dtype)

@@ -1,0 +1,413 @@
+//! Fused dequantize + GEMV/GEMM on the CPU for every weight family motensor loads.
+//!
+//! `y[m, n] = (sum_k x[m, k] * W[n, k]) * a[m] * b[n] + bias[n]`, with `W` read straight from the
+//! packed kernel layout the loader produced (4-bit nibbles with transposed group scales, FP8
+//! bytes, INT8), never materialised as a whole: each task decodes a few rows of `W` into an
+//! L1-sized buffer and multiplies them with every row of `x` while they are hot.
+//!
+//! The numbers are those of the torch reference (`motensor/kernels/reference.py`): a weight
+//! element is `v * s` computed in fp32 exactly as the reference does and then rounded to the
+//! operand type the reference rounds to ([`Operand`]); only the order of the fp32 sums differs.
+//!
+//! Instruction sets are chosen at run time ([`Isa`]): the kernels are written once as plain
+//! Rust over fixed-width lane arrays, which LLVM vectorises, and compiled a second time inside
+//! `#[target_feature]` wrappers for AVX2+FMA / AVX-512; the 4-bit lookups have hand-written AVX2
+//! versions (table permutes). [`Isa::Scalar`] is the portable build (SSE2 on x86-64, NEON on
+//! aarch64, where NEON is the baseline) and is what tests force to compare the paths.
+
+mod dot;
+mod fp8;
+mod int8;
+mod round;
+mod w4;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+
+pub use fp8::{Fp8Scales, Fp8Weight};
+pub use int8::Int8Weight;
+pub use round::Operand;
+pub use w4::{Element4, Scales4, W4Weight};
+
+/// The instruction set a kernel call runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// Portable code, compiled for the target's baseline (SSE2 / NEON).
+    Scalar,
+    /// x86-64 AVX2 + FMA (+ F16C).
+    Avx2,
+    /// x86-64 AVX-512 F/BW/VL (+ FMA, F16C); the 4-bit lookups use the AVX2 permutes.
+    Avx512,
+}
+
+impl Isa {
+    /// The best instruction set this CPU supports (cached after the first call).
+    pub fn detect() -> Isa {
+        use std::sync::OnceLock;
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(detect_uncached)
+    }
+
+    /// `Scalar` when forced (tests, `MOTENSOR_CPU_SIMD=0`), else [`Isa::detect`].
+    pub fn resolve(force_scalar: bool) -> Isa {
+        if force_scalar {
+            Isa::Scalar
+        } else {
+            Isa::detect()
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+}
+
+fn detect_uncached() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+        if avx2
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+        {
+            return Isa::Avx512;
+        }
+        if avx2 {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Scalar
+}
+
+/// A per-row (`m`) or per-column (`n`) factor of the epilogue.
+#[derive(Debug, Clone, Copy)]
+pub enum Factor<'a> {
+    One,
+    Scalar(f32),
+    Each(&'a [f32]),
+}
+
+impl Factor<'_> {
+    #[inline]
+    fn at(&self, i: usize) -> f32 {
+        match self {
+            Factor::One => 1.0,
+            Factor::Scalar(s) => *s,
+            Factor::Each(v) => v[i],
+        }
+    }
+
+    fn check(&self, len: usize, what: &str) -> Result<()> {
+        match self {
+            Factor::Each(v) if v.len() != len => Err(arg(format!("{what} has {} values, expected {len}", v.len()))),
+            _ => Ok(()),
+        }
+    }
+
+    fn is_one(&self) -> bool {
+        matches!(self, Factor::One)
+    }
+}
+
+/// `y = acc * (a[m] * b[n]) + bias[n]`, the reference's `_epilogue` (scale product first).
+#[derive(Debug, Clone, Copy)]
+pub struct Epilogue<'a> {
+    pub a: Factor<'a>,
+    pub b: Factor<'a>,
+    pub bias: Option<&'a [f32]>,
+}
+
+impl Epilogue<'_> {
+    pub const NONE: Epilogue<'static> = Epilogue { a: Factor::One, b: Factor::One, bias: None };
+
+    #[inline]
+    fn apply(&self, acc: f32, m: usize, n: usize) -> f32 {
+        let y = if self.a.is_one() && self.b.is_one() {
+            acc
+        } else if self.a.is_one() {
+            acc * self.b.at(n)
+        } else if self.b.is_one() {
+            acc * self.a.at(m)
+        } else {
+            acc * (self.a.at(m) * self.b.at(n))
+        };
+        match self.bias {
+            Some(b) => y + b[n],
+            None => y,
+        }
+    }
+}
+
+/// A packed weight of one of the families.
+#[derive(Debug, Clone, Copy)]
+pub enum Weight<'a> {
+    W4(W4Weight<'a>),
+    Fp8(Fp8Weight<'a>),
+    Int8(Int8Weight<'a>),
+}
+
+impl Weight<'_> {
+    pub fn n(&self) -> usize {
+        match self {
+            Weight::W4(w) => w.n,
+            Weight::Fp8(w) => w.n,
+            Weight::Int8(w) => w.n,
+        }
+    }
+
+    pub fn k(&self) -> usize {
+        match self {
+            Weight::W4(w) => w.k,
+            Weight::Fp8(w) => w.k,
+            Weight::Int8(w) => w.k,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        match self {
+            Weight::W4(w) => w.validate(),
+            Weight::Fp8(w) => w.validate(),
+            Weight::Int8(w) => w.validate(),
+        }
+    }
+
+    /// 4-bit rows are decoded de-interleaved (even k, then odd k): see [`w4`].
+    fn deinterleaved(&self) -> bool {
+        matches!(self, Weight::W4(_))
+    }
+
+    /// Per-task preparation: the effective 4-bit group scales of rows `n0..n0 + rows`
+    /// (`[rows, k / group]`, see `W4Weight::gather_scales`); nothing for the other families.
+    fn gather(&self, n0: usize, rows: usize, scratch: &mut Vec<f32>) {
+        if let Weight::W4(w) = self {
+            w.gather_scales(n0, rows, scratch);
+        }
+    }
+
+    /// Number of gathered scales per row.
+    fn gathered_per_row(&self) -> usize {
+        match self {
+            Weight::W4(w) => w.k / w.group,
+            _ => 0,
+        }
+    }
+
+    /// Decodes rows `n0..n0 + rows` into `out` (`[rows, k]`); `gathered` holds their
+    /// `gather`ed scales.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_rows(&self, isa: Isa, op: Operand, n0: usize, rows: usize, natural: bool, out: &mut [f32], gathered: &[f32]) {
+        let k = self.k();
+        let ng = self.gathered_per_row();
+        for r in 0..rows {
+            let dst = &mut out[r * k..(r + 1) * k];
+            match self {
+                Weight::W4(w) => w.decode_row(isa, op, n0 + r, &gathered[r * ng..(r + 1) * ng], natural, dst),
+                Weight::Fp8(w) => fp8::decode_row(w, isa, op, n0 + r, dst),
+                Weight::Int8(w) => int8::decode_row(w, isa, op, n0 + r, dst),
+            }
+        }
+    }
+
+    /// `gather` + `decode_rows`.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_block(&self, isa: Isa, op: Operand, n0: usize, rows: usize, natural: bool, out: &mut [f32], scratch: &mut Vec<f32>) {
+        self.gather(n0, rows, scratch);
+        self.decode_rows(isa, op, n0, rows, natural, out, scratch);
+    }
+}
+
+pub(crate) fn arg(msg: String) -> Error {
+    Error::Argument { msg: format!("cpu gemm: {msg}") }
+}
+
+/// Rows of `W` decoded per group inside a task (the dot kernels take four at a time).
+const ROWS: usize = 4;
+/// Rows of `W` per rayon task: enough work to amortise scheduling, small enough to balance.
+const TASK_ROWS: usize = 32;
+
+/// `out[m, n] = epilogue(x[m, :] . W[n, :])`; `x` fp32 `[m, k]`, `out` fp32 `[m, n]`.
+pub fn gemm(x: &[f32], m: usize, w: &Weight, op: Operand, epi: &Epilogue, out: &mut [f32], isa: Isa) -> Result<()> {
+    let (n, k) = (w.n(), w.k());
+    w.validate()?;
+    check_common(x.len(), m, n, k, epi, out.len())?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    crate::fill::num_threads();
+    // The activations in the order the decoded rows come in.
+    let xp: Vec<f32>;
+    let xs: &[f32] = if w.deinterleaved() {
+        xp = deinterleave_rows(x, m, k);
+        &xp
+    } else {
+        x
+    };
+    // Tasks own disjoint blocks of output *columns*; they write into a transposed [n, m]
+    // buffer (contiguous per task) that is transposed back at the end (free for m = 1).
+    let mut out_t = if m == 1 { Vec::new() } else { vec![0f32; n * m] };
+    let target: &mut [f32] = if m == 1 { &mut out[..] } else { &mut out_t };
+    target.par_chunks_mut(TASK_ROWS * m).enumerate().for_each(|(t, chunk)| {
+        let n0 = t * TASK_ROWS;
+        let rows = chunk.len() / m;
+        let mut buf = vec![0f32; ROWS * k];
+        let mut scratch = Vec::new();
+        w.gather(n0, rows, &mut scratch);
+        let ng = w.gathered_per_row();
+        let mut r = 0;
+        while r < rows {
+            let nr = ROWS.min(rows - r);
+            w.decode_rows(isa, op, n0 + r, nr, false, &mut buf[..nr * k], &scratch[r * ng..]);
+            for i in nr..ROWS {
+                buf[i * k..(i + 1) * k].fill(0.0);
+            }
+            let ws: [&[f32]; ROWS] = [&buf[..k], &buf[k..2 * k], &buf[2 * k..3 * k], &buf[3 * k..4 * k]];
+            let mut mi = 0;
+            while mi < m {
+                if mi + 1 < m {
+                    let acc = dot::dot_2x4(isa, [&xs[mi * k..(mi + 1) * k], &xs[(mi + 1) * k..(mi + 2) * k]], ws);
+                    for (dm, row) in acc.iter().enumerate() {
+                        for i in 0..nr {
+                            chunk[(r + i) * m + mi + dm] = epi.apply(row[i], mi + dm, n0 + r + i);
+                        }
+                    }
+                    mi += 2;
+                } else {
+                    let acc = dot::dot_1x4(isa, &xs[mi * k..(mi + 1) * k], ws);
+                    for i in 0..nr {
+                        chunk[(r + i) * m + mi] = epi.apply(acc[i], mi, n0 + r + i);
+                    }
+                    mi += 1;
+                }
+            }
+            r += nr;
+        }
+    });
+    if m > 1 {
+        transpose_into(&out_t, n, m, out);
+    }
+    Ok(())
+}
+
+/// W8A8 INT8: `out[m, n] = epilogue(sum_k xq[m, k] * W[n, k])` with exact i32 sums.
+pub fn gemm_i8(xq: &[i8], m: usize, w: &Int8Weight, epi: &Epilogue, out: &mut [f32], isa: Isa) -> Result<()> {
+    let (n, k) = (w.n, w.k);
+    w.validate()?;
+    check_common(xq.len(), m, n, k, epi, out.len())?;
+    if k > (i32::MAX as usize) / (128 * 128) {
+        return Err(arg(format!("K={k} is too large for exact i32 sums")));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    crate::fill::num_threads();
+    let mut out_t = vec![0f32; n * m];
+    out_t.par_chunks_mut(TASK_ROWS * m).enumerate().for_each(|(t, chunk)| {
+        let n0 = t * TASK_ROWS;
+        for (i, col) in chunk.chunks_mut(m).enumerate() {
+            let wrow = &w.w[(n0 + i) * k..(n0 + i + 1) * k];
+            for (mi, y) in col.iter_mut().enumerate() {
+                let acc = dot::dot_i8(isa, &xq[mi * k..(mi + 1) * k], wrow);
+                // The reference sums in float64 and rounds once to fp32: the exact i32 sum
+                // converted with round-to-nearest is the same number.
+                *y = epi.apply(acc as f32, mi, n0 + i);
+            }
+        }
+    });
+    transpose_into(&out_t, n, m, out);
+    Ok(())
+}
+
+/// The whole weight dequantized to fp32 `[n, k]` in natural order (rounded to `op`), for the
+/// dequantize + BLAS path the dispatcher takes at larger M.
+pub fn dequant(w: &Weight, op: Operand, out: &mut [f32], isa: Isa) -> Result<()> {
+    w.validate()?;
+    let (n, k) = (w.n(), w.k());
+    if out.len() != n * k {
+        return Err(arg(format!("output has {} values, expected {n} x {k}", out.len())));
+    }
+    if n == 0 || k == 0 {
+        return Ok(());
+    }
+    crate::fill::num_threads();
+    out.par_chunks_mut(TASK_ROWS * k).enumerate().for_each_init(Vec::new, |scratch, (t, dst)| {
+        w.decode_block(isa, op, t * TASK_ROWS, dst.len() / k, true, dst, scratch)
+    });
+    Ok(())
+}
+
+/// Like [`dequant`] but to bf16 bits (`op` must round to bf16 or finer: the values are exact).
+pub fn dequant_bf16(w: &Weight, out: &mut [u16], isa: Isa) -> Result<()> {
+    w.validate()?;
+    let (n, k) = (w.n(), w.k());
+    if out.len() != n * k {
+        return Err(arg(format!("output has {} values, expected {n} x {k}", out.len())));
+    }
+    if n == 0 || k == 0 {
+        return Ok(());
+    }
+    crate::fill::num_threads();
+    out.par_chunks_mut(TASK_ROWS * k).enumerate().for_each_init(
+        || (vec![0f32; TASK_ROWS * k], Vec::new()),
+        |(buf, scratch), (t, dst)| {
+            let buf = &mut buf[..dst.len()];
+            w.decode_block(isa, Operand::Bf16, t * TASK_ROWS, dst.len() / k, true, buf, scratch);
+            // Already rounded to bf16: the upper half of the fp32 bits is the bf16 value.
+            for (d, s) in dst.iter_mut().zip(buf.iter()) {
+                *d = (s.to_bits() >> 16) as u16;
+            }
+        },
+    );
+    Ok(())
+}
+
+fn check_common(x_len: usize, m: usize, n: usize, k: usize, epi: &Epilogue, out_len: usize) -> Result<()> {
+    let mk = m.checked_mul(k).ok_or_else(|| arg("M x K overflows".into()))?;
+    let mn = m.checked_mul(n).ok_or_else(|| arg("M x N overflows".into()))?;
+    if x_len != mk {
+        return Err(arg(format!("activations have {x_len} values, expected {m} x {k}")));
+    }
+    if out_len != mn {
+        return Err(arg(format!("output has {out_len} values, expected {m} x {n}")));
+    }
+    epi.a.check(m, "per-row scale")?;
+    epi.b.check(n, "per-channel scale")?;
+    if let Some(b) = epi.bias {
+        if b.len() != n {
+            return Err(arg(format!("bias has {} values, expected {n}", b.len())));
+        }
+    }
+    Ok(())
+}
+
+/// Each row `[x0 x1 x2 ...]` -> `[x0 x2 ... | x1 x3 ...]` (the 4-bit decoded-row order).
+fn deinterleave_rows(x: &[f32], m: usize, k: usize) -> Vec<f32> {
+    let h = k / 2;
+    let mut xp = vec![0f32; m * k];
+    for (src, dst) in x.chunks_exact(k).zip(xp.chunks_exact_mut(k)) {
+        let (ev, od) = dst.split_at_mut(h);
+        for j in 0..h {
+            ev[j] = src[2 * j];
+            od[j] = src[2 * j + 1];
+        }
+    }
+    xp
+}
+
+fn transpose_into(src: &[f32], n: usize, m: usize, out: &mut [f32]) {
+    for (ni, col) in src.chunks_exact(m).enumerate() {
+        for (mi, v) in col.iter().enumerate() {
+            out[mi * n + ni] = *v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,125 @@
+//! x86-64 instantiations: the portable kernels compiled with AVX2+FMA (or AVX-512) enabled, and
+//! the AVX2 4-bit decoder (16-entry table lookups as two `vpermps` and a blend).
+//!
+//! Every function here is `unsafe` only because of `#[target_feature]`: callers must have
+//! checked the CPU (all of them hold an `Isa` other than `Scalar`, which only `Isa::detect`
+//! produces after `is_x86_feature_detected!`). Memory is accessed through bounds-checked slices.
+
+use std::arch::x86_64::*;
+
+use super::dot;
+use super::fp8::{self, Fp8Weight};
+use super::int8::{self, Int8Weight};
+use super::round::{self, Operand};
+use super::w4::W4Weight;
+use super::Isa;
+
+macro_rules! multiversion {
+    ($(#[$doc:meta])* $name:ident, $avx2:ident, $avx512:ident, ($($arg:ident : $ty:ty),*) -> $ret:ty, $body:expr) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $avx2($($arg: $ty),*) -> $ret {
+            $body
+        }
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+        unsafe fn $avx512($($arg: $ty),*) -> $ret {
+            $body
+        }
+        $(#[$doc])*
+        pub(super) unsafe fn $name(isa: Isa, $($arg: $ty),*) -> $ret {
+            match isa {
+                Isa::Avx512 => $avx512($($arg),*),
+                _ => $avx2($($arg),*),
+            }
+        }
+    };
+}
+
+multiversion!(dot_1x4, dot_1x4_avx2, dot_1x4_avx512, (x: &[f32], w: [&[f32]; 4]) -> [f32; 4],
+    dot::dot_1x4_generic::<true>(x, w));
+multiversion!(dot_2x4, dot_2x4_avx2, dot_2x4_avx512, (x: [&[f32]; 2], w: [&[f32]; 4]) -> [[f32; 4]; 2],
+    dot::dot_2x4_generic::<true>(x, w));
+multiversion!(dot_i8, dot_i8_avx2, dot_i8_avx512, (x: &[i8], w: &[i8]) -> i32,
+    dot::dot_i8_generic(x, w));
+multiversion!(fp8_decode_row, fp8_decode_avx2, fp8_decode_avx512,
+    (w: &Fp8Weight, op: Operand, row: usize, out: &mut [f32]) -> (),
+    fp8::decode_row_generic(w, op, row, out));
+multiversion!(int8_decode_row, int8_decode_avx2, int8_decode_avx512,
+    (w: &Int8Weight, op: Operand, row: usize, out: &mut [f32]) -> (),
+    int8::decode_row_generic(w, op, row, out));
+
+/// Rounds 8 lanes to the operand type.
+#[inline(always)]
+unsafe fn round8(op: Operand, v: __m256) -> __m256 {
+    match op {
+        Operand::F32 => v,
+        Operand::Bf16 => {
+            let b = _mm256_castps_si256(v);
+            let lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+            let r = _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7FFF)), lsb);
+            let r = _mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32(0xFFFF_0000u32 as i32)));
+            // NaN stays NaN (as torch's conversion).
+            let nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+            _mm256_blendv_ps(r, v, nan)
+        }
+        // F16C converts with the MXCSR-independent immediate rounding: nearest even,
+        // subnormals kept, overflow to infinity, exactly torch's float16 cast.
+        Operand::F16 => _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v)),
+        Operand::E4M3 => {
+            let mut a = [0f32; 8];
+            _mm256_storeu_ps(a.as_mut_ptr(), v);
+            for x in a.iter_mut() {
+                *x = round::e4m3(*x);
+            }
+            _mm256_loadu_ps(a.as_ptr())
+        }
+    }
+}
+
+/// 16-entry table lookup: nibble `idx` (0..15 per lane) -> `t[idx]`, `t = [t_lo | t_hi]`.
+#[inline(always)]
+unsafe fn lookup16(t_lo: __m256, t_hi: __m256, idx: __m256i) -> __m256 {
+    let a = _mm256_permutevar8x32_ps(t_lo, idx);
+    let b = _mm256_permutevar8x32_ps(t_hi, idx);
+    // Bit 3 of the nibble, moved to the sign bit, selects the upper half.
+    _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32::<28>(idx)))
+}
+
+/// AVX2 version of `W4Weight::decode_row_portable` (same values, bit for bit); `group % 16 == 0`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn w4_decode_row(w: &W4Weight, op: Operand, row: usize, scales: &[f32], natural: bool, out: &mut [f32]) {
+    let (k, g) = (w.k, w.group);
+    let h = k / 2;
+    let bytes = &w.packed[row * h..(row + 1) * h];
+    let out = &mut out[..k];
+    let vals = w.nibble_values();
+    let v_lo = _mm256_loadu_ps(vals[..8].as_ptr());
+    let v_hi = _mm256_loadu_ps(vals[8..].as_ptr());
+    let mask = _mm256_set1_epi32(15);
+    for (gi, &sc) in scales[..k / g].iter().enumerate() {
+        let s = _mm256_set1_ps(sc);
+        let t_lo = round8(op, _mm256_mul_ps(v_lo, s));
+        let t_hi = round8(op, _mm256_mul_ps(v_hi, s));
+        let j0 = gi * g / 2;
+        let mut j = j0;
+        while j < j0 + g / 2 {
+            let src: &[u8; 8] = match bytes[j..j + 8].try_into() {
+                Ok(a) => a,
+                Err(_) => return,
+            };
+            let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(src.as_ptr() as *const __m128i));
+            let lo = lookup16(t_lo, t_hi, _mm256_and_si256(v, mask));
+            let hi = lookup16(t_lo, t_hi, _mm256_srli_epi32::<4>(v));
+            if natural {
+                let a = _mm256_unpacklo_ps(lo, hi); // l0 h0 l1 h1 | l4 h4 l5 h5
+                let b = _mm256_unpackhi_ps(lo, hi); // l2 h2 l3 h3 | l6 h6 l7 h7
+                let dst = &mut out[2 * j..2 * j + 16];
+                _mm256_storeu_ps(dst.as_mut_ptr(), _mm256_permute2f128_ps::<0x20>(a, b));
+                _mm256_storeu_ps(dst[8..].as_mut_ptr(), _mm256_permute2f128_ps::<0x31>(a, b));
+            } else {
+                _mm256_storeu_ps(out[j..j + 8].as_mut_ptr(), lo);
+                _mm256_storeu_ps(out[h + j..h + j + 8].as_mut_ptr(), hi);
+            }
+            j += 8;
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! Bindings of `motensor_core::cpu_gemm`: the fused CPU GEMMs behind the custom ops' CPU
+//! implementations (`motensor/kernels/cpu.py` checks and prepares the tensors first).
+//!
+//! Torch tensors cross as (data pointer, element count) read under the GIL; the checks that
+//! make borrowing their memory sound are repeated here (CPU device, contiguous, exact dtype,
+//! aligned pointer, output not overlapping any input), and the computation runs with the GIL
+//! released.
+
+use pyo3::prelude::*;
+
+use motensor_core::cpu_gemm::{
+    self as core_gemm, Element4, Epilogue, Factor, Fp8Scales, Fp8Weight, Int8Weight, Isa, Operand, Scales4, W4Weight, Weight,
+};
+
+use crate::{argument_error, to_py};
+
+/// A borrowed contiguous CPU tensor.
+struct View {
+    ptr: usize,
+    numel: usize,
+    elem: usize,
+    _owner: Py<PyAny>,
+}
+
+impl View {
+    /// Checks device, contiguity and dtype (`"torch.float32"`...), and records pointer and length.
+    fn new(obj: &Bound<'_, PyAny>, dtype: &str, elem: usize, what: &str) -> PyResult<View> {
+        let device: String = obj.getattr("device")?.getattr("type")?.extract()?;
+        if device != "cpu" {
+            return Err(argument_error(format!("{what} must be a CPU tensor, got device '{device}'")));
+        }
+        let have: String = obj.getattr("dtype")?.str()?.extract()?;
+        if have != dtype {
+            return Err(argument_error(format!("{what} must be {dtype}, got {have}")));
+        }
+        if !obj.call_method0("is_contiguous")?.extract::<bool>()? {
+            return Err(argument_error(format!("{what} must be contiguous")));
+        }
+        let ptr: usize = obj.call_method0("data_ptr")?.extract()?;
+        let numel: usize = obj.call_method0("numel")?.extract()?;
+        // `elem` is 1, 2 or 4 (a power of two): the mask tests alignment.
+        if numel > 0 && (ptr == 0 || ptr & (elem - 1) != 0) {
+            return Err(argument_error(format!("{what} has no storage or a misaligned data pointer")));
+        }
+        Ok(View { ptr, numel, elem, _owner: obj.clone().unbind() })
+    }
+
+    fn opt(obj: Option<&Bound<'_, PyAny>>, dtype: &str, elem: usize, what: &str) -> PyResult<Option<View>> {
+        obj.map(|o| View::new(o, dtype, elem, what)).transpose()
+    }
+
+    fn range(&self) -> (usize, usize) {
+        (self.ptr, self.ptr + self.numel * self.elem)
+    }
+
+    /// # Safety
+    /// `T` must be the element type checked in `new` (size `elem`), and no `&mut` to the same
+    /// memory may exist while the slice lives.
+    unsafe fn slice<T>(&self) -> &[T] {
+        debug_assert_eq!(std::mem::size_of::<T>(), self.elem);
+        if self.numel == 0 {
+            return &[];
+        }
+        // SAFETY: `ptr` is the data pointer of a contiguous CPU tensor of `numel` elements of
+        // `T` (device, contiguity, dtype and alignment checked in `new`); its storage stays
+        // alive because `_owner` holds a strong reference to the tensor. Python code resizing
+        // or freeing that storage from another thread during the call would break this;
+        // motensor's own callers never do (cpu.py allocates the output and holds the inputs).
+        std::slice::from_raw_parts(self.ptr as *const T, self.numel)
+    }
+
+    /// # Safety
+    /// As `slice`, and this view must be the only way to reach its memory during the call
+    /// (checked against every input by `disjoint`).
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice_mut<T>(&self) -> &mut [T] {
+        if self.numel == 0 {
+            return &mut [];
+        }
+        // SAFETY: see `slice`; exclusivity is the caller's `disjoint` check.
+        std::slice::from_raw_parts_mut(self.ptr as *mut T, self.numel)
+    }
+}
+
+/// The output must not overlap any input (it is written while they are read).
+fn disjoint(out: &View, inputs: &[Option<&View>]) -> PyResult<()> {
+    let (a0, a1) = out.range();
+    for v in inputs.iter().flatten() {
+        let (b0, b1) = v.range();
+        if a0 < b1 && b0 < a1 && a1 > a0 && b1 > b0 {
+            return Err(argument_error("the output tensor overlaps an input"));
+        }
+    }
+    Ok(())
+}
+
+fn operand(name: &str) -> PyResult<Operand> {
+    Ok(match name {
+        "float32" => Operand::F32,
+        "bfloat16" => Operand::Bf16,
+        "float16" => Operand::F16,
+        "e4m3" => Operand::E4M3,
+        _ => return Err(argument_error(format!("unknown operand rounding '{name}'"))),
+    })
+}
+
+fn factor<'a>(v: &'a Option<View>) -> Factor<'a> {
+    match v {
+        None => Factor::One,
+        // SAFETY: epilogue factors are checked as float32 in `WeightArgs::views`.
+        Some(v) => {
+            let s: &[f32] = unsafe { v.slice() };
+            if s.len() == 1 {
+                Factor::Scalar(s[0])
+            } else {
+                Factor::Each(s)
+            }
+        }
+    }
+}
+
+/// A weight described from Python: family, tensors and format parameters.
+struct WeightViews {
+    kind: String,
+    n: usize,
+    k: usize,
+    q: View,
+    scales: Option<View>,
+    element: String,
+    scale_kind: String,
+    group: usize,
+    scale_mul: Option<f32>,
+    scale_div: Option<f32>,
+}
+
+impl WeightViews {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        kind: &str, n: usize, k: usize, q: &Bound<'_, PyAny>, scales: Option<&Bound<'_, PyAny>>, element: &str,
+        scale_kind: &str, group: usize, scale_mul: Option<f32>, scale_div: Option<f32>,
+    ) -> PyResult<WeightViews> {
+        let (qdtype, elem) = match kind {
+            "w4" => ("torch.uint8", 1),
+            "fp8" => ("torch.float8_e4m3fn", 1),
+            "int8" => ("torch.int8", 1),
+            _ => return Err(argument_error(format!("unknown weight family '{kind}'"))),
+        };
+        let q = View::new(q, qdtype, elem, "weight")?;
+        let scales = match (kind, scale_kind) {
+            ("w4", "E4M3") => View::opt(scales, "torch.float8_e4m3fn", 1, "weight_scale")?,
+            ("w4", "E8M0") | ("fp8", "E8M0") => View::opt(scales, "torch.uint8", 1, "weight_scale")?,
+            ("w4", "F32") | ("fp8", "F32_BLOCK") | ("int8", "F32") => View::opt(scales, "torch.float32", 4, "weight_scale")?,
+            ("fp8", "NONE") | ("int8", "NONE") => None,
+            _ => return Err(argument_error(format!("unknown scale kind '{scale_kind}' for '{kind}'"))),
+        };
+        if scales.is_none() && !matches!(scale_kind, "NONE") {
+            return Err(argument_error(format!("'{kind}' with {scale_kind} scales needs the scale tensor")));
+        }
+        Ok(WeightViews {
+            kind: kind.into(),
+            n,
+            k,
+            q,
+            scales,
+            element: element.into(),
+            scale_kind: scale_kind.into(),
+            group,
+            scale_mul,
+            scale_div,
+        })
+    }
+
+    /// # Safety
+    /// The views must stay alive and unaliased by a `&mut` while the weight is used.
+    unsafe fn weight(&self) -> PyResult<Weight<'_>> {
+        let (n, k) = (self.n, self.k);
+        Ok(match self.kind.as_str() {
+            "w4" => {
+                let element = match self.element.as_str() {
+                    "E2M1" => Element4::E2M1,
+                    "INT4" => Element4::Int4,
+                    e => return Err(argument_error(format!("unknown 4-bit element '{e}'"))),
+                };
+                let s = self.scales.as_ref().ok_or_else(|| argument_error("missing scales"))?;
+                let scales = match self.scale_kind.as_str() {
+                    "E4M3" => Scales4::E4M3(s.slice()),
+                    "E8M0" => Scales4::E8M0(s.slice()),
+                    _ => Scales4::F32(s.slice()),
+                };
+                Weight::W4(W4Weight {
+                    packed: self.q.slice(),
+                    n,
+                    k,
+                    element,
+                    scales,
+                    group: self.group,
+                    scale_mul: self.scale_mul,
+                    scale_div: self.scale_div,
+                })
+            }
+            "fp8" => {
+                let scales = match (self.scale_kind.as_str(), &self.scales) {
+                    ("F32_BLOCK", Some(s)) => Fp8Scales::Block { scales: s.slice(), block: self.group },
+                    ("E8M0", Some(s)) => Fp8Scales::E8M0 { scales: s.slice(), group: self.group },
+                    _ => Fp8Scales::None,
+                };
+                Weight::Fp8(Fp8Weight { w: self.q.slice(), n, k, scales })
+            }
+            _ => Weight::Int8(Int8Weight { w: self.q.slice(), n, k, scale: self.scales.as_ref().map(|s| s.slice()) }),
+        })
+    }
+
+    fn inputs(&self) -> [Option<&View>; 2] {
+        [Some(&self.q), self.scales.as_ref()]
+    }
+}
+
+/// `out[M, N] = (x[M, K] @ W^T) * a * b + bias` (fp32 x, out, a, b, bias; see cpu.py).
+///
+/// :rtype: None
+#[pyfunction]
+#[pyo3(
+    signature = (x, out, m, kind, n, k, qweight, scales, element, scale_kind, group, scale_mul, scale_div, operand_dtype, a, b, bias, force_scalar),
+    text_signature = "(x: torch.Tensor, out: torch.Tensor, m: int, kind: str, n: int, k: int, qweight: torch.Tensor, scales: Optional[torch.Tensor], element: str, scale_kind: str, group: int, scale_mul: Optional[float], scale_div: Optional[float], operand_dtype: str, a: Optional[torch.Tensor], b: Optional[torch.Tensor], bias: Optional[torch.Tensor], force_scalar: bool)"
+)]
+#[allow(clippy::too_many_arguments)]
+pub fn cpu_gemm(
+    py: Python<'_>, x: &Bound<'_, PyAny>, out: &Bound<'_, PyAny>, m: usize, kind: &str, n: usize, k: usize,
+    qweight: &Bound<'_, PyAny>, scales: Option<&Bound<'_, PyAny>>, element: &str, scale_kind: &str, group: usize,
+    scale_mul: Option<f32>, scale_div: Option<f32>, operand_dtype: &str, a: Option<&Bound<'_, PyAny>>,
+    b: Option<&Bound<'_, PyAny>>, bias: Option<&Bound<'_, PyAny>>, force_scalar: bool,
+) -> PyResult<()> {
+    let w = WeightViews::new(kind, n, k, qweight, scales, element, scale_kind, group, scale_mul, scale_div)?;
+    let op = operand(operand_dtype)?;
+    let xv = View::new(x, "torch.float32", 4, "x")?;
+    let ov = View::new(out, "torch.float32", 4, "out")?;
+    let av = View::opt(a, "torch.float32", 4, "row scale")?;
+    let bv = View::opt(b, "torch.float32", 4, "column scale")?;
+    let biasv = View::opt(bias, "torch.float32", 4, "bias")?;
+    let [q, s] = w.inputs();
+    disjoint(&ov, &[Some(&xv), q, s, av.as_ref(), bv.as_ref(), biasv.as_ref()])?;
+    let isa = Isa::resolve(force_scalar);
+    py.detach(|| {
+        // SAFETY: every view was checked for device, dtype, contiguity and alignment, the
+        // tensors are kept alive by the views, and the output overlaps no input.
+        let weight = unsafe { w.weight() }?;
+        let epi = Epilogue { a: factor(&av), b: factor(&bv), bias: biasv.as_ref().map(|v| unsafe { v.slice() }) };
+        let (xs, os) = unsafe { (xv.slice::<f32>(), ov.slice_mut::<f32>()) };
+        core_gemm::gemm(xs, m, &weight, op, &epi, os, isa).map_err(to_py)
+    })
+}
+
+/// W8A8: `out[M, N] = (xq[M, K] @ W^T, exact int32) * a * b + bias` (int8 xq and weight).
+///
+/// :rtype: None
+#[pyfunction]
+#[pyo3(
+    signature = (xq, out, m, n, k, qweight, a, b, bias, force_scalar),
+    text_signature = "(xq: torch.Tensor, out: torch.Tensor, m: int, n: int, k: int, qweight: torch.Tensor, a: Optional[torch.Tensor], b: Optional[torch.Tensor], bias: Optional[torch.Tensor], force_scalar: bool)"
+)]
+#[allow(clippy::too_many_arguments)]
+pub fn cpu_gemm_i8(
+    py: Python<'_>, xq: &Bound<'_, PyAny>, out: &Bound<'_, PyAny>, m: usize, n: usize, k: usize,
+    qweight: &Bound<'_, PyAny>, a: Option<&Bound<'_, PyAny>>, b: Option<&Bound<'_, PyAny>>,
+    bias: Option<&Bound<'_, PyAny>>, force_scalar: bool,
+) -> PyResult<()> {
+    let xv = View::new(xq, "torch.int8", 1, "x")?;
+    let qv = View::new(qweight, "torch.int8", 1, "weight")?;
+    let ov = View::new(out, "torch.float32", 4, "out")?;
+    let av = View::opt(a, "torch.float32", 4, "row scale")?;
+    let bv = View::opt(b, "torch.float32", 4, "column scale")?;
+    let biasv = View::opt(bias, "torch.float32", 4, "bias")?;
+    disjoint(&ov, &[Some(&xv), Some(&qv), av.as_ref(), bv.as_ref(), biasv.as_ref()])?;
+    let isa = Isa::resolve(force_scalar);
+    py.detach(|| {
+        // SAFETY: as in `cpu_gemm`.
+        let w = Int8Weight { w: unsafe { qv.slice() }, n, k, scale: None };
+        let epi = Epilogue { a: factor(&av), b: factor(&bv), bias: biasv.as_ref().map(|v| unsafe { v.slice() }) };
+        let (xs, os) = unsafe { (xv.slice::<i8>(), ov.slice_mut::<f32>()) };
+        core_gemm::gemm_i8(xs, m, &w, &epi, os, isa).map_err(to_py)
+    })
+}
+
+/// The whole weight dequantized into `out` ([N, K] float32, or bfloat16 with bf16 rounding).
+///
+/// :rtype: None
+#[pyfunction]
+#[pyo3(
+    signature = (out, kind, n, k, qweight, scales, element, scale_kind, group, scale_mul, scale_div, operand_dtype, force_scalar),
+    text_signature = "(out: torch.Tensor, kind: str, n: int, k: int, qweight: torch.Tensor, scales: Optional[torch.Tensor], element: str, scale_kind: str, group: int, scale_mul: Optional[float], scale_div: Optional[float], operand_dtype: str, force_scalar: bool)"
+)]
+#[allow(clippy::too_many_arguments)]
+pub fn cpu_dequant(
+    py: Python<'_>, out: &Bound<'_, PyAny>, kind: &str, n: usize, k: usize, qweight: &Bound<'_, PyAny>,
+    scales: Option<&Bound<'_, PyAny>>, element: &str, scale_kind: &str, group: usize, scale_mul: Option<f32>,
+    scale_div: Option<f32>, operand_dtype: &str, force_scalar: bool,
+) -> PyResult<()> {
+    let w = WeightViews::new(kind, n, k, qweight, scales, element, scale_kind, group, scale_mul, scale_div)?;
+    let op = operand(operand_dtype)?;
+    // bfloat16 storage holds bf16-rounded values exactly; any other rounding is stored as fp32.
+    let out_dtype: String = out.getattr("dtype")?.str()?.extract()?;
+    let bf16 = out_dtype == "torch.bfloat16";
+    if bf16 && op != Operand::Bf16 {
+        return Err(argument_error("a bfloat16 output needs bfloat16 operand rounding"));
+    }
+    let ov = if bf16 { View::new(out, "torch.bfloat16", 2, "out")? } else { View::new(out, "torch.float32", 4, "out")? };
+    let [q, s] = w.inputs();
+    disjoint(&ov, &[q, s])?;
+    let isa = Isa::resolve(force_scalar);
+    py.detach(|| {
+        // SAFETY: as in `cpu_gemm`; `out` is u16 (bfloat16) or f32 as checked above.
+        let weight = unsafe { w.weight() }?;
+        if bf16 {
+            core_gemm::dequant_bf16(&weight, unsafe { ov.slice_mut::<u16>() }, isa)
+        } else {
+            core_gemm::dequant(&weight, op, unsafe { ov.slice_mut::<f32>() }, isa)
+        }
+        .map_err(to_py)
+    })
+}
+
+/// The instruction set the fused kernels use on this CPU ("avx512", "avx2" or "scalar"; other architectures run the portable build).
+///
+/// :rtype: str
+#[pyfunction]
+pub fn cpu_isa() -> &'static str {
+    Isa::detect().name()
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(cpu_gemm, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_gemm_i8, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_dequant, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_isa, m)?)?;
+    Ok(())
+}
