@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from motensor.errors import ConfigError, FormatError, MotensorError
-from motensor.models import kv_cache, naming
+from motensor.models import bmm_experts, kv_cache, naming
 from motensor.models.moe import QuantExperts, check_supported_container, experts_act_fn
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,7 +39,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("motensor.models")
 
 # transformers class (config.json "architectures") -> what it is. Each is tested on a tiny
-# checkpoint in tests/test_models.py.
+# checkpoint in tests/test_models.py or tests/test_models_synthetic.py. Other transformers decoders
+# are tried too (with a warning): their quantized modules must be nn.Linears or experts containers.
 SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "LlamaForCausalLM": "Llama 2 / 3.x",
     "MistralForCausalLM": "Mistral",
@@ -49,6 +50,10 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "Qwen3MoeForCausalLM": "Qwen3-MoE",
     "Phi3ForCausalLM": "Phi-3",
     "Gemma3ForCausalLM": "Gemma 3 (text)",
+    "DeepseekV3ForCausalLM": "DeepSeek-V3 / R1 (MLA, routed + shared experts)",
+    "Qwen2MoeForCausalLM": "Qwen2-MoE / Qwen1.5-MoE",
+    "Glm4MoeForCausalLM": "GLM-4.5 / 4.6 MoE",
+    "Llama4ForCausalLM": "Llama 4 text (in-place quantized 3-D experts)",
 }
 
 _KV_ROLES = ("k_scale", "v_scale")
@@ -106,8 +111,9 @@ def from_pretrained(
     ``hf_kwargs`` go to ``AutoConfig.from_pretrained`` (config overrides), except
     ``attn_implementation`` (``"sdpa"``, ``"eager"``...), which goes to the model.
     ``moe_mode`` picks the experts path (``"auto"``, ``"loop"``, ``"dense"``; see
-    ``motensor.models.moe``). ``check_architecture=False`` tries architectures outside
-    :data:`SUPPORTED_ARCHITECTURES` (untested).
+    ``motensor.models.moe``). Architectures outside :data:`SUPPORTED_ARCHITECTURES` (the tested
+    ones) are tried with a logged warning (``check_architecture=False`` silences it): a module
+    that does not fit raises :class:`~motensor.errors.FormatError` naming it.
 
     >>> model = motensor.from_pretrained("tests/data/demo", device="cpu")
     >>> tok = motensor.load_tokenizer("tests/data/demo")
@@ -130,6 +136,7 @@ def from_pretrained(
     rename = naming.renamer(model)
 
     experts = _install_experts(model, loaded, rename, report, moe_mode)
+    experts.update(bmm_experts.install(model, loaded, rename, report, moe_mode, _set_submodule))
     _install_linears(model, loaded, rename, report, experts)
     _fill_plain(model, loaded, rename, report, experts, device)
     _tie(model, report)
@@ -170,21 +177,19 @@ def _config(ckpt: "Checkpoint", hf_kwargs: dict, check_architecture: bool):
     if not archs:
         raise UnsupportedArchitectureError(f"{ckpt.root}/config.json names no architecture (\"architectures\" is empty)")
     arch = archs[0]
-    if check_architecture and arch not in SUPPORTED_ARCHITECTURES:
-        supported = ", ".join(SUPPORTED_ARCHITECTURES)
-        hint = ""
-        if arch.endswith("ForConditionalGeneration"):
-            hint = " (multimodal models are not supported; text-only checkpoints of the same family may be)"
-        raise UnsupportedArchitectureError(
-            f"{ckpt.root}: architecture {arch!r} (model_type {raw.get('model_type')!r}) is not supported by "
-            f"motensor.from_pretrained{hint}; supported: {supported}. Pass check_architecture=False to try it anyway."
-        )
     import transformers
 
     if not hasattr(transformers, arch):
         raise UnsupportedArchitectureError(
-            f"{ckpt.root}: architecture {arch!r} is not in the installed transformers {transformers.__version__}"
+            f"{ckpt.root}: architecture {arch!r} (model_type {raw.get('model_type')!r}) is not in the installed "
+            f"transformers {transformers.__version__}; motensor builds the transformers class config.json names "
+            f"(tested: {', '.join(SUPPORTED_ARCHITECTURES)})"
         )
+    if check_architecture and arch not in SUPPORTED_ARCHITECTURES:
+        # Generic path: any decoder whose quantized modules are nn.Linears or experts containers
+        # loads; what does not fit raises naming the module.
+        log.warning("%s: architecture %s is not among those motensor is tested with (%s); trying it",
+                    ckpt.root, arch, ", ".join(SUPPORTED_ARCHITECTURES))
     cfg_kwargs = {k: v for k, v in hf_kwargs.items() if k != "attn_implementation"}
     config = AutoConfig.from_pretrained(os.fspath(ckpt.root), local_files_only=True, **cfg_kwargs)
     # motensor is the quantizer: transformers must not see a quantization_config it would act on.
@@ -281,8 +286,8 @@ def _install_linears(model, loaded, rename, report: ModelReport, experts: dict) 
     from motensor.nn import replace_linears
 
     renamed = _renamed_modules(loaded, rename)
-    linear_modules = {n: m for n, m in renamed.items() if naming.split_expert_name(n) is None or
-                      naming.split_expert_name(n)[0] not in experts}
+    linear_modules = {n: m for n, m in renamed.items() if not getattr(m.info, "bmm", False) and (
+                      naming.split_expert_name(n) is None or naming.split_expert_name(n)[0] not in experts)}
     source = loaded
     if any(n != m.info.name for n, m in linear_modules.items()):  # renamed: replace_linears needs our names
         source = copy.copy(loaded)

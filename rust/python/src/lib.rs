@@ -189,7 +189,7 @@ impl Checkpoint {
         Ok(Some(d))
     }
 
-    /// Every quantized module as a dict: name, quant_algo, n, k, group_size, lead, tensors
+    /// Every quantized module as a dict: name, quant_algo, n, k, group_size, lead, bmm, tensors
     /// (role -> tensor name), extras.
     fn modules<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
@@ -201,6 +201,7 @@ impl Checkpoint {
             d.set_item("k", m.k)?;
             d.set_item("group_size", m.group)?;
             d.set_item("lead", m.lead.clone())?;
+            d.set_item("bmm", m.bmm)?;
             let t = PyDict::new(py);
             for (role, name) in &m.tensors {
                 t.set_item(role.suffix(), name)?;
