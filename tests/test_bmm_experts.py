@@ -1,7 +1,7 @@
 """Real ModelOpt exports of Llama 4 (experts quantized in place as 3-D parameters) and DeepSeek-V3.
 
 ``llama4-nvfp4``, ``llama4-fp8`` and ``deepseekv3-nvfp4`` were written by nvidia-modelopt 0.47.0
-(tests/data/make_fixtures_035.py run in the 0.47 venv); ``llama4-nvfp4-modelopt035`` by 0.35.1,
+(tests/data/make_fixtures_035.py run in the 0.47 venv); ``refused/llama4-nvfp4-modelopt035`` by 0.35.1,
 whose BMM export writes a stale ``weight_scale`` (see ``test_modelopt035_stale_bmm_scale``).
 These fixtures have no logit references yet: ModelOpt's own fake-quant model of them differs from
 the transformers model built from the exported config.json even with activation quantizers off
@@ -92,7 +92,7 @@ def test_from_pretrained_runs_and_generates(name):
 def test_modelopt035_stale_bmm_scale_is_refused_naming_the_module():
     """nvidia-modelopt 0.35.1 registers a BMM expert's NVFP4 scale before transposing the parameter
     ([E, K, N/16]) and packs the weight with K-block scales it never writes: named, not loaded wrongly."""
-    d = DATA / "llama4-nvfp4-modelopt035"
+    d = DATA / "refused" / "llama4-nvfp4-modelopt035"
     if not d.is_dir():
         pytest.skip("no 0.35 export")
     with pytest.raises(motensor.FormatError, match=r"experts\.(down|gate_up)_proj.*0\.35") as e:
