@@ -158,7 +158,10 @@ def reference(ck: motensor.Checkpoint) -> dict[str, torch.Tensor]:
     out = dict(raw)
     for m in ck.modules.values():
         for role, name in m.tensors.items():
-            out[name] = to_kernel_layout(m.format, role, raw[name])
+            t = raw[name]
+            if m.bmm and t.dim() == 3:  # in-place experts are stored input-major [E, K', N]
+                t = t.transpose(1, 2).contiguous()
+            out[name] = to_kernel_layout(m.format, role, t)
     return out
 
 

@@ -42,7 +42,7 @@ class Checkpoint:
         """KV-cache tensors: list of {tensor, attention, kind}."""
         ...
     def modules(self) -> list[dict[str, Any]]:
-        """Every quantized module as a dict: name, quant_algo, n, k, group_size, lead, tensors
+        """Every quantized module as a dict: name, quant_algo, n, k, group_size, lead, bmm, tensors
         (role -> tensor name), extras."""
         ...
     @property

@@ -62,6 +62,11 @@ class ModuleInfo:
     lead: tuple[int, ...]
     tensors: Mapping[str, str]  # role ("weight", "weight_scale", ...) -> tensor name
     extras: tuple[str, ...] = ()
+    #: A 3-D expert parameter quantized in place (Llama 4 / gpt-oss ``experts.gate_up_proj``):
+    #: stored input-major ``[E, K, N]`` with ``<param>_weight_scale`` siblings. ``n``/``k``, the
+    #: loaded tensors (kernel layout) and :meth:`Checkpoint.dequantize` (``[E, N, K]``) are the
+    #: same as for a stack of Linears; the model's parameter is the transpose.
+    bmm: bool = False
 
     @property
     def quant_algo(self) -> str:
@@ -87,7 +92,8 @@ class ModuleInfo:
         g = f", group={self.group_size}" if self.group_size else ""
         lead = f"{list(self.lead)}x" if self.lead else ""
         pqs = ", pre_quant_scale" if self.has_pre_quant_scale else ""
-        return f"ModuleInfo({self.name!r}, {self.quant_algo}, {lead}[{self.n}, {self.k}]{g}{pqs})"
+        bmm = ", in-place experts [E, K, N]" if self.bmm else ""
+        return f"ModuleInfo({self.name!r}, {self.quant_algo}, {lead}[{self.n}, {self.k}]{g}{pqs}{bmm})"
 
 
 class Checkpoint:
@@ -179,6 +185,7 @@ class Checkpoint:
                 lead=tuple(m["lead"]),
                 tensors=dict(m["tensors"]),
                 extras=tuple(m["extras"]),
+                bmm=bool(m.get("bmm", False)),
             )
         return out
 
@@ -237,6 +244,8 @@ class Checkpoint:
 
         The math follows the format table (FORMATS.md section 8) and equals the weight
         ModelOpt's fake-quant model computes with. Multi-threaded in Rust, GIL released.
+        In-place expert parameters (``info.bmm``) come back as ``[E, N, K]`` like any stack of
+        Linears: ``.transpose(-1, -2)`` gives the model parameter's ``[E, K, N]``.
         """
         if not isinstance(module, str):
             raise ArgumentError(f"module is a name (str), not {type(module).__name__}")
@@ -269,7 +278,7 @@ class Checkpoint:
         rows = []
         for m in self.modules.values():
             nbytes = sum(self.tensor_info(t).nbytes for t in m.tensors.values())
-            roles = ",".join(r for r in m.tensors if r != "weight")
+            roles = ",".join(r for r in m.tensors if r != "weight") + (" (in-place experts)" if m.bmm else "")
             shape = "x".join(str(d) for d in (*m.lead, m.n, m.k))
             rows.append((m.name, m.quant_algo, shape, str(m.group_size or "-"), _human(nbytes), roles))
         plain_bytes = sum(self.tensor_info(t).nbytes for t in self.plain_tensors)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from motensor.errors import ConfigError, FormatError, MotensorError
-from motensor.models import kv_cache, naming
+from motensor.models import bmm_experts, kv_cache, naming
 from motensor.models.moe import QuantExperts, check_supported_container, experts_act_fn
 from motensor.nn.replace import set_submodule
 
@@ -39,7 +39,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("motensor.models")
 
 # transformers class (config.json "architectures") -> what it is. Each is tested on a tiny
-# checkpoint in tests/test_models.py.
+# checkpoint in tests/test_models.py or tests/test_models_synthetic.py. Other transformers decoders
+# are tried too (with a warning): their quantized modules must be nn.Linears or experts containers.
 SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "LlamaForCausalLM": "Llama 2 / 3.x",
     "MistralForCausalLM": "Mistral",
@@ -49,6 +50,10 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "Qwen3MoeForCausalLM": "Qwen3-MoE",
     "Phi3ForCausalLM": "Phi-3",
     "Gemma3ForCausalLM": "Gemma 3 (text)",
+    "DeepseekV3ForCausalLM": "DeepSeek-V3 / R1 (MLA, routed + shared experts)",
+    "Qwen2MoeForCausalLM": "Qwen2-MoE / Qwen1.5-MoE",
+    "Glm4MoeForCausalLM": "GLM-4.5 / 4.6 MoE",
+    "Llama4ForCausalLM": "Llama 4 text (in-place quantized 3-D experts)",
 }
 
 _KV_ROLES = ("k_scale", "v_scale")
@@ -130,8 +135,10 @@ def from_pretrained(
     :func:`motensor.open`). ``hf_kwargs`` go to ``AutoConfig.from_pretrained`` (config overrides),
     except ``attn_implementation`` (``"sdpa"``, ``"eager"``...), which goes to the model.
     ``moe_mode`` picks the experts path (``"auto"``, ``"loop"``, ``"dense"``; see
-    ``motensor.models.moe``). ``check_architecture=False`` tries architectures outside
-    :data:`SUPPORTED_ARCHITECTURES` (untested). ``progress`` shows download and load bars.
+    ``motensor.models.moe``). Architectures outside :data:`SUPPORTED_ARCHITECTURES` (the tested
+    ones) are tried with a logged warning (``check_architecture=False`` silences it): a module
+    that does not fit raises :class:`~motensor.errors.FormatError` naming it. ``progress`` shows
+    download and load bars.
 
     The model has ``config.quantization_config`` (a :class:`motensor.ModelOptConfig`),
     ``hf_quantizer``, ``is_quantized``, and ``save_pretrained`` writes a ModelOpt checkpoint.
@@ -184,6 +191,8 @@ def populate(model: "PreTrainedModel", ckpt: "Checkpoint", *, device: torch.devi
     rename = naming.renamer(model)
 
     experts = _install_experts(model, loaded, rename, report, moe_mode)
+    in_place = bmm_experts.install(model, loaded, rename, report, moe_mode, set_submodule)
+    experts.update({name: ExpertContainer(q, quantized=True) for name, q in in_place.items()})
     _install_linears(model, loaded, rename, report, experts)
     _fill_plain(model, loaded, rename, report, experts, target)
     _tie(model, report)
@@ -243,21 +252,19 @@ def _config(ckpt: "Checkpoint", hf_kwargs: dict, check_architecture: bool):
     if not archs:
         raise UnsupportedArchitectureError(f"{ckpt.root}/config.json names no architecture (\"architectures\" is empty)")
     arch = archs[0]
-    if check_architecture and arch not in SUPPORTED_ARCHITECTURES:
-        supported = ", ".join(SUPPORTED_ARCHITECTURES)
-        hint = ""
-        if arch.endswith("ForConditionalGeneration"):
-            hint = " (multimodal models are not supported; text-only checkpoints of the same family may be)"
-        raise UnsupportedArchitectureError(
-            f"{ckpt.root}: architecture {arch!r} (model_type {raw.get('model_type')!r}) is not supported by "
-            f"motensor.from_pretrained{hint}; supported: {supported}. Pass check_architecture=False to try it anyway."
-        )
     import transformers
 
     if not hasattr(transformers, arch):
         raise UnsupportedArchitectureError(
-            f"{ckpt.root}: architecture {arch!r} is not in the installed transformers {transformers.__version__}"
+            f"{ckpt.root}: architecture {arch!r} (model_type {raw.get('model_type')!r}) is not in the installed "
+            f"transformers {transformers.__version__}; motensor builds the transformers class config.json names "
+            f"(tested: {', '.join(SUPPORTED_ARCHITECTURES)})"
         )
+    if check_architecture and arch not in SUPPORTED_ARCHITECTURES:
+        # Generic path: any decoder whose quantized modules are nn.Linears or experts containers
+        # loads; what does not fit raises naming the module.
+        log.warning("%s: architecture %s is not among those motensor is tested with (%s); trying it",
+                    ckpt.root, arch, ", ".join(SUPPORTED_ARCHITECTURES))
     cfg_kwargs = {k: v for k, v in hf_kwargs.items() if k != "attn_implementation"}
     config = AutoConfig.from_pretrained(os.fspath(ckpt.root), local_files_only=True, **cfg_kwargs)
     # motensor is the quantizer: transformers must not see a quantization_config it would act on.
@@ -359,8 +366,10 @@ def _install_linears(model, loaded, rename, report: ModelReport, experts: dict[s
     from motensor.nn.replace import replace_linears_from
 
     renamed = _renamed_modules(loaded, rename)
-    # Keyed by the model's (renamed) module names, which is what replace_linears_from matches.
-    linear_modules = {n: m for n, m in renamed.items() if not _in_experts(n, experts)}
+    # Keyed by the model's (renamed) module names, which is what replace_linears_from matches;
+    # in-place (BMM) expert parameters were installed with their containers.
+    linear_modules = {n: m for n, m in renamed.items()
+                      if not getattr(m.info, "bmm", False) and not _in_experts(n, experts)}
     report.quantized_linears = replace_linears_from(model, linear_modules)
     missing = sorted(set(linear_modules) - set(report.quantized_linears))
     if missing:

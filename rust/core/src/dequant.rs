@@ -152,6 +152,7 @@ impl Parts<'_> {
         let idx = match rule {
             Some(ShapeRule::Scalar) => 0,
             Some(ShapeRule::PerOutput) => e * nn + n,
+            Some(ShapeRule::Groups) if m.bmm => (e * (kk / g) + j / g) * nn + n,
             Some(ShapeRule::Groups) => (e * nn + n) * (kk / g) + j / g,
             Some(ShapeRule::Blocks2d) => {
                 let (nb, kb) = (nn.div_ceil(g), kk.div_ceil(g));
@@ -168,9 +169,16 @@ impl Parts<'_> {
         let (nn, kk) = (m.n as usize, m.k as usize);
         let w = self.weight;
         for (j, o) in out.iter_mut().enumerate() {
+            // Byte offset of element (n, j) for one-byte elements: `[E, N, K]`, or `[E, K, N]`
+            // for in-place expert parameters.
+            let at = if m.bmm { (e * kk + j) * nn + n } else { (e * nn + n) * kk + j };
             let q = match (m.spec.element, m.spec.packing) {
-                (Element::E4m3, _) => E4M3[w[(e * nn + n) * kk + j] as usize],
-                (Element::Int8, _) => w[(e * nn + n) * kk + j] as i8 as f32,
+                (Element::E4m3, _) => E4M3[w[at] as usize],
+                (Element::Int8, _) => w[at] as i8 as f32,
+                (Element::E2m1, Packing::PairsAlongK) if m.bmm => {
+                    let b = w[(e * (kk / 2) + j / 2) * nn + n];
+                    E2M1[(if j % 2 == 0 { b & 0xF } else { b >> 4 }) as usize]
+                }
                 (Element::E2m1, Packing::PairsAlongK) => {
                     let b = w[(e * nn + n) * (kk / 2) + j / 2];
                     E2M1[(if j % 2 == 0 { b & 0xF } else { b >> 4 }) as usize]

@@ -13,6 +13,28 @@ use crate::quant_config::{QuantConfig, Scheme};
 /// Suffixes of KV-cache tensors (FORMATS §6); they live under `k_proj`/`v_proj` names.
 pub const KV_SUFFIXES: [&str; 4] = ["k_scale", "v_scale", "k_bias", "v_bias"];
 
+/// Sibling suffixes of a BMM expert parameter `P` (`P_weight_scale`, ...), longest first so that
+/// `_weight_scale_2` is not read as `_weight_scale`. Any of the scale suffixes marks `P` as a
+/// quantized-in-place parameter; `_bias` (gpt-oss) only joins a `P` so marked.
+const BMM_SUFFIXES: [(&str, Role); 5] = [
+    ("_weight_scale_2", Role::WeightScale2),
+    ("_pre_quant_scale", Role::PreQuantScale),
+    ("_weight_scale", Role::WeightScale),
+    ("_input_scale", Role::InputScale),
+    ("_bias", Role::Bias),
+];
+
+/// `"...experts.gate_up_proj_weight_scale"` -> `("...experts.gate_up_proj", WeightScale)` when
+/// the parameter exists in `names`.
+fn bmm_sibling<'a>(name: &'a str, names: &std::collections::HashSet<&str>) -> Option<(&'a str, Role)> {
+    BMM_SUFFIXES.iter().find_map(|(suffix, role)| {
+        let param = name.strip_suffix(suffix)?;
+        // The parameter is a leaf attribute (no role suffix of its own) that the index holds.
+        let leaf = param.rsplit_once('.').map(|(_, l)| l).unwrap_or(param);
+        (!leaf.is_empty() && Role::from_suffix(leaf).is_none() && names.contains(param)).then_some((param, *role))
+    })
+}
+
 /// A quantized Linear (or a stack of them along leading expert dims).
 #[derive(Debug, Clone)]
 pub struct QuantModule {
@@ -26,6 +48,12 @@ pub struct QuantModule {
     pub group: Option<u32>,
     /// Leading dims before `[N, K]` (stacked experts); usually empty.
     pub lead: Vec<u64>,
+    /// A 3-D expert parameter quantized in place (Llama 4 / gpt-oss "BMM" experts, FORMATS 5):
+    /// the weight tensor is the parameter itself (`experts.gate_up_proj`), its scales are
+    /// siblings named `<param>_weight_scale`..., and everything is stored input-major: weight
+    /// `[E, K, N]` (4-bit: `[E, K/2, N]`, two K-neighbours per byte), group scales `[E, K/G, N]`.
+    /// `n`/`k` and every other field still describe the logical Linear `[E, N, K]`.
+    pub bmm: bool,
     /// Role -> tensor name.
     pub tensors: BTreeMap<Role, String>,
     /// Tensors under this module's name that its format does not use (kept, reported).
@@ -105,7 +133,25 @@ pub fn build(names: &[String], lookup: &dyn TensorLookup, cfg: Option<&QuantConf
     let mut kv = Vec::new();
     let mut notes = Vec::new();
 
+    // BMM expert parameters first: `P` with a `P_weight_scale` (etc.) sibling is a module.
+    let all: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+    let mut bmm: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
     for name in names {
+        if let Some((param, role)) = bmm_sibling(name, &all) {
+            if role != Role::Bias {
+                bmm.insert(param);
+            }
+        }
+    }
+    for name in names {
+        if bmm.contains(name.as_str()) {
+            groups.entry(name.as_str()).or_default().insert(Role::Weight, name.as_str());
+            continue;
+        }
+        if let Some((param, role)) = bmm_sibling(name, &all).filter(|(p, _)| bmm.contains(p)) {
+            groups.entry(param).or_default().insert(role, name.as_str());
+            continue;
+        }
         let Some((module, suffix)) = name.rsplit_once('.') else {
             plain.push(name.clone());
             continue;
@@ -120,7 +166,6 @@ pub fn build(names: &[String], lookup: &dyn TensorLookup, cfg: Option<&QuantConf
                 kind: suffix.to_string(),
             });
         } else {
-            check_not_bmm_expert(name, lookup)?;
             plain.push(name.clone());
         }
     }
@@ -141,7 +186,7 @@ pub fn build(names: &[String], lookup: &dyn TensorLookup, cfg: Option<&QuantConf
         let assigned = cfg.and_then(|c| configured_format(c, module));
         match (evidence, assigned) {
             (true, Some((spec, group))) => {
-                modules.push(validate(module, &roles, spec, group, lookup)?);
+                modules.push(validate(module, &roles, spec, group, lookup, bmm.contains(module))?);
             }
             (true, None) => {
                 let why = match cfg {
@@ -179,30 +224,13 @@ pub fn build(names: &[String], lookup: &dyn TensorLookup, cfg: Option<&QuantConf
     })
 }
 
-/// Llama4 / GPT-OSS keep experts as 3-D parameters with `<param>_weight_scale` siblings
-/// (FORMATS §5); their packing is transposed and not supported yet: refuse rather than load
-/// packed bytes as if they were plain weights.
-fn check_not_bmm_expert(name: &str, lookup: &dyn TensorLookup) -> Result<()> {
-    if let Some(param) = name.strip_suffix("_weight_scale") {
-        if lookup.info(param).is_some() {
-            return Err(Error::UnsupportedFormat {
-                file: lookup.file_of(name),
-                algo: "BMM experts".into(),
-                msg: format!(
-                    "'{param}' is a 3-D expert parameter quantized in place (Llama4/GPT-OSS style, FORMATS 5); not supported yet"
-                ),
-            });
-        }
-    }
-    Ok(())
-}
-
 fn validate(
     module: &str,
     roles: &BTreeMap<Role, &str>,
     spec: &'static FormatSpec,
     configured_group: Option<u32>,
     lookup: &dyn TensorLookup,
+    bmm: bool,
 ) -> Result<QuantModule> {
     let err = |tensor: &str, msg: String| Error::Format {
         file: lookup.file_of(tensor),
@@ -262,19 +290,38 @@ fn validate(
     }
     let (lead, last2) = w.shape.split_at(w.shape.len() - 2);
     let (r, c) = (last2[0], last2[1]);
-    let (n, k) = match spec.packing {
-        Packing::None => (r, c),
-        Packing::PairsAlongK => (r, c * 2),
-        Packing::PairsAlongN => (r * 2, c),
+    let (n, k) = match (bmm, spec.packing) {
+        (false, Packing::None) => (r, c),
+        (false, Packing::PairsAlongK) => (r, c * 2),
+        (false, Packing::PairsAlongN) => (r * 2, c),
+        // In-place expert parameters are stored input-major `[E, K, N]`; ModelOpt packs 4-bit
+        // pairs along K there too (it transposes to `[E, N, K]`, packs, transposes back).
+        (true, Packing::None) => (c, r),
+        (true, Packing::PairsAlongK) => (c, r * 2),
+        (true, Packing::PairsAlongN) => {
+            return Err(err(&wname, format!("{} is not known for in-place (BMM) expert parameters; cannot lay it out", spec.name)))
+        }
     };
+    if bmm {
+        if lead.is_empty() {
+            return Err(err(&wname, format!("in-place expert parameter has shape {:?}; expected [experts, K, N]", w.shape)));
+        }
+        if matches!(spec.rule(Role::WeightScale).map(|r| r.shape), Some(ShapeRule::Blocks2d)) {
+            return Err(err(&wname, format!("{} block scales are not known for in-place (BMM) expert parameters", spec.name)));
+        }
+    }
 
-    let group = resolve_group(spec, configured_group, roles, k, lookup)
+    if bmm {
+        stale_bmm_scale(spec, roles, lead, n, k, configured_group, lookup).map_err(|(t, msg)| err(t, msg))?;
+    }
+
+    let group = resolve_group(spec, configured_group, roles, k, lookup, bmm)
         .map_err(|msg| err(roles.get(&Role::WeightScale).copied().unwrap_or(&wname), msg))?;
 
     for (&role, t) in &tensors {
         let rule = spec.rule(role).ok_or_else(|| Error::argument("rule vanished"))?;
         let ti = info(t)?;
-        if let Err(msg) = check_shape(rule.shape, &ti.shape, lead, n, k, group) {
+        if let Err(msg) = check_shape(rule.shape, &ti.shape, lead, n, k, group, bmm) {
             return Err(err(t, msg));
         }
     }
@@ -286,9 +333,46 @@ fn validate(
         k,
         group,
         lead: lead.to_vec(),
+        bmm,
         tensors,
         extras,
     })
+}
+
+/// ModelOpt 0.35 (and other releases before the fix) registers a BMM expert's group scale
+/// before transposing the parameter, i.e. computed over blocks along N of `[E, K, N]`
+/// (`[E, K, N/G]`), then packs the weight with *other* scales (blocks along K) that it does not
+/// write: the packed bytes cannot be dequantized from what the file holds. Named as such
+/// instead of as a generic shape mismatch.
+fn stale_bmm_scale<'a>(
+    spec: &FormatSpec,
+    roles: &BTreeMap<Role, &'a str>,
+    lead: &[u64],
+    n: u64,
+    k: u64,
+    configured: Option<u32>,
+    lookup: &dyn TensorLookup,
+) -> std::result::Result<(), (&'a str, String)> {
+    if !matches!(spec.rule(Role::WeightScale).map(|r| r.shape), Some(ShapeRule::Groups)) {
+        return Ok(());
+    }
+    let (Some(t), Some(g)) = (roles.get(&Role::WeightScale), configured.or(spec.default_group)) else {
+        return Ok(());
+    };
+    let g = g as u64;
+    let Some(ti) = lookup.info(t) else { return Ok(()) };
+    let stale: Vec<u64> = lead.iter().copied().chain([k, n / g.max(1)]).collect();
+    let good: Vec<u64> = lead.iter().copied().chain([k / g.max(1), n]).collect();
+    if n % g == 0 && ti.shape == stale && ti.shape != good {
+        return Err((
+            t,
+            format!(
+                "in-place expert scale has shape {:?} = [E, K, N/{g}]: the scale ModelOpt computed before transposing                  the parameter (written by nvidia-modelopt 0.35 and similar releases), not the [E, K/{g}, N] scale its                  packed weights were quantized with, which the file lacks; this module cannot be dequantized (re-export                  with a current nvidia-modelopt, e.g. 0.47)",
+                ti.shape
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The group size: configured, else the format default; checked against the scale's shape
@@ -299,6 +383,7 @@ fn resolve_group(
     roles: &BTreeMap<Role, &str>,
     k: u64,
     lookup: &dyn TensorLookup,
+    bmm: bool,
 ) -> std::result::Result<Option<u32>, String> {
     let rule = spec.rule(Role::WeightScale);
     let is_groups = matches!(rule.map(|r| r.shape), Some(ShapeRule::Groups));
@@ -314,7 +399,9 @@ fn resolve_group(
         // The scale's last dim says how many groups there are; a checkpoint without a
         // group_size key (config.json form) may use another size than the default.
         if let Some(ti) = roles.get(&Role::WeightScale).and_then(|t| lookup.info(t)) {
-            let cols = ti.shape.last().copied().unwrap_or(0);
+            // `[.., N, K/G]`, or `[.., K/G, N]` for in-place expert parameters.
+            let at = if bmm { ti.shape.len().checked_sub(2) } else { ti.shape.len().checked_sub(1) };
+            let cols = at.and_then(|i| ti.shape.get(i)).copied().unwrap_or(0);
             if cols == 0 || k % cols != 0 {
                 return Err(format!(
                     "weight_scale has {cols} groups, which does not divide K={k} (shape {:?})",
@@ -339,7 +426,15 @@ fn resolve_group(
     Ok(Some(g as u32))
 }
 
-fn check_shape(rule: ShapeRule, shape: &[u64], lead: &[u64], n: u64, k: u64, group: Option<u32>) -> std::result::Result<(), String> {
+fn check_shape(
+    rule: ShapeRule,
+    shape: &[u64],
+    lead: &[u64],
+    n: u64,
+    k: u64,
+    group: Option<u32>,
+    bmm: bool,
+) -> std::result::Result<(), String> {
     let with_lead = |tail: &[u64]| -> Vec<u64> { lead.iter().chain(tail).copied().collect() };
     let expect: Vec<Vec<u64>> = match rule {
         ShapeRule::Weight => return Ok(()),
@@ -348,7 +443,11 @@ fn check_shape(rule: ShapeRule, shape: &[u64], lead: &[u64], n: u64, k: u64, gro
         ShapeRule::PerInput => vec![with_lead(&[k]), vec![k]],
         ShapeRule::Groups => {
             let g = group.unwrap_or(1) as u64;
-            vec![with_lead(&[n, k / g])]
+            if bmm {
+                vec![with_lead(&[k / g, n])]
+            } else {
+                vec![with_lead(&[n, k / g])]
+            }
         }
         ShapeRule::Blocks2d => {
             let g = group.unwrap_or(128) as u64;

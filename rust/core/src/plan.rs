@@ -9,7 +9,7 @@ use crate::checkpoint::Checkpoint;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::exclude::pattern_matches;
-use crate::formats::{Role, ScaleLayout, ShapeRule, WeightLayout};
+use crate::formats::{Packing, Role, ScaleLayout, ShapeRule, WeightLayout};
 use crate::modules::QuantModule;
 
 /// How the bytes of a stored tensor become the bytes of its loaded form.
@@ -143,6 +143,23 @@ fn module_item(ck: &Checkpoint, m: &QuantModule, role: Role, t: &str) -> Result<
     let with_lead = |tail: &[u64]| -> Vec<u64> { lead.iter().chain(tail).copied().collect() };
     let rule = m.spec.rule(role).map(|r| r.shape);
     let (transform, out_dtype, out_shape, granule) = match (role, rule) {
+        // In-place expert parameters `[E, K', N]` become the kernel layout of a stack of
+        // Linears, `[E, N, K']` (K' = K/2 for 4-bit pairs, already packed along K).
+        (Role::Weight, _) if m.bmm => match m.spec.weight_layout {
+            WeightLayout::AsStored => {
+                let rows = if m.spec.packing == Packing::PairsAlongK { m.k / 2 } else { m.k };
+                (
+                    Transform::Transpose { rows, cols: m.n, elem: 1 },
+                    info.dtype,
+                    with_lead(&[m.n, rows]),
+                    rows,
+                )
+            }
+            // The module view refuses pairs-along-N packings for in-place parameters.
+            WeightLayout::Int4ToKPacked => {
+                return Err(Error::argument(format!("'{}': INT4 in-place expert parameters cannot be laid out", m.name)))
+            }
+        },
         (Role::Weight, _) => match m.spec.weight_layout {
             WeightLayout::AsStored => (Transform::Copy, info.dtype, info.shape.clone(), 1),
             WeightLayout::Int4ToKPacked => (
@@ -158,6 +175,18 @@ fn module_item(ck: &Checkpoint, m: &QuantModule, role: Role, t: &str) -> Result<
             vec![],
             4,
         ),
+        // Stored `[E, K/G, N]`: already the kernel's transposed group layout.
+        (Role::WeightScale, Some(ShapeRule::Groups)) if m.bmm => {
+            let g = m.group.unwrap_or(1) as u64;
+            let dt = if info.dtype == DType::F8_E8M0 { DType::U8 } else { info.dtype };
+            let shape = with_lead(&[m.k / g, m.n]);
+            let copy_shape = if m.spec.scale_layout == ScaleLayout::GroupsTransposed {
+                shape
+            } else {
+                return Err(Error::argument(format!("'{}': {} group scales of in-place expert parameters cannot be laid out", m.name, m.spec.name)));
+            };
+            (Transform::Copy, dt, copy_shape, 1)
+        }
         (Role::WeightScale, Some(ShapeRule::Groups)) => match m.spec.scale_layout {
             ScaleLayout::GroupsTransposed => {
                 let g = m.group.unwrap_or(1) as u64;

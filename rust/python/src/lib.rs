@@ -239,7 +239,7 @@ impl Checkpoint {
         Ok(Some(d))
     }
 
-    /// Every quantized module as a dict: name, quant_algo, n, k, group_size, lead, tensors
+    /// Every quantized module as a dict: name, quant_algo, n, k, group_size, lead, bmm, tensors
     /// (role -> tensor name), extras.
     ///
     /// :rtype: list[dict[str, Any]]
@@ -253,6 +253,7 @@ impl Checkpoint {
             d.set_item("k", m.k)?;
             d.set_item("group_size", m.group)?;
             d.set_item("lead", m.lead.clone())?;
+            d.set_item("bmm", m.bmm)?;
             let t = PyDict::new(py);
             for (role, name) in &m.tensors {
                 t.set_item(role.suffix(), name)?;
