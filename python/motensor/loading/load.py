@@ -47,6 +47,7 @@ def load(
     progress: bool = True,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     num_buffers: int = DEFAULT_NUM_BUFFERS,
+    slices: Mapping[str, tuple[int, int, int]] | None = None,
 ) -> LoadedCheckpoint:
     """Loads a ModelOpt checkpoint onto ``device``, every tensor in motensor's kernel layout.
 
@@ -63,6 +64,9 @@ def load(
         progress: show a byte progress bar (``tqdm``) for loads that take more than a second.
         chunk_bytes, num_buffers: the host staging ring (CUDA): at most
             ``num_buffers * chunk_bytes`` bytes of pinned memory, whatever the checkpoint's size.
+        slices: ``{tensor name: (axis, start, len)}``: load only that part of those stored
+            tensors (one of their last two axes), re-laid-out as the whole tensor would be;
+            only its bytes are read. A tensor-parallel rank's shard (``motensor.parallel``).
 
     Returns:
         A :class:`LoadedCheckpoint`: ``.modules`` (quantized modules, tensors by role),
@@ -90,6 +94,7 @@ def load(
         progress=progress,
         chunk_bytes=chunk_bytes,
         num_buffers=num_buffers,
+        slices=slices,
     )
 
 
@@ -103,6 +108,7 @@ def _load(
     chunk_bytes: int,
     num_buffers: int,
     staged: bool | None = None,
+    slices: Mapping[str, tuple[int, int, int]] | None = None,
 ) -> LoadedCheckpoint:
     """:func:`load`, plus ``staged``: force (``True``) or forbid (``False``) the staging ring.
     Forcing it on the CPU runs the CUDA path's batch loop with ordinary buffers and
@@ -122,7 +128,8 @@ def _load(
         ck = Checkpoint(checkpoint)
         open_seconds = time.perf_counter() - t0
 
-    plan = ck._core.plan(patterns)
+    plan = ck._core.plan(patterns, dict(slices) if slices else None)
+    read_before = _core.source_bytes_read()
     items = plan.items()
     total = plan.total_bytes
     use_staging = dev.type != "cpu" if staged is None else staged
@@ -150,6 +157,7 @@ def _load(
     mods, tensors = group_tensors(items, views, ck.modules)
     stats = LoadStats(
         source_bytes=plan.source_bytes,
+        read_bytes=_core.source_bytes_read() - read_before,
         arena_bytes=total,
         seconds=time.perf_counter() - t0,
         open_seconds=open_seconds,

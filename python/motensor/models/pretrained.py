@@ -97,6 +97,7 @@ def from_pretrained(
     progress: bool = False,
     moe_mode: str = "auto",
     check_architecture: bool = True,
+    tp_plan: Union[str, dict, None] = None,
     **hf_kwargs: Any,
 ) -> "PreTrainedModel":
     """Builds the transformers model of a ModelOpt checkpoint directory with motensor's
@@ -108,6 +109,11 @@ def from_pretrained(
     ``moe_mode`` picks the experts path (``"auto"``, ``"loop"``, ``"dense"``; see
     ``motensor.models.moe``). ``check_architecture=False`` tries architectures outside
     :data:`SUPPORTED_ARCHITECTURES` (untested).
+
+    ``tp_plan="auto"`` (under ``torchrun``) shards the model over the ranks of the default
+    ``torch.distributed`` group with the model's own transformers TP plan, each rank reading only
+    its slice of every tensor (``motensor.parallel.tp``); ``device`` is then ``"cuda"`` (each rank
+    on ``cuda:LOCAL_RANK``) or ``"cpu"``.
 
     >>> model = motensor.from_pretrained("tests/data/demo", device="cpu")
     >>> tok = motensor.load_tokenizer("tests/data/demo")
@@ -122,12 +128,22 @@ def from_pretrained(
     config, arch = _config(ckpt, hf_kwargs, check_architecture)
     attn = hf_kwargs.pop("attn_implementation", None)
     model = _build_on_meta(arch, config, dtype, attn)
+    rename = naming.renamer(model)
 
-    loaded = motensor.load(ckpt, device=device, dtype=dtype, progress=progress)
+    shards = None
+    if tp_plan is not None:
+        from motensor.parallel import tp
+
+        ctx = tp.setup(device)
+        device = ctx.device
+        shards = tp.plan_shards(model, ckpt, rename, ctx, tp_plan)
+    loaded = motensor.load(ckpt, device=device, dtype=dtype, progress=progress,
+                           slices=shards.slices if shards else None)
+    if shards is not None:
+        tp.localize(loaded, shards)
     device = loaded.device  # resolved ("cuda" -> "cuda:0"), checked by the loader
     q = ckpt.quant_config
     report = ModelReport(architecture=arch, quant_algo=q.quant_algo if q else None, load_stats=loaded.stats)
-    rename = naming.renamer(model)
 
     experts = _install_experts(model, loaded, rename, report, moe_mode)
     _install_linears(model, loaded, rename, report, experts)
@@ -137,6 +153,8 @@ def from_pretrained(
                                               q.kv_cache_quant_algo if q else None)
     _init_non_persistent_buffers(model, device)
     _check_complete(model, ckpt.root)
+    if shards is not None:
+        tp.install(model, shards)
 
     model.eval()
     model.requires_grad_(False)

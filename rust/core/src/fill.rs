@@ -6,7 +6,21 @@ use rayon::prelude::*;
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::numeric::read_f32;
-use crate::plan::{LoadItem, Piece, Transform};
+use crate::plan::{LoadItem, Piece, Transform, Window};
+
+/// Bytes the fills of this process have read out of checkpoint files (see [`source_bytes_read`]).
+static SOURCE_BYTES_READ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Bytes of checkpoint data every fill of this process has read so far, counted as the pieces
+/// are copied (a tensor-parallel rank reads only its slices; this measures it rather than
+/// trusting the plan).
+pub fn source_bytes_read() -> u64 {
+    SOURCE_BYTES_READ.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn count_read(n: usize) {
+    SOURCE_BYTES_READ.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// Pieces larger than this are split so that rayon can spread one big tensor over all cores.
 pub const SPLIT_BYTES: u64 = 1 << 20;
@@ -101,14 +115,23 @@ pub fn prefetch(ck: &Checkpoint, items: &[LoadItem], pieces: &[Piece]) {
 fn fill_piece(ck: &Checkpoint, it: &LoadItem, out_begin: u64, out: &mut [u8]) -> Result<()> {
     let src = ck.tensor_data(&it.tensor)?;
     let ob = out_begin as usize;
+    let sliced = !it.window.is_full();
     match it.transform {
+        Transform::Copy if sliced => {
+            copy_window(it, src, ob, out)?;
+            count_read(out.len());
+        }
         Transform::Copy => {
             out.copy_from_slice(&src[ob..ob + out.len()]);
+            count_read(out.len());
         }
         Transform::ScalarToF32 { from } => {
             let v = read_f32(src, from, 0);
             let bytes = v.to_le_bytes();
             out.copy_from_slice(&bytes[ob..ob + out.len()]);
+            if ob == 0 {
+                count_read(src.len());
+            }
         }
         Transform::Int4ToKPacked { n, k } => {
             let (n, k) = (n as usize, k as usize);
@@ -121,12 +144,17 @@ fn fill_piece(ck: &Checkpoint, it: &LoadItem, out_begin: u64, out: &mut [u8]) ->
             }
             // Pieces start on output rows (granule = K/2). Output row r (expert r / n, row
             // r % n) takes one nibble of every byte of source row (e * N/2 + ni/2) of the
-            // [*, N/2, K] buffer: the low nibble for even ni, the high one for odd ni.
+            // [*, N/2, K] buffer: the low nibble for even ni, the high one for odd ni. A sliced
+            // item reads the same rows of its window (K columns from col0 of longer rows).
+            let w = if sliced { it.window } else { Window::dense(n as u64 / 2, k as u64, 1) };
             let row0 = ob / half_k;
+            // Two output rows (even and odd ni) share one source row: as many bytes are read
+            // as written.
+            count_read(out.len());
             for (ri, orow) in out.chunks_mut(half_k).enumerate() {
                 let r = row0 + ri;
                 let (e, ni) = (r / n, r % n);
-                let base = (e * (n / 2) + ni / 2) * k;
+                let base = w.at(e as u64, (ni / 2) as u64, 0) as usize;
                 let srow = src.get(base..base + k).ok_or_else(|| short_source(it, base + k, src.len()))?;
                 if ni % 2 == 0 {
                     int4_row::<0>(srow, orow);
@@ -136,20 +164,23 @@ fn fill_piece(ck: &Checkpoint, it: &LoadItem, out_begin: u64, out: &mut [u8]) ->
             }
         }
         Transform::Transpose { rows, cols, elem } => {
-            let (rows, cols, elem) = (rows as usize, cols as usize, elem as usize);
+            // A sliced item transposes its window: `rows` x `cols` out of longer source rows.
+            let w = if sliced { it.window } else { Window::dense(rows, cols, elem) };
+            let (rows, elem) = (rows as usize, elem as usize);
             let row_bytes = rows * elem;
-            let needed = src_rows_needed(ob, out.len(), row_bytes, rows, cols, elem);
+            let needed = src_bytes_needed(ob, out.len(), row_bytes, &w);
             if src.len() < needed {
                 return Err(short_source(it, needed, src.len()));
             }
+            count_read(out.len());
             // Whole output rows (the plan's granule) take the cache-friendly path; the
             // element-by-element loop stays for any other cut.
             let aligned = row_bytes > 0 && ob % row_bytes == 0 && out.len() % row_bytes == 0;
             match elem {
-                1 if aligned => transpose_rows::<1>(src, out, rows, cols, ob / row_bytes),
-                2 if aligned => transpose_rows::<2>(src, out, rows, cols, ob / row_bytes),
-                4 if aligned => transpose_rows::<4>(src, out, rows, cols, ob / row_bytes),
-                _ => transpose_elements(src, out, rows, cols, elem, ob),
+                1 if aligned => transpose_rows::<1>(src, out, &w, ob / row_bytes),
+                2 if aligned => transpose_rows::<2>(src, out, &w, ob / row_bytes),
+                4 if aligned => transpose_rows::<4>(src, out, &w, ob / row_bytes),
+                _ => transpose_elements(src, out, &w, ob),
             }
         }
     }
@@ -163,13 +194,36 @@ fn short_source(it: &LoadItem, needed: usize, have: usize) -> Error {
     ))
 }
 
-/// Bytes of source a transpose piece reads at most: up to the end of the last expert it touches.
-fn src_rows_needed(ob: usize, len: usize, row_bytes: usize, rows: usize, cols: usize, elem: usize) -> usize {
-    if len == 0 || row_bytes == 0 || cols == 0 {
+/// Bytes of source a transpose piece reads at most: up to the last element of the last expert
+/// it touches.
+fn src_bytes_needed(ob: usize, len: usize, row_bytes: usize, w: &Window) -> usize {
+    if len == 0 || row_bytes == 0 || w.ncols == 0 || w.nrows == 0 {
         return 0;
     }
-    let last_out_row = (ob + len - 1) / row_bytes;
-    (last_out_row / cols + 1) * rows * cols * elem
+    let last_out_row = ((ob + len - 1) / row_bytes) as u64;
+    (w.at(last_out_row / w.ncols, w.nrows - 1, w.ncols - 1) + w.elem) as usize
+}
+
+/// A sliced plain copy: output bytes `[ob, ob + out.len())` of the window's rows laid end to
+/// end, each row `ncols * elem` bytes read from its place in the stored tensor.
+fn copy_window(it: &LoadItem, src: &[u8], ob: usize, out: &mut [u8]) -> Result<()> {
+    let w = &it.window;
+    let run = (w.ncols * w.elem) as usize;
+    if run == 0 {
+        return Ok(());
+    }
+    let mut done = 0usize;
+    while done < out.len() {
+        let pos = ob + done;
+        let (row, within) = ((pos / run) as u64, pos % run);
+        let (e, r) = (row / w.nrows, row % w.nrows);
+        let s = w.at(e, r, 0) as usize + within;
+        let take = (run - within).min(out.len() - done);
+        let bytes = src.get(s..s + take).ok_or_else(|| short_source(it, s + take, src.len()))?;
+        out[done..done + take].copy_from_slice(bytes);
+        done += take;
+    }
+    Ok(())
 }
 
 // The re-layout inner loops below were rewritten for speed (issue 3, motensor.load): the first
@@ -210,8 +264,10 @@ fn int4_row<const SHIFT: u32>(srow: &[u8], orow: &mut [u8]) {
 /// in one go. Writing all output rows per source row instead (the obvious loop) strides by the
 /// output row length, a multiple of a large power of two for real shapes (N = 14336 = 7 * 2^11),
 /// so the stores crowd into a few L1 sets and the cache thrashes. The caller checked that `src`
-/// holds every expert the piece touches.
-fn transpose_rows<const E: usize>(src: &[u8], out: &mut [u8], rows: usize, cols: usize, first: usize) {
+/// holds every expert the piece touches. The source is the window `w` (its `nrows` x `ncols`
+/// elements, in rows of `w.cols`).
+fn transpose_rows<const E: usize>(src: &[u8], out: &mut [u8], w: &Window, first: usize) {
+    let (rows, cols, stride) = (w.nrows as usize, w.ncols as usize, w.cols as usize);
     let tile = (64 / E).max(1);
     let row_bytes = rows * E;
     let nout = out.len() / row_bytes;
@@ -222,16 +278,15 @@ fn transpose_rows<const E: usize>(src: &[u8], out: &mut [u8], rows: usize, cols:
         // Output rows of this piece that belong to expert `e`.
         let run = (cols - c0).min(nout - i);
         let block = &mut out[i * row_bytes..(i + run) * row_bytes];
-        let base = e * rows * cols;
         let mut rb = 0;
         while rb < rows {
             let tr = tile.min(rows - rb);
             for (j, orow) in block.chunks_exact_mut(row_bytes).enumerate() {
                 let dst = &mut orow[rb * E..(rb + tr) * E];
-                let mut s = (base + rb * cols + c0 + j) * E;
+                let mut s = w.at(e as u64, rb as u64, (c0 + j) as u64) as usize;
                 for d in dst.chunks_exact_mut(E) {
                     d.copy_from_slice(&src[s..s + E]);
-                    s += cols * E;
+                    s += stride * E;
                 }
             }
             rb += tr;
@@ -241,16 +296,17 @@ fn transpose_rows<const E: usize>(src: &[u8], out: &mut [u8], rows: usize, cols:
 }
 
 /// The general transpose: any element size, pieces cut anywhere on an element boundary.
-fn transpose_elements(src: &[u8], out: &mut [u8], rows: usize, cols: usize, elem: usize, ob: usize) {
+fn transpose_elements(src: &[u8], out: &mut [u8], w: &Window, ob: usize) {
     // Output is [*, cols, rows] of `elem`-byte elements; element (e, c, r) comes from
-    // source (e, r, c).
+    // source (e, r, c) of the window.
+    let (rows, cols, elem) = (w.nrows as usize, w.ncols as usize, w.elem as usize);
     let per = rows * cols;
     let first = ob / elem;
     for (i, chunk) in out.chunks_exact_mut(elem).enumerate() {
         let flat = first + i;
         let (e, within) = (flat / per, flat % per);
         let (c, r) = (within / rows, within % rows);
-        let s = (e * per + r * cols + c) * elem;
+        let s = w.at(e as u64, r as u64, c as u64) as usize;
         chunk.copy_from_slice(&src[s..s + elem]);
     }
 }
@@ -318,7 +374,8 @@ mod tests {
                 let src = bytes(lead * rows * cols * elem, (lead * 100 + rows * 10 + cols) as u64);
                 let total = lead * rows * cols * elem;
                 let mut want = vec![0u8; total];
-                transpose_elements(&src, &mut want, rows, cols, elem, 0);
+                let w = Window::dense(rows as u64, cols as u64, elem as u64);
+                transpose_elements(&src, &mut want, &w, 0);
                 let row_bytes = rows * elem;
                 for cut in 1..=lead * cols {
                     let mut got = vec![0u8; total];
@@ -327,9 +384,9 @@ mod tests {
                         let len = (cut * row_bytes).min(total - ob);
                         let piece = &mut got[ob..ob + len];
                         match elem {
-                            1 => transpose_rows::<1>(&src, piece, rows, cols, ob / row_bytes),
-                            2 => transpose_rows::<2>(&src, piece, rows, cols, ob / row_bytes),
-                            _ => transpose_rows::<4>(&src, piece, rows, cols, ob / row_bytes),
+                            1 => transpose_rows::<1>(&src, piece, &w, ob / row_bytes),
+                            2 => transpose_rows::<2>(&src, piece, &w, ob / row_bytes),
+                            _ => transpose_rows::<4>(&src, piece, &w, ob / row_bytes),
                         }
                         ob += len;
                     }
@@ -343,10 +400,80 @@ mod tests {
     fn transpose_source_bound_covers_the_last_expert_touched() {
         // [2, rows=3, cols=4] of 2-byte elements: output rows 0..4 are expert 0, 4..8 expert 1.
         let row_bytes = 3 * 2;
-        assert_eq!(src_rows_needed(0, 4 * row_bytes, row_bytes, 3, 4, 2), 24);
-        assert_eq!(src_rows_needed(0, 5 * row_bytes, row_bytes, 3, 4, 2), 48);
-        assert_eq!(src_rows_needed(7 * row_bytes, row_bytes, row_bytes, 3, 4, 2), 48);
-        assert_eq!(src_rows_needed(0, 0, row_bytes, 3, 4, 2), 0);
+        let w = Window::dense(3, 4, 2);
+        assert_eq!(src_bytes_needed(0, 4 * row_bytes, row_bytes, &w), 24);
+        assert_eq!(src_bytes_needed(0, 5 * row_bytes, row_bytes, &w), 48);
+        assert_eq!(src_bytes_needed(7 * row_bytes, row_bytes, row_bytes, &w), 48);
+        assert_eq!(src_bytes_needed(0, 0, row_bytes, &w), 0);
+    }
+
+    /// A window of `[lead, rows, cols]` (element size `elem`) as its own dense tensor.
+    fn cut(src: &[u8], w: &Window) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in 0..w.lead {
+            for r in 0..w.nrows {
+                let s = w.at(e, r, 0) as usize;
+                out.extend_from_slice(&src[s..s + (w.ncols * w.elem) as usize]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn sliced_transforms_equal_the_transform_of_the_slice() {
+        // Every row and column window of a [2, 6, 8] source, for 1- and 2-byte elements: the
+        // sliced transpose (rows, elements) and the sliced copy equal the dense transform of
+        // the window cut out first.
+        for elem in [1u64, 2] {
+            let (lead, rows, cols) = (2u64, 6u64, 8u64);
+            let src = bytes((lead * rows * cols * elem) as usize, elem);
+            let mut windows = Vec::new();
+            for (a, b) in [(0u64, 6u64), (2, 2), (3, 3), (0, 1)] {
+                windows.push(Window { lead, rows, cols, row0: a, col0: 0, nrows: b, ncols: cols, elem });
+            }
+            for (a, b) in [(0u64, 4u64), (4, 4), (2, 3), (7, 1)] {
+                windows.push(Window { lead, rows, cols, row0: 0, col0: a, nrows: rows, ncols: b, elem });
+            }
+            for w in windows {
+                let dense_src = cut(&src, &w);
+                let d = Window::dense(w.nrows, w.ncols, elem);
+                let total = (lead * w.nrows * w.ncols * elem) as usize;
+                let mut want = vec![0u8; total];
+                transpose_elements(&dense_src, &mut want, &d, 0);
+                let mut got = vec![0u8; total];
+                transpose_elements(&src, &mut got, &w, 0);
+                assert_eq!(got, want, "{w:?}");
+                let mut got = vec![0u8; total];
+                if elem == 1 {
+                    transpose_rows::<1>(&src, &mut got, &w, 0);
+                } else {
+                    transpose_rows::<2>(&src, &mut got, &w, 0);
+                }
+                assert_eq!(got, want, "{w:?}");
+                let item = LoadItem {
+                    tensor: "t".into(),
+                    module: None,
+                    role: None,
+                    transform: Transform::Copy,
+                    out_dtype: crate::dtype::DType::U8,
+                    out_shape: vec![total as u64],
+                    out_bytes: total as u64,
+                    granule: 1,
+                    offset: 0,
+                    window: w,
+                };
+                for split in [1usize, 3, total] {
+                    let mut got = vec![0u8; total];
+                    let mut ob = 0;
+                    while ob < total {
+                        let len = split.min(total - ob);
+                        copy_window(&item, &src, ob, &mut got[ob..ob + len]).unwrap();
+                        ob += len;
+                    }
+                    assert_eq!(got, dense_src, "{w:?} split {split}");
+                }
+            }
+        }
     }
 }
 

@@ -267,12 +267,23 @@ impl Checkpoint {
     }
 
     /// The load plan for all tensors, or for the modules matching `modules` (names, globs or
-    /// dotted prefixes).
-    #[pyo3(signature = (modules=None))]
-    fn plan(&self, py: Python<'_>, modules: Option<Vec<String>>) -> PyResult<LoadPlan> {
+    /// dotted prefixes). `slices` maps tensor names to `(axis, start, len)`: only that part of
+    /// the stored tensor is read and loaded (a tensor-parallel rank's shard).
+    #[pyo3(signature = (modules=None, slices=None))]
+    fn plan(
+        &self,
+        py: Python<'_>,
+        modules: Option<Vec<String>>,
+        slices: Option<std::collections::HashMap<String, (usize, u64, u64)>>,
+    ) -> PyResult<LoadPlan> {
         let inner = self.inner.clone();
+        let slices: std::collections::HashMap<String, plan::Slice> = slices
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(t, (axis, start, len))| (t, plan::Slice { axis, start, len }))
+            .collect();
         let (items, total) = py
-            .detach(|| plan::build_plan(&inner, modules.as_deref()))
+            .detach(|| plan::build_sliced_plan(&inner, modules.as_deref(), &slices))
             .map_err(to_py)?;
         Ok(LoadPlan {
             ck: inner,
@@ -325,13 +336,15 @@ impl LoadPlan {
         self.total
     }
 
-    /// Bytes the checkpoint files hold for these tensors (what is read).
+    /// Bytes of the checkpoint files these tensors (or their slices) occupy: what is read.
     #[getter]
     fn source_bytes(&self) -> u64 {
         self.items
             .iter()
-            .filter_map(|it| self.ck.tensor_info(&it.tensor))
-            .map(|t| t.nbytes())
+            .filter_map(|it| {
+                let info = self.ck.tensor_info(&it.tensor)?;
+                Some(if it.window.is_full() { info.nbytes() } else { it.window.src_bytes() })
+            })
             .sum()
     }
 
@@ -480,6 +493,12 @@ fn unsupported_formats() -> Vec<(&'static str, &'static str)> {
 
 /// Threads used for host work (rayon's pool; set MOTENSOR_NUM_THREADS or RAYON_NUM_THREADS
 /// before the first load to change it).
+/// Bytes of checkpoint data the fills of this process have read so far (counted as copied).
+#[pyfunction]
+fn source_bytes_read() -> u64 {
+    fill::source_bytes_read()
+}
+
 #[pyfunction]
 fn num_threads() -> usize {
     rayon_threads()
@@ -503,6 +522,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(format_table, m)?)?;
     m.add_function(wrap_pyfunction!(unsupported_formats, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(source_bytes_read, m)?)?;
     m.add("MotensorError", py.get_type::<MotensorError>())?;
     m.add("HeaderError", py.get_type::<HeaderError>())?;
     m.add("ShardError", py.get_type::<ShardError>())?;
