@@ -110,6 +110,8 @@ def from_pretrained(
     ``motensor.models.moe``). ``check_architecture=False`` tries architectures outside
     :data:`SUPPORTED_ARCHITECTURES` (untested).
 
+    ``device_map`` (``"auto"`` with ``max_memory``, or ``{module: device}``) spreads the model over
+    GPUs and the CPU with ``accelerate`` (``motensor.parallel.placement``).
     ``tp_plan="auto"`` (under ``torchrun``) shards the model over the ranks of the default
     ``torch.distributed`` group with the model's own transformers TP plan, each rank reading only
     its slice of every tensor (``motensor.parallel.tp``); ``device`` is then ``"cuda"`` (each rank
@@ -123,6 +125,15 @@ def from_pretrained(
 
     import motensor
 
+    device_map = hf_kwargs.pop("device_map", None)
+    if device_map is not None:
+        from motensor.parallel import placement
+
+        if placement.spans_devices(device_map):  # several devices / CPU: accelerate places it
+            return placement.from_pretrained_placed(
+                path, device_map, hf_kwargs.pop("max_memory", None), dtype=dtype, progress=progress,
+                moe_mode=moe_mode, check_architecture=check_architecture, **hf_kwargs)
+        device = placement.single_device(device_map)  # one device, named as transformers does
     t0 = time.perf_counter()
     ckpt = motensor.open(path)
     config, arch = _config(ckpt, hf_kwargs, check_architecture)
