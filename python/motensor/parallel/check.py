@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch.distributed as dist
 
     dtype = getattr(torch, a.dtype)
+    _warm_up(a.checkpoints, a.device)
     results: dict[str, Any] = {}
     for path in a.checkpoints:
         results[path] = _one(path, a, dtype)
@@ -72,6 +73,24 @@ def main(argv: list[str] | None = None) -> int:
         dist.barrier()
         dist.destroy_process_group()
     return 0
+
+
+def _warm_up(paths: list[str], device: str) -> None:
+    """Imports the model classes and joins the process group before any load is timed (the
+    first ``import transformers`` model class alone takes seconds)."""
+    import os
+
+    import transformers
+
+    from motensor.parallel import tp
+
+    for path in paths:
+        try:
+            with open(os.path.join(path, "config.json")) as f:
+                getattr(transformers, json.load(f)["architectures"][0], None)
+        except (OSError, ValueError, KeyError, IndexError):
+            pass
+    tp.setup(device)
 
 
 def _one(path: str, a: argparse.Namespace, dtype: torch.dtype) -> dict[str, Any]:
