@@ -117,7 +117,7 @@ def _class(name: str, cls: type) -> str:
 
 def stub_source(core: ModuleType) -> str:
     out = [HEADER, '"""Typed surface of the Rust extension (``rust/python/src/lib.rs``)."""\n',
-           "from os import PathLike\nfrom typing import Any, Optional, Sequence\n\nimport torch\n\n",
+           "from os import PathLike\nfrom typing import Any, Mapping, Optional, Sequence\n\nimport torch\n\n",
            "__version__: str\n"]
     names = sorted(n for n in vars(core) if not n.startswith("__"))
     exceptions = [n for n in names if isinstance(getattr(core, n), type) and issubclass(getattr(core, n), BaseException)]

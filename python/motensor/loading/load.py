@@ -48,6 +48,7 @@ def load(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     num_buffers: int = DEFAULT_NUM_BUFFERS,
     validate_scales: bool | None = None,
+    slices: Mapping[str, tuple[int, int, int]] | None = None,
     **hub_kwargs,
 ) -> LoadedCheckpoint:
     """Loads a ModelOpt checkpoint onto ``device``, every tensor in motensor's kernel layout.
@@ -71,6 +72,9 @@ def load(
             a ``FormatError`` naming file, tensor and module (see :class:`motensor.Checkpoint`).
             Default: on, or as the given opened checkpoint was opened. ``False`` only to
             inspect a broken file.
+        slices: ``{tensor name: (axis, start, len)}``: load only that part of those stored
+            tensors (one of their last two axes), re-laid-out as the whole tensor would be;
+            only its bytes are read. A tensor-parallel rank's shard (``motensor.parallel``).
 
     Returns:
         A :class:`LoadedCheckpoint`: ``.modules`` (quantized modules, tensors by role),
@@ -103,6 +107,7 @@ def load(
         num_buffers=num_buffers,
         validate_scales=validate_scales,
         hub_kwargs=hub_kwargs,
+        slices=slices,
     )
 
 
@@ -118,6 +123,7 @@ def _load(
     staged: bool | None = None,
     validate_scales: bool | None = None,
     hub_kwargs: Mapping | None = None,
+    slices: Mapping[str, tuple[int, int, int]] | None = None,
 ) -> LoadedCheckpoint:
     """:func:`load`, plus ``staged``: force (``True``) or forbid (``False``) the staging ring.
     Forcing it on the CPU runs the CUDA path's batch loop with ordinary buffers and
@@ -153,7 +159,8 @@ def _load(
                         progress=progress, **(hub_kwargs or {}))
         open_seconds = time.perf_counter() - t0
 
-    plan = ck._core.plan(patterns)
+    plan = ck._core.plan(patterns, dict(slices) if slices else None)
+    read_before = _core.source_bytes_read()
     items = plan.items()
     total = plan.total_bytes
     use_staging = dev.type != "cpu" if staged is None else staged
@@ -182,6 +189,7 @@ def _load(
     mods, tensors = group_tensors(items, views, ck.modules)
     stats = LoadStats(
         source_bytes=plan.source_bytes,
+        read_bytes=_core.source_bytes_read() - read_before,
         arena_bytes=total,
         seconds=time.perf_counter() - t0,
         open_seconds=open_seconds,

@@ -35,6 +35,9 @@ class LoadStats:
     staging_bytes: int
     chunk_bytes: int
     num_buffers: int
+    #: Checkpoint bytes the fill measured itself reading (a tensor-parallel rank: its slices).
+    #: Counted per process, so concurrent loads in one process count each other's reads.
+    read_bytes: int = 0
 
     @property
     def gbps(self) -> float:

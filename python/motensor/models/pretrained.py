@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import torch
 from torch import nn
 
-from motensor.errors import ConfigError, FormatError, MotensorError
+from motensor.errors import ArgumentError, ConfigError, FormatError, MotensorError
 from motensor.models import bmm_experts, kv_cache, naming
 from motensor.models.moe import QuantExperts, check_supported_container, experts_act_fn
 from motensor.nn.replace import set_submodule
@@ -118,6 +118,7 @@ def from_pretrained(
     cache_dir: Union[str, os.PathLike, None] = None,
     token: Union[str, bool, None] = None,
     local_files_only: bool = False,
+    tp_plan: Union[str, dict, None] = None,
     **hf_kwargs: Any,
 ) -> "PreTrainedModel":
     """Builds the transformers model of a ModelOpt checkpoint (a directory or a Hugging Face Hub
@@ -143,6 +144,13 @@ def from_pretrained(
     The model has ``config.quantization_config`` (a :class:`motensor.ModelOptConfig`),
     ``hf_quantizer``, ``is_quantized``, and ``save_pretrained`` writes a ModelOpt checkpoint.
 
+    ``device_map`` (``"auto"`` with ``max_memory``, or ``{module: device}``) spreads the model over
+    GPUs and the CPU with ``accelerate`` (``motensor.parallel.placement``).
+    ``tp_plan="auto"`` (under ``torchrun``) shards the model over the ranks of the default
+    ``torch.distributed`` group with the model's own transformers TP plan, each rank reading only
+    its slice of every tensor (``motensor.parallel.tp``); ``device`` is then ``"cuda"`` (each rank
+    on ``cuda:LOCAL_RANK``) or ``"cpu"``.
+
     >>> model = motensor.from_pretrained("tests/data/demo", device="cpu")
     >>> tok = motensor.load_tokenizer("tests/data/demo")
     >>> out = model.generate(**tok("And God said", return_tensors="pt"), max_new_tokens=20)
@@ -152,16 +160,36 @@ def from_pretrained(
     import motensor
     from motensor.args import resolve_device, resolve_dtype
 
+    max_memory = hf_kwargs.pop("max_memory", None)
+    if device_map is not None:
+        from motensor.parallel import placement
+
+        if placement.needs_placement(device_map, max_memory):  # several devices / CPU: accelerate places it
+            if tp_plan is not None:
+                raise ArgumentError("tp_plan= and a device_map across devices do not combine: pass one of them")
+            if device is not None:
+                raise ArgumentError(f"device={str(device)!r} and device_map={device_map!r}: pass one of them")
+            return placement.from_pretrained_placed(
+                path, device_map, max_memory, dtype=dtype, torch_dtype=torch_dtype, progress=progress,
+                moe_mode=moe_mode, check_architecture=check_architecture, revision=revision, cache_dir=cache_dir,
+                token=token, local_files_only=local_files_only, **hf_kwargs)
+        if isinstance(device_map, str) and device_map not in placement.STRATEGIES:
+            device_map = placement.single_device(device_map)  # one device, named as transformers does
+    elif max_memory is not None:
+        raise ArgumentError("max_memory= only applies with device_map= (\"auto\" or a {module: device} dict)")
     t0 = time.perf_counter()
     _require_transformers()
     ckpt = motensor.open(path, revision=revision, cache_dir=cache_dir, token=token,
                          local_files_only=local_files_only, progress=progress)
     dtype = resolve_dtype(dtype, torch_dtype, ckpt.config)
+    # Under tp_plan, "cuda" means each rank's cuda:LOCAL_RANK (motensor.parallel.tp.setup).
+    tp_device = device
     device = resolve_device(device, device_map)
     config, arch = _config(ckpt, hf_kwargs, check_architecture)
     attn = hf_kwargs.pop("attn_implementation", None)
     model = _build_on_meta(arch, config, dtype, attn)
-    report = populate(model, ckpt, device=device, dtype=dtype, progress=progress, moe_mode=moe_mode)
+    report = populate(model, ckpt, device=tp_device if tp_plan is not None else device, dtype=dtype,
+                      progress=progress, moe_mode=moe_mode, tp_plan=tp_plan)
     model.eval()
     model.requires_grad_(False)
     _generation_config(model, ckpt.root)
@@ -175,20 +203,33 @@ def from_pretrained(
     return model
 
 
-def populate(model: "PreTrainedModel", ckpt: "Checkpoint", *, device: torch.device, dtype: torch.dtype,
-             progress: bool = True, moe_mode: str = "auto") -> ModelReport:
+def populate(model: "PreTrainedModel", ckpt: "Checkpoint", *, device: Any, dtype: torch.dtype,
+             progress: bool = True, moe_mode: str = "auto", tp_plan: Union[str, dict, None] = None) -> ModelReport:
     """Fills a transformers model built on the meta device from ``ckpt`` (steps 3-6 above):
     motensor's loader puts every tensor on ``device``, quantized modules replace the Linears and
     expert containers, the rest is assigned without copies. Used by :func:`from_pretrained` and
-    by the transformers quantizer (``AutoModelForCausalLM.from_pretrained``)."""
+    by the transformers quantizer (``AutoModelForCausalLM.from_pretrained``).
+
+    ``tp_plan``: this rank's part only (``motensor.parallel.tp``): each rank plans and reads the
+    slices of its shard, and the model's TP plan is installed on the filled model."""
     import motensor
 
-    loaded = motensor.load(ckpt, device=device, dtype=dtype, progress=progress)
+    rename = naming.renamer(model)
+    shards = None
+    if tp_plan is not None:
+        from motensor.parallel import tp
+
+        ctx = tp.setup(device)
+        device = ctx.device
+        shards = tp.plan_shards(model, ckpt, rename, ctx, tp_plan)
+    loaded = motensor.load(ckpt, device=device, dtype=dtype, progress=progress,
+                           slices=shards.slices if shards else None)
+    if shards is not None:
+        tp.localize(loaded, shards)
     target = loaded.device  # resolved ("cuda" -> "cuda:0"), checked by the loader
     q = ckpt.quant_config
     arch = type(model).__name__
     report = ModelReport(architecture=arch, quant_algo=q.quant_algo if q else None, load_stats=loaded.stats)
-    rename = naming.renamer(model)
 
     experts = _install_experts(model, loaded, rename, report, moe_mode)
     in_place = bmm_experts.install(model, loaded, rename, report, moe_mode, set_submodule)
@@ -200,6 +241,8 @@ def populate(model: "PreTrainedModel", ckpt: "Checkpoint", *, device: torch.devi
                                               q.kv_cache_quant_algo if q else None)
     _init_non_persistent_buffers(model, target)
     _check_complete(model, ckpt.root)
+    if shards is not None:
+        tp.install(model, shards)
     model.motensor_report = report
     return report
 

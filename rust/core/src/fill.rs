@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::formats::Role;
 use crate::header::TensorInfo;
 use crate::numeric::read_f32;
-use crate::plan::{LoadItem, Piece, Transform};
+use crate::plan::{LoadItem, Piece, Transform, Window};
 use crate::pool;
 use crate::scales::{self, Rule};
 
@@ -111,7 +111,9 @@ pub fn fill_all(ck: &Checkpoint, items: &[LoadItem], dst: &mut [u8]) -> Result<(
 /// so that the next batch's reads overlap the current batch's work.
 pub fn prefetch(ck: &Checkpoint, items: &[LoadItem], pieces: &[Piece]) {
     for p in pieces {
-        if let Some(it) = items.get(p.item) {
+        // A sliced item (a tensor-parallel rank's part) reads a fraction of its tensor: asking
+        // the kernel for all of it would read the other ranks' bytes too.
+        if let Some(it) = items.get(p.item).filter(|it| it.window.is_full()) {
             if let Ok((shard, info)) = ck.locate(&it.tensor) {
                 shard.will_need(info);
             }
@@ -138,15 +140,69 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
     })
 }
 
+/// Bytes the fills of this process have read out of checkpoint files (see [`source_bytes_read`]).
+static SOURCE_BYTES_READ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Bytes of checkpoint data every fill of this process has read so far, counted at each read
+/// (a tensor-parallel rank reads only its slices; this measures it rather than trusting the plan).
+pub fn source_bytes_read() -> u64 {
+    SOURCE_BYTES_READ.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn count_read(n: usize) {
+    SOURCE_BYTES_READ.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Reads bytes `[at, at + dst.len())` of window `w` of a stored tensor, as if the window were a
+/// dense `[lead, nrows, ncols]` tensor of its own: one read per window row segment, through
+/// `read_stored` (which reads bytes of the stored tensor). Every transform then runs on the
+/// window exactly as on a whole tensor.
+fn read_window(read_stored: &Reader, w: &Window, at: u64, dst: &mut [u8]) -> Result<()> {
+    let row = w.ncols * w.elem;
+    let (mut done, mut pos) = (0usize, at);
+    while done < dst.len() {
+        if row == 0 || w.nrows == 0 {
+            return Err(Error::argument("read past the end of an empty window"));
+        }
+        let (g, c) = (pos / row, pos % row);
+        let (e, r) = (g / w.nrows, g % w.nrows);
+        if e >= w.lead {
+            return Err(Error::argument(format!("read at {pos} past the end of a window of {} bytes", w.src_bytes())));
+        }
+        let take = ((row - c) as usize).min(dst.len() - done);
+        read_stored(w.at(e, r, 0) + c, &mut dst[done..done + take])?;
+        done += take;
+        pos += take as u64;
+    }
+    Ok(())
+}
+
 fn fill_piece(ck: &Checkpoint, it: &LoadItem, out_begin: u64, out: &mut [u8]) -> Result<()> {
     let (shard, info) = ck.locate(&it.tensor)?;
     let ob = out_begin as usize;
+    let stored = |at: u64, dst: &mut [u8]| {
+        shard.read_into(info, at, dst)?;
+        count_read(dst.len());
+        Ok(())
+    };
+    let full = it.window.is_full();
+    let w = it.window;
+    let stored_bytes = w.lead.saturating_mul(w.rows).saturating_mul(w.cols).saturating_mul(w.elem);
+    if !full && stored_bytes > info.nbytes() {
+        return Err(short_source(&it.tensor, stored_bytes as usize, info.nbytes() as usize));
+    }
+    // The source the transforms see: the whole stored tensor, or the item's window of it.
+    let (src_len, read): (u64, Box<Reader>) = if full {
+        (info.nbytes(), Box::new(stored))
+    } else {
+        (w.src_bytes(), Box::new(move |at: u64, dst: &mut [u8]| read_window(&stored, &w, at, dst)))
+    };
     match it.transform {
         Transform::Copy => {
-            if (ob + out.len()) as u64 > info.nbytes() {
-                return Err(short_source(&it.tensor, ob + out.len(), info.nbytes() as usize));
+            if (ob + out.len()) as u64 > src_len {
+                return Err(short_source(&it.tensor, ob + out.len(), src_len as usize));
             }
-            shard.read_into(info, out_begin, out)?;
+            read(out_begin, out)?;
             check_scales(ck, it, info, out)?;
         }
         Transform::ScalarToF32 { from } => {
@@ -155,19 +211,19 @@ fn fill_piece(ck: &Checkpoint, it: &LoadItem, out_begin: u64, out: &mut [u8]) ->
             if n == 0 || n > raw.len() || info.nbytes() < n as u64 {
                 return Err(short_source(&it.tensor, n, info.nbytes() as usize));
             }
+            // Every piece of the 4-byte output reads the scalar again; count it once.
             shard.read_into(info, 0, &mut raw[..n])?;
+            if ob == 0 {
+                count_read(n);
+            }
             check_scales(ck, it, info, &raw[..n])?;
             let bytes = read_f32(&raw[..n], from, 0).to_le_bytes();
             out.copy_from_slice(&bytes[ob..ob + out.len()]);
         }
-        Transform::Int4ToKPacked { n, k } => {
-            let read = |at: u64, dst: &mut [u8]| shard.read_into(info, at, dst);
-            int4_piece(&read, info.nbytes(), &it.tensor, n as usize, k as usize, ob, out)?
-        }
+        Transform::Int4ToKPacked { n, k } => int4_piece(&*read, src_len, &it.tensor, n as usize, k as usize, ob, out)?,
         Transform::Transpose { rows, cols, elem } => {
-            let read = |at: u64, dst: &mut [u8]| shard.read_into(info, at, dst);
             let shape = (rows as usize, cols as usize, elem as usize);
-            transpose_piece(&read, info.nbytes(), &it.tensor, shape, ob, out, TRANSPOSE_BLOCK_BYTES)?;
+            transpose_piece(&*read, src_len, &it.tensor, shape, ob, out, TRANSPOSE_BLOCK_BYTES)?;
             check_scales(ck, it, info, out)?;
         }
     }
@@ -419,6 +475,79 @@ mod tests {
                 (x >> 24) as u8
             })
             .collect()
+    }
+
+    /// A window of `[lead, rows, cols]` (element size `elem`) cut out as its own dense tensor.
+    fn cut(src: &[u8], w: &Window) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in 0..w.lead {
+            for r in 0..w.nrows {
+                let s = w.at(e, r, 0) as usize;
+                out.extend_from_slice(&src[s..s + (w.ncols * w.elem) as usize]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn windowed_reads_and_transforms_equal_those_of_the_cut_window() {
+        // Row and column windows of a [2, 6, 8] source (1- and 2-byte elements): every read range
+        // of the window equals the same range of the window cut out first, and so do the
+        // transpose and the INT4 re-pack run through the windowed reader, piece by piece.
+        for elem in [1u64, 2] {
+            let (lead, rows, cols) = (2u64, 6u64, 8u64);
+            let src = bytes((lead * rows * cols * elem) as usize, elem);
+            let stored = |at: u64, dst: &mut [u8]| {
+                dst.copy_from_slice(&src[at as usize..at as usize + dst.len()]);
+                Ok(())
+            };
+            let mut windows = Vec::new();
+            for (a, b) in [(0u64, 6u64), (2, 2), (3, 3), (0, 1)] {
+                windows.push(Window { lead, rows, cols, row0: a, col0: 0, nrows: b, ncols: cols, elem });
+            }
+            for (a, b) in [(0u64, 4u64), (4, 4), (2, 3), (7, 1)] {
+                windows.push(Window { lead, rows, cols, row0: 0, col0: a, nrows: rows, ncols: b, elem });
+            }
+            for w in windows {
+                let dense = cut(&src, &w);
+                let total = dense.len();
+                let windowed = |at: u64, dst: &mut [u8]| read_window(&stored, &w, at, dst);
+                for at in 0..total {
+                    for len in [1usize, 3, total - at] {
+                        let len = len.min(total - at);
+                        let mut got = vec![0u8; len];
+                        windowed(at as u64, &mut got).unwrap();
+                        assert_eq!(got, dense[at..at + len], "{w:?} at {at} len {len}");
+                    }
+                }
+                let mut past = [0u8; 1];
+                assert!(windowed(total as u64, &mut past).is_err());
+                let dense_read = |at: u64, dst: &mut [u8]| {
+                    dst.copy_from_slice(&dense[at as usize..at as usize + dst.len()]);
+                    Ok(())
+                };
+                let (r, c, e) = (w.nrows as usize, w.ncols as usize, elem as usize);
+                let row_bytes = r * e;
+                let mut want = vec![0u8; total];
+                transpose_piece(&dense_read, total as u64, "t", (r, c, e), 0, &mut want, 64).unwrap();
+                let mut got = vec![0u8; total];
+                for (i, piece) in got.chunks_mut(row_bytes).enumerate() {
+                    transpose_piece(&windowed, total as u64, "t", (r, c, e), i * row_bytes, piece, 64).unwrap();
+                }
+                assert_eq!(got, want, "transpose {w:?}");
+                if elem == 1 && c % 2 == 0 {
+                    // Stored [lead, N/2, K] with N = 2 * nrows, K = ncols.
+                    let (n, k) = (2 * r, c);
+                    let mut want = vec![0u8; total];
+                    int4_piece(&dense_read, total as u64, "t", n, k, 0, &mut want).unwrap();
+                    let mut got = vec![0u8; total];
+                    for (i, piece) in got.chunks_mut(k / 2).enumerate() {
+                        int4_piece(&windowed, total as u64, "t", n, k, i * (k / 2), piece).unwrap();
+                    }
+                    assert_eq!(got, want, "int4 {w:?}");
+                }
+            }
+        }
     }
 
     #[test]

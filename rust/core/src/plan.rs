@@ -5,6 +5,8 @@
 //! only turns them into transforms with output shapes and row granules (the unit a batch may be
 //! cut at, so that a tensor larger than a staging buffer is still filled correctly).
 
+use std::collections::HashMap;
+
 use crate::checkpoint::Checkpoint;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -25,6 +27,106 @@ pub enum Transform {
     ScalarToF32 { from: DType },
 }
 
+/// A rank's share of one stored tensor (tensor parallelism): indices `[start, start + len)` of
+/// `axis`, which must be one of the last two axes of the stored shape (the only axes a
+/// column- or row-parallel split of a Linear's tensors cuts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slice {
+    pub axis: usize,
+    pub start: u64,
+    pub len: u64,
+}
+
+/// The bytes of its stored tensor an item reads. The tensor is seen as `[lead, rows, cols]`
+/// elements of `elem` bytes (a 1-D tensor as one row, a scalar as one element); the item reads
+/// rows `row0 .. row0 + nrows` and columns `col0 .. col0 + ncols` of each of the `lead` matrices.
+/// Unsliced, that is the whole tensor; a row slice is one contiguous range (per matrix), a
+/// column slice is `lead * nrows` strided runs of `ncols * elem` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub lead: u64,
+    pub rows: u64,
+    pub cols: u64,
+    pub row0: u64,
+    pub col0: u64,
+    pub nrows: u64,
+    pub ncols: u64,
+    pub elem: u64,
+}
+
+impl Window {
+    fn dims(shape: &[u64]) -> (u64, u64, u64) {
+        match shape.len() {
+            0 => (1, 1, 1),
+            1 => (1, 1, shape[0]),
+            n => (shape[..n - 2].iter().product(), shape[n - 2], shape[n - 1]),
+        }
+    }
+
+    /// The whole stored tensor.
+    pub fn full(shape: &[u64], elem: u64) -> Window {
+        let (lead, rows, cols) = Self::dims(shape);
+        Window { lead, rows, cols, row0: 0, col0: 0, nrows: rows, ncols: cols, elem }
+    }
+
+    /// The part `slice` selects of a stored tensor `shape` (checked against it).
+    pub fn sliced(tensor: &str, shape: &[u64], elem: u64, slice: Slice) -> Result<Window> {
+        let mut w = Self::full(shape, elem);
+        let nd = shape.len();
+        let end = slice.start.checked_add(slice.len);
+        let ok_axis = nd >= 1 && slice.axis < nd && slice.axis + 2 >= nd;
+        if !ok_axis || !end.is_some_and(|e| e <= shape[slice.axis]) || slice.len == 0 {
+            return Err(Error::argument(format!(
+                "'{tensor}' of shape {shape:?}: cannot take [{}, +{}) of axis {} (a slice must be a non-empty \
+                 range of one of the last two axes)",
+                slice.start, slice.len, slice.axis
+            )));
+        }
+        if slice.axis + 1 == nd {
+            w.col0 = slice.start;
+            w.ncols = slice.len;
+        } else {
+            w.row0 = slice.start;
+            w.nrows = slice.len;
+        }
+        Ok(w)
+    }
+
+    /// A whole `[*, rows, cols]` tensor of `elem`-byte elements (how unsliced transforms see
+    /// their source).
+    pub fn dense(rows: u64, cols: u64, elem: u64) -> Window {
+        Window { lead: 0, rows, cols, row0: 0, col0: 0, nrows: rows, ncols: cols, elem }
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.nrows == self.rows && self.ncols == self.cols
+    }
+
+    /// Bytes the item reads from the file.
+    pub fn src_bytes(&self) -> u64 {
+        self.lead * self.nrows * self.ncols * self.elem
+    }
+
+    /// Byte offset in the stored tensor of logical element `(e, r, c)` of the window.
+    #[inline]
+    pub fn at(&self, e: u64, r: u64, c: u64) -> u64 {
+        ((e * self.rows + self.row0 + r) * self.cols + self.col0 + c) * self.elem
+    }
+
+    /// The stored shape with the sliced axis shortened.
+    fn out_shape(&self, shape: &[u64]) -> Vec<u64> {
+        let mut s = shape.to_vec();
+        let nd = s.len();
+        if nd >= 1 {
+            s[nd - 1] = self.ncols;
+        }
+        if nd >= 2 {
+            s[nd - 2] = self.nrows;
+        }
+        s
+    }
+}
+
 /// One tensor to load.
 #[derive(Debug, Clone)]
 pub struct LoadItem {
@@ -40,6 +142,8 @@ pub struct LoadItem {
     pub granule: u64,
     /// Offset in the destination arena (aligned).
     pub offset: u64,
+    /// Which bytes of the stored tensor it reads (all of them unless sliced).
+    pub window: Window,
 }
 
 /// A piece of one item's output: bytes `[out_begin, out_end)` of item `item`, written at
@@ -75,23 +179,46 @@ fn selected(patterns: Option<&[String]>, module: &str, tensor: &str) -> bool {
 /// Builds the plan for every tensor (or those of modules matching `patterns`: exact names,
 /// fnmatch wildcards, or whole dotted prefixes such as `model.layers.0`).
 pub fn build_plan(ck: &Checkpoint, patterns: Option<&[String]>) -> Result<(Vec<LoadItem>, u64)> {
+    build_sliced_plan(ck, patterns, &HashMap::new())
+}
+
+/// [`build_plan`] where the tensors named in `slices` are read and loaded only in part (a
+/// tensor-parallel rank's shard): the fill reads just the slice's bytes of the file and
+/// re-lays them out as it would the whole tensor.
+pub fn build_sliced_plan(
+    ck: &Checkpoint,
+    patterns: Option<&[String]>,
+    slices: &HashMap<String, Slice>,
+) -> Result<(Vec<LoadItem>, u64)> {
     let mut items = Vec::new();
+    let mut used = 0usize;
+    let mut slice_of = |t: &str| {
+        let s = slices.get(t).copied();
+        used += s.is_some() as usize;
+        s
+    };
     for m in &ck.modules {
         for (&role, t) in &m.tensors {
             if selected(patterns, &m.name, t) {
-                items.push(module_item(ck, m, role, t)?);
+                items.push(module_item(ck, m, role, t, slice_of(t))?);
             }
         }
         for t in &m.extras {
             if selected(patterns, &m.name, t) {
-                items.push(plain_item(ck, t)?);
+                items.push(plain_item(ck, t, slice_of(t))?);
             }
         }
     }
     for t in ck.plain.iter().chain(ck.kv.iter().map(|k| &k.tensor)) {
         let module = t.rsplit_once('.').map(|(m, _)| m).unwrap_or(t);
         if selected(patterns, module, t) {
-            items.push(plain_item(ck, t)?);
+            items.push(plain_item(ck, t, slice_of(t))?);
+        }
+    }
+    if used != slices.len() {
+        let planned: std::collections::HashSet<&str> = items.iter().map(|it| it.tensor.as_str()).collect();
+        if let Some(t) = slices.keys().find(|t| !planned.contains(t.as_str())) {
+            return Err(Error::argument(format!("a slice is given for '{t}', which this load does not read")));
         }
     }
     if let Some(ps) = patterns {
@@ -117,19 +244,30 @@ fn info_of<'a>(ck: &'a Checkpoint, t: &str) -> Result<&'a crate::header::TensorI
         .ok_or_else(|| Error::argument(format!("no tensor '{t}' in the checkpoint")))
 }
 
-fn plain_item(ck: &Checkpoint, t: &str) -> Result<LoadItem> {
+fn window_of(t: &str, info: &crate::header::TensorInfo, slice: Option<Slice>) -> Result<Window> {
+    let elem = info.dtype.size() as u64;
+    match slice {
+        None => Ok(Window::full(&info.shape, elem)),
+        Some(s) => Window::sliced(t, &info.shape, elem, s),
+    }
+}
+
+fn plain_item(ck: &Checkpoint, t: &str, slice: Option<Slice>) -> Result<LoadItem> {
     let info = info_of(ck, t)?;
+    let window = window_of(t, info, slice)?;
+    let out_shape = window.out_shape(&info.shape);
     Ok(LoadItem {
         tensor: t.to_string(),
         module: None,
         role: None,
         transform: Transform::Copy,
         out_dtype: info.dtype,
-        out_shape: info.shape.clone(),
-        out_bytes: info.nbytes(),
+        out_bytes: if window.is_full() { info.nbytes() } else { window.src_bytes() },
+        out_shape,
         // KV scales are validated as they are filled: never cut one inside an element.
         granule: if is_kv_scale(t) { info.dtype.size().max(1) as u64 } else { 1 },
         offset: 0,
+        window,
     })
 }
 
@@ -137,11 +275,37 @@ fn is_kv_scale(t: &str) -> bool {
     t.ends_with(".k_scale") || t.ends_with(".v_scale")
 }
 
-fn module_item(ck: &Checkpoint, m: &QuantModule, role: Role, t: &str) -> Result<LoadItem> {
+fn module_item(ck: &Checkpoint, m: &QuantModule, role: Role, t: &str, slice: Option<Slice>) -> Result<LoadItem> {
     let info = info_of(ck, t)?;
+    let window = window_of(t, info, slice)?;
+    let sliced = !window.is_full();
+    let stored = window.out_shape(&info.shape);
     let lead = &m.lead;
     let with_lead = |tail: &[u64]| -> Vec<u64> { lead.iter().chain(tail).copied().collect() };
     let rule = m.spec.rule(role).map(|r| r.shape);
+    if sliced && m.bmm {
+        return Err(Error::argument(format!(
+            "module '{}': in-place (BMM) expert parameters are not sharded by tensor parallelism yet",
+            m.name
+        )));
+    }
+    if sliced && rule == Some(ShapeRule::Scalar) {
+        return Err(Error::argument(format!(
+            "module '{}': '{t}' is a per-tensor scalar; it is replicated, never sliced",
+            m.name
+        )));
+    }
+    // A sliced module tensor is re-laid-out as the module of the slice's size would be.
+    let (n, k) = match (role, m.spec.weight_layout) {
+        (Role::Weight, WeightLayout::Int4ToKPacked) if sliced => (window.nrows * 2, window.ncols),
+        _ => (m.n, m.k),
+    };
+    if sliced && role == Role::Weight && m.spec.weight_layout == WeightLayout::Int4ToKPacked && k % 2 != 0 {
+        return Err(Error::argument(format!(
+            "module '{}': '{t}': a slice of {k} INT4 columns cannot be K-packed (odd)",
+            m.name
+        )));
+    }
     let (transform, out_dtype, out_shape, granule) = match (role, rule) {
         // In-place expert parameters `[E, K', N]` become the kernel layout of a stack of
         // Linears, `[E, N, K']` (K' = K/2 for 4-bit pairs, already packed along K).
@@ -161,12 +325,12 @@ fn module_item(ck: &Checkpoint, m: &QuantModule, role: Role, t: &str) -> Result<
             }
         },
         (Role::Weight, _) => match m.spec.weight_layout {
-            WeightLayout::AsStored => (Transform::Copy, info.dtype, info.shape.clone(), 1),
+            WeightLayout::AsStored => (Transform::Copy, info.dtype, stored.clone(), 1),
             WeightLayout::Int4ToKPacked => (
-                Transform::Int4ToKPacked { n: m.n, k: m.k },
+                Transform::Int4ToKPacked { n, k },
                 DType::U8,
-                with_lead(&[m.n, m.k / 2]),
-                m.k / 2,
+                with_lead(&[n, k / 2]),
+                k / 2,
             ),
         },
         (_, Some(ShapeRule::Scalar)) => (
@@ -187,6 +351,16 @@ fn module_item(ck: &Checkpoint, m: &QuantModule, role: Role, t: &str) -> Result<
             };
             (Transform::Copy, dt, copy_shape, 1)
         }
+        (Role::WeightScale, Some(ShapeRule::Groups)) if sliced && m.spec.scale_layout == ScaleLayout::GroupsTransposed => {
+            let dt = if info.dtype == DType::F8_E8M0 { DType::U8 } else { info.dtype };
+            let elem = info.dtype.size() as u64;
+            (
+                Transform::Transpose { rows: window.nrows, cols: window.ncols, elem },
+                dt,
+                with_lead(&[window.ncols, window.nrows]),
+                window.nrows * elem,
+            )
+        }
         (Role::WeightScale, Some(ShapeRule::Groups)) => match m.spec.scale_layout {
             ScaleLayout::GroupsTransposed => {
                 let g = m.group.unwrap_or(1) as u64;
@@ -204,17 +378,18 @@ fn module_item(ck: &Checkpoint, m: &QuantModule, role: Role, t: &str) -> Result<
                     m.n * info.dtype.size() as u64,
                 )
             }
-            _ => (Transform::Copy, info.dtype, info.shape.clone(), 1),
+            _ => (Transform::Copy, info.dtype, stored.clone(), 1),
         },
         (Role::WeightScale, Some(ShapeRule::Blocks2d)) => {
             let g = m.group.unwrap_or(128) as u64;
             let shape = match m.spec.scale_layout {
+                ScaleLayout::Blocks2dSqueezed if sliced => with_lead(&[window.nrows, window.ncols]),
                 ScaleLayout::Blocks2dSqueezed => with_lead(&[m.n.div_ceil(g), m.k.div_ceil(g)]),
-                _ => info.shape.clone(),
+                _ => stored.clone(),
             };
             (Transform::Copy, info.dtype, shape, 1)
         }
-        _ => (Transform::Copy, info.dtype, info.shape.clone(), 1),
+        _ => (Transform::Copy, info.dtype, stored.clone(), 1),
     };
     // Scales are validated piece by piece as they are filled (scales.rs): a batch must not cut
     // one inside an element, or its halves would be read as two wrong values.
@@ -235,6 +410,7 @@ fn module_item(ck: &Checkpoint, m: &QuantModule, role: Role, t: &str) -> Result<
         out_bytes,
         granule,
         offset: 0,
+        window,
     })
 }
 
@@ -311,6 +487,7 @@ mod tests {
             out_bytes: bytes,
             granule,
             offset,
+            window: Window::full(&[bytes], 1),
         }
     }
 

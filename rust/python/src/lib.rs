@@ -327,15 +327,28 @@ impl Checkpoint {
     }
 
     /// The load plan for all tensors, or for the modules matching `modules` (names, globs or
-    /// dotted prefixes).
+    /// dotted prefixes). `slices` maps tensor names to `(axis, start, len)`: only that part of
+    /// the stored tensor is read and loaded (a tensor-parallel rank's shard).
     ///
     /// :rtype: LoadPlan
-    #[pyo3(signature = (modules=None))]
-    #[pyo3(text_signature = "($self, modules: Optional[Sequence[str]] = None)")]
-    fn plan(&self, py: Python<'_>, modules: Option<Vec<String>>) -> PyResult<LoadPlan> {
+    #[pyo3(
+        signature = (modules=None, slices=None),
+        text_signature = "($self, modules: Optional[Sequence[str]] = None, slices: Optional[Mapping[str, tuple[int, int, int]]] = None)"
+    )]
+    fn plan(
+        &self,
+        py: Python<'_>,
+        modules: Option<Vec<String>>,
+        slices: Option<std::collections::HashMap<String, (usize, u64, u64)>>,
+    ) -> PyResult<LoadPlan> {
         let inner = self.inner.clone();
+        let slices: std::collections::HashMap<String, plan::Slice> = slices
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(t, (axis, start, len))| (t, plan::Slice { axis, start, len }))
+            .collect();
         let (items, total) = py
-            .detach(|| plan::build_plan(&inner, modules.as_deref()))
+            .detach(|| plan::build_sliced_plan(&inner, modules.as_deref(), &slices))
             .map_err(to_py)?;
         Ok(LoadPlan {
             ck: inner,
@@ -390,15 +403,17 @@ impl LoadPlan {
         self.total
     }
 
-    /// Bytes the checkpoint files hold for these tensors (what is read).
+    /// Bytes of the checkpoint files these tensors (or their slices) occupy: what is read.
     ///
     /// :type: int
     #[getter]
     fn source_bytes(&self) -> u64 {
         self.items
             .iter()
-            .filter_map(|it| self.ck.tensor_info(&it.tensor))
-            .map(|t| t.nbytes())
+            .filter_map(|it| {
+                let info = self.ck.tensor_info(&it.tensor)?;
+                Some(if it.window.is_full() { info.nbytes() } else { it.window.src_bytes() })
+            })
             .sum()
     }
 
@@ -575,6 +590,14 @@ fn unsupported_formats() -> Vec<(&'static str, &'static str)> {
     KNOWN_UNSUPPORTED.to_vec()
 }
 
+/// Bytes of checkpoint data the fills of this process have read so far (counted at each read).
+///
+/// :rtype: int
+#[pyfunction]
+fn source_bytes_read() -> u64 {
+    fill::source_bytes_read()
+}
+
 /// Threads used for host work (motensor's own pool, rebuilt in a forked child; set
 /// MOTENSOR_NUM_THREADS or RAYON_NUM_THREADS before the first load of a process to change it).
 ///
@@ -596,6 +619,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(vocabulary, m)?)?;
     m.add_function(wrap_pyfunction!(unsupported_formats, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(source_bytes_read, m)?)?;
     cpu_gemm::register(m)?;
     Ok(())
 }
