@@ -69,12 +69,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--smoke", action="store_true", help="tiny shape on the CPU, 2 steps")
+    p.add_argument("--quick", action="store_true", help="make gpu-check's size: sequence 512, 3 steps")
     p.add_argument("--no-hf", action="store_true", help="skip the bf16 peer")
     p.add_argument("--out", type=Path, default=common.RESULTS_DIR)
     p.add_argument("--cache-dir", type=Path, default=None)
     args = p.parse_args(argv)
     if args.smoke:
         args.shape, args.seq, args.steps = "tiny", 32, 2
+    elif args.quick:
+        args.seq, args.steps = 512, 3
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cache = args.cache_dir or (args.out / ".cache" if args.smoke else synthetic.CACHE_DIR)

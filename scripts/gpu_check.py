@@ -6,7 +6,7 @@ cupy, matplotlib, pytest, no network): run from the repository root with that ma
 `python3`, the abi3 extension built elsewhere and carried (`python/motensor/_core.abi3.so`), and
 `PYTHONPATH=python` (set here). Nothing is installed.
 
-    python3 scripts/gpu_check.py [--out DIR] [--budget SECONDS] [--steps pytest,load,gemm,e2e]
+    python3 scripts/gpu_check.py [--out DIR] [--budget SECONDS] [--steps pytest,load,gemm,e2e,lora]
     python3 scripts/gpu_check.py --smoke --out DIR     # the same steps on the CPU, tiny sizes
 
 Steps (each in its own process, each with a hard time cap; the whole run fits `--budget`, 450 s
@@ -19,9 +19,12 @@ by default, Triton compilation included):
   load       benches/load.py --quick     motensor vs safetensors vs the pinned H2D limit
   gemm       benches/gemm.py --quick     8B shapes, M = 1, 16, 4096, vs cuBLAS / _scaled_mm / tinygemm / roofline
   e2e        benches/e2e.py --quick      batch-1 decode, NVFP4 and W4A16_AWQ with CUDA graphs vs bf16
+  lora       benches/lora.py --quick     LoRA training steps, 8B shape NVFP4 vs bf16: tokens/s, peak memory
+                                         (needs peft; skipped without it)
 
 Output: at most 8 files in one folder ($OUT when set, else ./gpu-check-out): gpu-check.log,
-pytest-gpu.xml, and load/gemm/e2e-<gpu>-<date>.json with their PNG plots. A step that overruns
+pytest-gpu.xml, load/gemm/e2e/lora-<gpu>-<date>.json, and their PNG plots while there is room
+(the others are redrawn from the JSON with benches/plot.py). A step that overruns
 is stopped (SIGTERM, then SIGKILL); the benchmarks write what they measured before their cap.
 Without a CUDA GPU (and without --smoke) it stops at once with exit code 2.
 """
@@ -48,7 +51,7 @@ MAX_FILES = 8
 MAX_FILE_BYTES = 16 << 20          # what the device tool brings back per file
 LOG_NAME = "gpu-check.log"
 JUNIT_NAME = "pytest-gpu.xml"
-BENCHES = ("load", "gemm", "e2e")
+BENCHES = ("load", "gemm", "e2e", "lora")
 NO_GPU_EXIT = 2
 
 
@@ -59,6 +62,7 @@ class Step:
     floor: float          # time kept for it when earlier steps run long
     argv: list = field(default_factory=list)
     soft_flag: Optional[str] = None   # the step's own "stop and write results" option (seconds)
+    requires: Optional[str] = None    # a module the step needs; skipped (and said) without it
 
 
 def gpu_visible() -> tuple[bool, str]:
@@ -206,6 +210,7 @@ def plan(smoke: bool, py: str, out: Path, cache: Path) -> list[Step]:
         if _has_module(py, "xdist"):
             pytest_argv += ["-n", "6"]
     size = ["--smoke"] if smoke else []
+    lora = [py, "benches/lora.py", "--out", str(out)] + (["--smoke"] if smoke else ["--quick", "--cache-dir", str(cache)])
     return [
         Step("pytest", cap=170, floor=60, argv=pytest_argv),
         Step("load", cap=90, floor=40, argv=[py, "benches/load.py", "--quick", "--out-dir", str(out),
@@ -215,6 +220,8 @@ def plan(smoke: bool, py: str, out: Path, cache: Path) -> list[Step]:
         Step("e2e", cap=170, floor=60, argv=[py, "benches/e2e.py", "--quick", "--out", str(out),
                                              "--cache-dir", str(cache)] + size + (["--no-compiled"] if smoke else []),
              soft_flag="--max-seconds"),
+        # Needs peft (carried as a wheel: benches/README.md); skipped with a note without it.
+        Step("lora", cap=120, floor=45, argv=lora, requires="peft"),
     ]
 
 
@@ -266,10 +273,15 @@ def collect(out: Path, log: Log) -> list[str]:
                     log(f"{bench}: kept the partial results as {final.name}")
                 except Exception as e:  # noqa: BLE001 - never lose the run over a plot
                     log(f"{bench}: partial results unreadable: {e}")
+    # Every JSON comes back; plots while there is room (they are redrawn from the JSON with
+    # benches/plot.py where one is missing).
     allowed = {LOG_NAME, JUNIT_NAME}
-    for bench in BENCHES:
-        for p in sorted(out.glob(f"{bench}-*.json")):
-            allowed |= {p.name, p.with_suffix(".png").name}
+    results = [p for bench in BENCHES for p in sorted(out.glob(f"{bench}-*.json"))]
+    allowed |= {p.name for p in results}
+    for p in results:
+        png = p.with_suffix(".png")
+        if png.exists() and len(allowed) < MAX_FILES:
+            allowed.add(png.name)
     for p in sorted(out.iterdir()):
         if p.name not in allowed:
             log(f"removing {p.name} from the output folder (not one of the {MAX_FILES} result files)")
@@ -332,7 +344,7 @@ def main(argv: Optional[list] = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--out", type=Path, default=None, help="result folder (default $OUT, else ./gpu-check-out)")
     p.add_argument("--budget", type=float, default=450.0, help="seconds for the whole run (default 450)")
-    p.add_argument("--steps", default="pytest,load,gemm,e2e", help="comma-separated subset, in order")
+    p.add_argument("--steps", default="pytest,load,gemm,e2e,lora", help="comma-separated subset, in order")
     p.add_argument("--smoke", action="store_true", help="run every step on the CPU at tiny sizes (tests the plumbing)")
     p.add_argument("--no-background", action="store_true", help="no checkpoint writer / AOT sweep in the background")
     p.add_argument("--cache-dir", type=Path, default=None,
@@ -382,7 +394,7 @@ def main(argv: Optional[list] = None) -> int:
 
     background = []
     if not a.no_background and not a.smoke:
-        if any(w in ("load", "e2e") for w in wanted):
+        if any(w in ("load", "e2e", "lora") for w in wanted):
             fmts = ["nvfp4"] + (["w4a16_awq"] if "e2e" in wanted else [])
             writer = [py, "-c", "import sys; sys.path.insert(0, 'benches'); import synthetic; "
                       f"[print(synthetic.ensure_checkpoint('8b', f, {str(cache)!r}), flush=True) for f in {fmts!r}]"]
@@ -393,7 +405,7 @@ def main(argv: Optional[list] = None) -> int:
 
     for i, name in enumerate(wanted):
         s = steps[name]
-        if name in ("load", "e2e") and background and background[0].name == "checkpoints":
+        if name in ("load", "e2e", "lora") and background and background[0].name == "checkpoints":
             background[0].wait(log, deadline - time.monotonic() - 30)
         later = sum(steps[w].floor for w in wanted[i + 1:])
         left = deadline - time.monotonic()
@@ -401,6 +413,10 @@ def main(argv: Optional[list] = None) -> int:
         if cap < min(20.0, s.floor):
             log(f"== {name}: skipped, {left:.0f} s left of the budget")
             results.append({"step": name, "status": "skipped (budget)", "rc": None, "seconds": 0.0})
+            continue
+        if s.requires and not _has_module(py, s.requires):
+            log(f"== {name}: skipped, {s.requires} is not installed on this machine")
+            results.append({"step": name, "status": f"skipped ({s.requires} missing)", "rc": None, "seconds": 0.0})
             continue
         argv = list(s.argv)
         if s.soft_flag:
