@@ -55,6 +55,31 @@ impl Fp8Weight<'_> {
     }
 }
 
+impl Fp8Weight<'_> {
+    /// Whether [`Fp8Weight::dot_row`] runs fused here: AVX2, and every run of one scale a
+    /// multiple of 8 elements.
+    pub(super) fn fused_dot(&self, isa: Isa) -> bool {
+        let seg_ok = match self.scales {
+            Fp8Scales::None => true,
+            Fp8Scales::Block { block, .. } => block % 8 == 0,
+            Fp8Scales::E8M0 { group, .. } => group % 8 == 0,
+        };
+        cfg!(target_arch = "x86_64") && isa != Isa::Scalar && self.k % 8 == 0 && seg_ok
+    }
+
+    /// `out[i] = xs[i] . W[row]` with the row decoded in registers (`None` where
+    /// [`Fp8Weight::fused_dot`] says no).
+    pub(super) fn dot_row<const M: usize>(&self, isa: Isa, op: Operand, row: usize, xs: [&[f32]; M]) -> Option<[f32; M]> {
+        #[cfg(target_arch = "x86_64")]
+        if self.fused_dot(isa) && xs.iter().all(|x| x.len() >= self.k) {
+            // SAFETY: non-scalar ISAs come from `Isa::detect` (AVX2 + FMA + F16C present).
+            return Some(unsafe { super::x86::fp8_dot_row::<M>(self, op, row, xs) });
+        }
+        let _ = (isa, op, row, xs);
+        None
+    }
+}
+
 pub(super) fn decode_row(w: &Fp8Weight, isa: Isa, op: Operand, row: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Scalar {

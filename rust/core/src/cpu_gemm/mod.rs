@@ -254,6 +254,19 @@ pub fn gemm(x: &[f32], m: usize, w: &Weight, op: Operand, epi: &Epilogue, out: &
     // buffer (contiguous per task) that is transposed back at the end (free for m = 1).
     let mut out_t = if m == 1 { Vec::new() } else { vec![0f32; n * m] };
     let target: &mut [f32] = if m == 1 { &mut out[..] } else { &mut out_t };
+    let fused = m <= FUSED_MAX_M
+        && match w {
+            Weight::W4(w4) => w4.fused_dot(isa),
+            Weight::Fp8(w8) => w8.fused_dot(isa),
+            Weight::Int8(_) => false,
+        };
+    if fused {
+        gemm_fused(xs, m, w, op, epi, target, isa);
+        if m > 1 {
+            transpose_into(&out_t, n, m, out);
+        }
+        return Ok(());
+    }
     target.par_chunks_mut(TASK_ROWS * m).enumerate().for_each(|(t, chunk)| {
         let n0 = t * TASK_ROWS;
         let rows = chunk.len() / m;
@@ -294,6 +307,60 @@ pub fn gemm(x: &[f32], m: usize, w: &Weight, op: Operand, epi: &Epilogue, out: &
         transpose_into(&out_t, n, m, out);
     }
     Ok(())
+}
+
+/// Activation rows up to which 4-bit and FP8 weights are multiplied where they are decoded (in
+/// registers, per activation row); above, a decoded block is reused across rows instead.
+const FUSED_MAX_M: usize = 4;
+
+/// One weight row against `M` activation rows, decoded in registers.
+fn dot_row<const M: usize>(w: &Weight, isa: Isa, op: Operand, row: usize, scales: &[f32], xs: [&[f32]; M]) -> Option<[f32; M]> {
+    match w {
+        Weight::W4(w4) => w4.dot_row::<M>(isa, op, row, scales, xs),
+        Weight::Fp8(w8) => w8.dot_row::<M>(isa, op, row, xs),
+        Weight::Int8(_) => None,
+    }
+}
+
+/// The GEMV / small-M GEMM with the weight decoded in registers (`dot_row` of the family): no
+/// decoded row is stored, each weight byte is read once per call. `target` is `[n, m]`; `xs` in
+/// the family's order (de-interleaved for 4-bit).
+fn gemm_fused(xs: &[f32], m: usize, w: &Weight, op: Operand, epi: &Epilogue, target: &mut [f32], isa: Isa) {
+    let k = w.k();
+    let ng = w.gathered_per_row();
+    let x = |i: usize| &xs[i * k..(i + 1) * k];
+    target.par_chunks_mut(TASK_ROWS * m).enumerate().for_each_init(|| (Vec::new(), Vec::new()), |(scratch, row_buf), (t, chunk)| {
+        let n0 = t * TASK_ROWS;
+        let rows = chunk.len() / m;
+        w.gather(n0, rows, scratch);
+        for r in 0..rows {
+            let sc = if ng > 0 { &scratch[r * ng..(r + 1) * ng] } else { &[][..] };
+            let row = n0 + r;
+            let fused = match m {
+                1 => pad(dot_row::<1>(w, isa, op, row, sc, [x(0)])),
+                2 => pad(dot_row::<2>(w, isa, op, row, sc, [x(0), x(1)])),
+                3 => pad(dot_row::<3>(w, isa, op, row, sc, [x(0), x(1), x(2)])),
+                _ => pad(dot_row::<4>(w, isa, op, row, sc, [x(0), x(1), x(2), x(3)])),
+            };
+            // Not taken when the caller checked `fused_dot`; kept so that no path returns zeros.
+            let acc = fused.unwrap_or_else(|| {
+                row_buf.resize(k, 0.0);
+                w.decode_rows(isa, op, row, 1, false, row_buf, sc);
+                std::array::from_fn(|mi| if mi < m { x(mi).iter().zip(row_buf.iter()).map(|(a, b)| a * b).sum() } else { 0.0 })
+            });
+            for (mi, v) in acc.iter().take(m).enumerate() {
+                chunk[r * m + mi] = epi.apply(*v, mi, row);
+            }
+        }
+    });
+}
+
+/// `dot_row`'s `M` results in a fixed-size array.
+fn pad<const M: usize>(v: Option<[f32; M]>) -> Option<[f32; FUSED_MAX_M]> {
+    let v = v?;
+    let mut out = [0f32; FUSED_MAX_M];
+    out[..M].copy_from_slice(&v);
+    Some(out)
 }
 
 /// W8A8 INT8: `out[m, n] = epilogue(sum_k xq[m, k] * W[n, k])` with exact i32 sums.

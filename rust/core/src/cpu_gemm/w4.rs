@@ -119,6 +119,24 @@ impl W4Weight<'_> {
         self.decode_row_portable(op, row, scales, natural, out)
     }
 
+    /// Whether [`W4Weight::dot_row`] runs fused on this instruction set.
+    pub(super) fn fused_dot(&self, isa: Isa) -> bool {
+        cfg!(target_arch = "x86_64") && isa != Isa::Scalar && self.group & 15 == 0
+    }
+
+    /// `out[i] = xs[i] . W[row]` for de-interleaved activation rows, the row decoded in
+    /// registers (only where [`W4Weight::fused_dot`] says so; `None` otherwise).
+    pub(super) fn dot_row<const M: usize>(&self, isa: Isa, op: Operand, row: usize, scales: &[f32], xs: [&[f32]; M]) -> Option<[f32; M]> {
+        #[cfg(target_arch = "x86_64")]
+        if self.fused_dot(isa) && xs.iter().all(|x| x.len() >= self.k) && scales.len() >= self.k / self.group {
+            // SAFETY: Isa::Avx2/Avx512 are only produced by `Isa::detect`, which checked
+            // that this CPU has AVX2, FMA and F16C.
+            return Some(unsafe { super::x86::w4_dot_row::<M>(self, op, row, scales, xs) });
+        }
+        let _ = (isa, op, row, scales, xs);
+        None
+    }
+
     pub(super) fn decode_row_portable(&self, op: Operand, row: usize, scales: &[f32], natural: bool, out: &mut [f32]) {
         let (k, g) = (self.k, self.group);
         let h = k / 2;

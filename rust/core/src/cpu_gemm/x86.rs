@@ -8,7 +8,7 @@
 use std::arch::x86_64::*;
 
 use super::dot;
-use super::fp8::{self, Fp8Weight};
+use super::fp8::{self, Fp8Scales, Fp8Weight};
 use super::int8::{self, Int8Weight};
 use super::round::{self, Operand};
 use super::w4::W4Weight;
@@ -122,4 +122,124 @@ pub(super) unsafe fn w4_decode_row(w: &W4Weight, op: Operand, row: usize, scales
             j += 8;
         }
     }
+}
+
+/// Fused 4-bit dot products: `out[i] = sum_k xs[i][k] * W[row, k]` for `M` activation rows, the
+/// weight row decoded 16 values at a time in registers (the same table lookups and operand
+/// rounding as [`w4_decode_row`], so the same weight values) and multiplied where it stands,
+/// never stored. `xs` are de-interleaved (even k, then odd k: `deinterleave_rows`), `k` values
+/// each. `group % 16 == 0`. Only the fp32 summation order differs from decode-then-dot.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn w4_dot_row<const M: usize>(w: &W4Weight, op: Operand, row: usize, scales: &[f32], xs: [&[f32]; M]) -> [f32; M] {
+    let (k, g) = (w.k, w.group);
+    let h = k / 2;
+    let bytes = &w.packed[row * h..(row + 1) * h];
+    let xs: [(&[f32], &[f32]); M] = std::array::from_fn(|i| {
+        let x = &xs[i][..k];
+        x.split_at(h)
+    });
+    let vals = w.nibble_values();
+    let v_lo = _mm256_loadu_ps(vals[..8].as_ptr());
+    let v_hi = _mm256_loadu_ps(vals[8..].as_ptr());
+    let mask = _mm256_set1_epi32(15);
+    let mut acc_e = [_mm256_setzero_ps(); M];
+    let mut acc_o = [_mm256_setzero_ps(); M];
+    for (gi, &sc) in scales[..k / g].iter().enumerate() {
+        let s = _mm256_set1_ps(sc);
+        let t_lo = round8(op, _mm256_mul_ps(v_lo, s));
+        let t_hi = round8(op, _mm256_mul_ps(v_hi, s));
+        let j0 = gi * g / 2;
+        let mut j = j0;
+        while j < j0 + g / 2 {
+            let src: &[u8; 8] = match bytes[j..j + 8].try_into() {
+                Ok(a) => a,
+                Err(_) => return [0.0; M],
+            };
+            let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(src.as_ptr() as *const __m128i));
+            let lo = lookup16(t_lo, t_hi, _mm256_and_si256(v, mask));
+            let hi = lookup16(t_lo, t_hi, _mm256_srli_epi32::<4>(v));
+            for i in 0..M {
+                let (xe, xo) = xs[i];
+                acc_e[i] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(xe[j..j + 8].as_ptr()), acc_e[i]);
+                acc_o[i] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(xo[j..j + 8].as_ptr()), acc_o[i]);
+            }
+            j += 8;
+        }
+    }
+    let mut out = [0f32; M];
+    for i in 0..M {
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc_e[i], acc_o[i]));
+        out[i] = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    }
+    out
+}
+
+/// 8 E4M3FN bytes -> 8 fp32 values, exactly `round::e4m3_decode` (subnormals computed, not
+/// left to the MXCSR; 0x7F / 0xFF are NaN).
+#[inline(always)]
+unsafe fn e4m3x8(src: &[u8; 8]) -> __m256 {
+    let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(src.as_ptr() as *const __m128i));
+    let mag = _mm256_and_si256(v, _mm256_set1_epi32(0x7F));
+    let sign = _mm256_slli_epi32::<24>(_mm256_and_si256(v, _mm256_set1_epi32(0x80)));
+    // Normal: exponent field e (bias 7) -> fp32 exponent e + 120, mantissa bits on top.
+    let normal = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_slli_epi32::<20>(mag), _mm256_set1_epi32(120 << 23)));
+    // Subnormal (e = 0): m * 2^-9.
+    let sub = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(mag, _mm256_set1_epi32(7))), _mm256_set1_ps(1.0 / 512.0));
+    let is_sub = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8), mag));
+    let val = _mm256_or_ps(_mm256_blendv_ps(normal, sub, is_sub), _mm256_castsi256_ps(sign));
+    let is_nan = _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7F)));
+    _mm256_blendv_ps(val, _mm256_set1_ps(f32::NAN), is_nan)
+}
+
+/// Fused FP8 dot products: `out[i] = sum_k xs[i][k] * W[row, k]`, each weight element
+/// `round(e4m3(b) * scale)` as [`fp8::decode_row_generic`] computes it, multiplied in registers.
+/// Natural order. Callers check [`Fp8Weight::fused_dot`] (segments of a constant scale are
+/// multiples of 8 long).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn fp8_dot_row<const M: usize>(w: &Fp8Weight, op: Operand, row: usize, xs: [&[f32]; M]) -> [f32; M] {
+    let k = w.k;
+    let src = &w.w[row * k..(row + 1) * k];
+    let mut acc = [_mm256_setzero_ps(); M];
+    // (segment length, scale of segment c) of the row.
+    let (seg, scale_of): (usize, &dyn Fn(usize) -> Option<f32>) = match w.scales {
+        Fp8Scales::None => (k, &|_| None),
+        Fp8Scales::Block { scales, block } => {
+            let srow = &scales[(row / block) * k.div_ceil(block)..];
+            (block, &move |c| Some(srow[c]))
+        }
+        Fp8Scales::E8M0 { scales, group } => (group, &move |c| Some(crate::numeric::e8m0(scales[c * w.n + row]))),
+    };
+    let seg = seg.max(8);
+    let mut c0 = 0;
+    let mut c = 0;
+    while c0 < k {
+        let c1 = (c0 + seg).min(k);
+        let s = scale_of(c).map(|v| _mm256_set1_ps(v));
+        let mut j = c0;
+        while j + 8 <= c1 {
+            let b: &[u8; 8] = match src[j..j + 8].try_into() {
+                Ok(a) => a,
+                Err(_) => return [0.0; M],
+            };
+            let mut v = e4m3x8(b);
+            if let Some(s) = s {
+                v = _mm256_mul_ps(v, s);
+            }
+            let v = round8(op, v);
+            for i in 0..M {
+                acc[i] = _mm256_fmadd_ps(v, _mm256_loadu_ps(xs[i][j..j + 8].as_ptr()), acc[i]);
+            }
+            j += 8;
+        }
+        c0 = c1;
+        c += 1;
+    }
+    let mut out = [0f32; M];
+    for i in 0..M {
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc[i]);
+        out[i] = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    }
+    out
 }
