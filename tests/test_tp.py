@@ -215,14 +215,16 @@ def test_tp_over_nccl_matches_one_gpu(tmp_path):
     out = tmp_path / "out.json"
     path = str(DATA / "llama-nvfp4")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29499", "-m",
-           "motensor.parallel.check", str(out), path, "--device", "cuda"]
+           "motensor.parallel.check", str(out), path, "--device", "cuda", "--transformers", path]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-6000:]
-    r = json.loads(out.read_text())[path]
+    results = json.loads(out.read_text())
     single = single_process(path, device="cuda")
-    ref, got = torch.tensor(single["logits"]), torch.tensor(r["logits"])
-    # Kernels tile K differently for the half-width shards: bound, not bit-exact.
-    assert (ref - got).abs().max().item() <= 2e-3 * ref.abs().max().item() + 1e-4
+    ref = torch.tensor(single["logits"])
+    for key in (path, f"transformers:{path}"):  # motensor.from_pretrained, then AutoModelForCausalLM
+        got = torch.tensor(results[key]["logits"])
+        # Kernels tile K differently for the half-width shards: bound, not bit-exact.
+        assert (ref - got).abs().max().item() <= 2e-3 * ref.abs().max().item() + 1e-4, key
 
 
 @pytest.mark.parametrize("name", ["llama-w4a16_awq", "llama-nvfp4", "llama-fp8_pb_wo", "llama-mxfp8", "llama-w8a16",
