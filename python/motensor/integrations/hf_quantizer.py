@@ -17,6 +17,13 @@ returns the model ``motensor.from_pretrained`` returns. How the quantizer keeps 
    has no parameter for, and the quantizer tells it to ignore those keys); it then only re-creates
    the non-persistent buffers (rotary ``inv_freq``...) as it does for every model.
 
+Tensor parallelism: under ``torchrun``, ``from_pretrained(path, tp_plan="auto")`` (or ``tp_size=N``,
+``distributed_config=DistributedConfig(...)``) makes transformers start the process group, pick each
+rank's device and put its ``DistributedConfig`` on the config; step 2 then loads only this rank's
+shard (``populate(..., tp_plan=...)``, :mod:`motensor.parallel.tp`), and transformers is kept from
+applying the plan a second time (:meth:`ModelOptHfQuantizer._take_over_tensor_parallelism`). The
+model is the one ``motensor.from_pretrained(path, tp_plan="auto")`` builds.
+
 Checkpoints whose ``config.json`` has no ``quantization_config`` (ModelOpt before 0.31; many NVIDIA
 Hub releases) are not recognisable by transformers; pass
 ``quantization_config=motensor.ModelOptConfig()`` (or use ``motensor.from_pretrained``, which reads
@@ -133,6 +140,7 @@ class ModelOptHfQuantizer(HfQuantizer):
         self._dtype: Optional[torch.dtype] = None
         self._hidden: dict[str, Any] = {}
         self._non_persistent: list = []
+        self._hidden_tp: dict[str, Any] = {}
 
     # -- arguments --------------------------------------------------------------------------------
     def validate_environment(self, device_map=None, **kwargs: Any) -> None:
@@ -159,9 +167,9 @@ class ModelOptHfQuantizer(HfQuantizer):
     def _process_model_before_weight_loading(self, model: "PreTrainedModel", checkpoint_files=None, **kwargs: Any):
         import motensor
         from motensor.args import FALLBACK_DTYPE
-        from motensor.models.pretrained import populate
-
         from motensor.hub import fetch_companion
+        from motensor.models.pretrained import populate
+        from motensor.parallel.tp import plan_of_distributed_config
 
         root = _checkpoint_root(checkpoint_files)
         fetch_companion(root, HF_QUANT_CONFIG)  # a Hub snapshot of an old export: transformers skips it
@@ -174,12 +182,17 @@ class ModelOptHfQuantizer(HfQuantizer):
             self.quantization_config._hf_quant_config = _read_json(ckpt.root / HF_QUANT_CONFIG)
         dtype = self._dtype if self._dtype in (torch.bfloat16, torch.float16, torch.float32) else FALLBACK_DTYPE
         device = self.device or torch.device("cpu")
+        # from_pretrained(tp_plan=..., tp_size=..., distributed_config=...): transformers has made
+        # the process group and put its DistributedConfig on the config; motensor shards the model.
+        tp_plan = plan_of_distributed_config(model, getattr(model.config, "distributed_config", None))
         # transformers calls this inside its torch.device("meta") context: tensors made while
         # installing (rotary buffers, stacked experts) must be real, and every torch call through
         # that mode costs time (~5% of a 1B load on the CPU).
         with _outside_function_modes(device):
             report = populate(model, ckpt, device=device, dtype=dtype, progress=self.quantization_config.progress,
-                              moe_mode=self.quantization_config.moe_mode)
+                              moe_mode=self.quantization_config.moe_mode, tp_plan=tp_plan)
+        if tp_plan is not None:
+            self._take_over_tensor_parallelism(model)
         _mark_initialized(model)
         _drop_untieable(model)
         # transformers re-creates every non-persistent buffer after its loop (empty, then its own
@@ -193,6 +206,7 @@ class ModelOptHfQuantizer(HfQuantizer):
 
     def _process_model_after_weight_loading(self, model: "PreTrainedModel", **kwargs: Any):
         self._restore_state_dict(model)
+        self._restore_tensor_parallelism(model)
         for module, attr, value in self._non_persistent:
             module._buffers[attr] = value
         self._non_persistent = []
@@ -200,6 +214,28 @@ class ModelOptHfQuantizer(HfQuantizer):
         if self.checkpoint is not None:
             _attach_saving(model, self.checkpoint)
         return model
+
+    def _take_over_tensor_parallelism(self, model) -> None:
+        """populate() has sharded and hooked motensor's modules with the model's TP plan. After
+        preprocess_model transformers applies the plan itself (``maybe_distribute_model``: every
+        planned parameter made a DTensor shard of what it takes for the whole tensor, every planned
+        module hooked): done twice, the shards would be cut again and the collectives run twice.
+        Until loading is over, the model's plan resolution hands transformers empty plans (it still
+        records the mesh and ``tp_size``), and its plan is hidden from the loop's TP report (the
+        state dict it checks is hidden too)."""
+        self._hidden_tp = {"tp_plan": model.__dict__.get("_tp_plan")}
+        object.__setattr__(model, "_resolve_parallel_plans", lambda distributed_config: ({}, {}, {}))
+        object.__setattr__(model, "_tp_plan", {})
+
+    def _restore_tensor_parallelism(self, model) -> None:
+        if not getattr(self, "_hidden_tp", None):
+            return
+        model.__dict__.pop("_resolve_parallel_plans", None)
+        object.__setattr__(model, "_tp_plan", self._hidden_tp["tp_plan"])
+        tp = getattr(model, "_motensor_tp", None)
+        if tp is not None:  # transformers recorded its own (pp, fsdp, tp) mesh; the hooks run on motensor's
+            model._device_mesh = tp.mesh
+        self._hidden_tp = {}
 
     def _hide_state_dict(self, model) -> None:
         """Everything is loaded: transformers' loop must find no parameter to read a checkpoint

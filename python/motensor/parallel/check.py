@@ -1,7 +1,8 @@
 """``python -m torch.distributed.run --nproc-per-node N -m motensor.parallel.check OUT.json CKPT [CKPT ...]``
 
-Each rank loads each ``CKPT`` in turn with ``motensor.from_pretrained(..., tp_plan="auto")`` on the CPU
-(gloo) or CUDA (NCCL), runs one forward over a fixed prompt, and rank 0 writes a JSON with the
+Each rank loads each ``CKPT`` in turn with ``motensor.from_pretrained(..., tp_plan="auto")`` (and each
+``--transformers CKPT`` with ``AutoModelForCausalLM.from_pretrained(..., tp_plan="auto")``, through motensor's
+quantizer) on the CPU (gloo) or CUDA (NCCL), runs one forward over a fixed prompt, and rank 0 writes a JSON with the
 logits and every rank's figures (keyed by checkpoint): bytes of quantized tensors held, checkpoint bytes planned and
 measured read, load seconds. Used by ``tests/test_tp.py`` and ``benches/tp_load.py``; the same
 figures for the single-process model come from :func:`single_process`.
@@ -57,15 +58,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--no-forward", action="store_true", help="load only (the benchmark)")
+    p.add_argument("--transformers", action="append", default=[], metavar="CKPT",
+                   help="also load CKPT with transformers' AutoModelForCausalLM.from_pretrained(CKPT, tp_plan='auto') "
+                        "(motensor's quantizer); its results are keyed 'transformers:CKPT'")
+    p.add_argument("--transformers-ep", action="append", default=[], metavar="CKPT",
+                   help="load CKPT with transformers' expert parallelism (DistributedConfig(tp_size=N, ep_size=N)); "
+                        "keyed 'transformers-ep:CKPT'")
     a = p.parse_args(argv)
 
     import torch.distributed as dist
 
     dtype = getattr(torch, a.dtype)
-    _warm_up(a.checkpoints, a.device)
+    _warm_up(a.checkpoints + a.transformers + a.transformers_ep, a.device)
     results: dict[str, Any] = {}
     for path in a.checkpoints:
         results[path] = _one(path, a, dtype)
+    for path in a.transformers:
+        results[f"transformers:{path}"] = _one(path, a, dtype, front="transformers")
+    for path in a.transformers_ep:
+        results[f"transformers-ep:{path}"] = _one(path, a, dtype, front="transformers-ep")
     if dist.is_initialized():
         if dist.get_rank() == 0:
             with open(a.out, "w") as f:
@@ -93,14 +104,36 @@ def _warm_up(paths: list[str], device: str) -> None:
     tp.setup(device)
 
 
-def _one(path: str, a: argparse.Namespace, dtype: torch.dtype) -> dict[str, Any]:
+def _load(path: str, a: argparse.Namespace, dtype: torch.dtype, front: str):
+    import motensor
+
+    if front == "motensor":
+        return motensor.from_pretrained(path, device=a.device, dtype=dtype, tp_plan="auto")
+    import warnings
+
+    from transformers import AutoModelForCausalLM
+
+    # transformers picks the device itself under tp_plan (cuda:LOCAL_RANK, or the CPU without a GPU).
+    if front == "transformers-ep":
+        import torch.distributed as dist
+        from transformers.distributed import DistributedConfig
+
+        world = dist.get_world_size()
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype,
+                                                    distributed_config=DistributedConfig(tp_size=world, ep_size=world))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # tp_plan= is deprecated for distributed_config=
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, tp_plan="auto")
+
+
+def _one(path: str, a: argparse.Namespace, dtype: torch.dtype, front: str = "motensor") -> dict[str, Any]:
     import torch.distributed as dist
 
     import motensor
 
     t0 = time.perf_counter()
     try:
-        model = motensor.from_pretrained(path, device=a.device, dtype=dtype, tp_plan="auto")
+        model = _load(path, a, dtype, front)
     except motensor.MotensorError as e:
         # Every rank reaches the same verdict from the same plan: report it, no collective needed.
         print(f"motensor error: {e}", file=sys.stderr)

@@ -27,6 +27,11 @@ tp_plan="auto")``. The steps, in the order ``motensor.models.pretrained`` calls 
    per token, dynamic per-tensor FP8) all-reduce the amax first, so every rank quantizes with
    the global scale, as the single-process model does.
 
+``AutoModelForCausalLM.from_pretrained(path, tp_plan="auto")`` takes the same steps from motensor's
+transformers quantizer (:func:`plan_of_distributed_config` reads transformers' ``DistributedConfig``).
+Expert parallelism (transformers' ``ep_plan``: ``ep_dispatch_experts`` / ``grouped_gemm``) is refused;
+the experts are tensor-parallel (``moe_tp_experts``).
+
 Everything the plan does not shard this way is replicated on every rank: embeddings, norms and
 ``lm_head`` (``embedding_rowwise`` / ``colwise_gather_output`` in the plan; the quantized bytes
 that matter are the decoder's Linears), and any module of a style motensor does not map.
@@ -61,6 +66,8 @@ _PLAIN_STYLES = {**_LINEAR_STYLES, "colwise_gather_output": "col"}
 #: Styles of MoE expert parameters (per-expert Linears inside the container).
 _EXPERT_STYLES = {"packed_colwise": "col", "colwise": "col", "rowwise": "row"}
 _EXPERT_ROLE_PARAM = {"gate": "gate_up_proj", "up": "gate_up_proj", "down": "down_proj"}
+#: transformers' expert-parallel styles (its ``ep_plan``): whole experts per rank, refused.
+_EP_STYLES = ("grouped_gemm", "ep_dispatch_experts")
 
 
 @dataclass(frozen=True)
@@ -141,6 +148,45 @@ def model_plan(model: nn.Module, tp_plan: Union[str, Mapping[str, str]]) -> dict
     return plan
 
 
+def plan_of_distributed_config(model: nn.Module, config: Any) -> Union[str, dict[str, str], None]:
+    """The ``tp_plan`` motensor applies for transformers' own distributed arguments
+    (``from_pretrained(..., tp_plan="auto")``, ``tp_size=N`` or ``distributed_config=DistributedConfig(...)``,
+    which transformers turns into ``config.distributed_config``); ``None`` when they ask for no
+    tensor parallelism.
+
+    motensor shards quantized models with tensor parallelism over all the ranks; the other
+    dimensions transformers offers (pipeline, FSDP / HSDP, expert parallelism with ``ep_size``) are
+    refused with an :class:`ArgumentError`. A dict ``tp_plan`` overrides rules of the model's own
+    plan, as in transformers.
+    """
+    if config is None:
+        return None
+    ep = getattr(config, "ep_size", 1) or 1
+    if ep > 1:
+        raise ArgumentError(
+            f"{type(model).__name__}: expert parallelism (ep_size={ep}, transformers' ep_plan: ep_dispatch_experts / "
+            "grouped_gemm) is not supported for ModelOpt checkpoints: motensor's quantized experts are sharded by "
+            "tensor parallelism instead (moe_tp_experts: every rank holds its slice of every expert). Drop ep_size "
+            "(and enable_expert_parallel) and pass tp_plan=\"auto\"")
+    others = {name: getattr(config, name, 1) or 1 for name in ("pp_size", "fsdp_size", "dp_replicate_size")}
+    if any(v > 1 for v in others.values()):
+        shown = ", ".join(f"{k}={v}" for k, v in others.items() if v > 1)
+        raise ArgumentError(f"{type(model).__name__}: {shown}: motensor shards ModelOpt checkpoints with tensor "
+                            "parallelism over all the ranks only (tp_plan=\"auto\"); pipeline and FSDP are not "
+                            "supported for them")
+    if (getattr(config, "tp_size", 1) or 1) <= 1:
+        return None
+    plan = getattr(config, "tp_plan", None)
+    if plan is None or plan == "auto":
+        return "auto"
+    if isinstance(plan, Mapping):
+        if not plan:
+            raise ArgumentError(f"{type(model).__name__}: tp_plan={{}} applies no tensor-parallel rule, but tp_size="
+                                f"{config.tp_size} asks for tensor parallelism; pass tp_plan=\"auto\"")
+        return {**model_plan(model, "auto"), **plan}
+    raise ArgumentError(f"tp_plan must be 'auto' or a dict of module pattern -> style, not {plan!r}")
+
+
 def _wildcard(name: str) -> str:
     # transformers writes layer indices as "*" in its plans (replace_layer_number_by_wildcard).
     return re.sub(r"\.\d+(?=\.|$)", ".*", name)
@@ -182,11 +228,18 @@ def plan_shards(model: nn.Module, ckpt: "Checkpoint", rename: Callable[[str], st
         if split is not None:
             container, _, role = split
             style = style_of(plan, f"{container}.{_EXPERT_ROLE_PARAM[role]}")
+            container_style = style_of(plan, container)
+            if style in _EP_STYLES or container_style in _EP_STYLES:
+                raise ArgumentError(
+                    f"{container}: expert-parallel styles ({style!r} / {container_style!r}: each rank holding whole "
+                    "experts) are not supported for ModelOpt checkpoints; motensor shards every expert across the "
+                    "ranks with the model's tensor-parallel plan (moe_tp_experts, packed_colwise gate/up, rowwise "
+                    "down): pass tp_plan=\"auto\"")
             kind = _EXPERT_STYLES.get(style or "")
             if kind is None:
                 out.replicated.setdefault(container, f"experts style {style!r}")
                 continue
-            if style_of(plan, container) == "moe_tp_experts":
+            if container_style == "moe_tp_experts":
                 out.hooks[container] = "moe_tp_experts"
             else:
                 out.replicated.setdefault(container, "no moe_tp_experts entry for the container")
