@@ -20,13 +20,24 @@ Two execution paths, same result up to bf16 summation order:
   token was routed to. It mirrors ModelOpt's fake-quant model (which quantizes the very
   ``F.linear`` calls of this loop) operation for operation. Data-dependent shapes and a host sync
   (``nonzero``), so not for CUDA graphs.
-* ``"dense"`` (chosen while ``torch.compile`` traces, or forced): every expert on every token,
-  weighted by a ``[T, E]`` routing matrix that is zero off the top-k. Static shapes, no sync,
-  graph-capturable; does ``E / k`` times the FLOPs, fine for the small models it is used with in
-  tests, and a stand-in until a device-indexed grouped GEMM kernel exists.
+* ``"dense"`` (chosen while ``torch.compile`` traces on the CPU, or forced): every expert on every
+  token, weighted by a ``[T, E]`` routing matrix that is zero off the top-k. Static shapes, no
+  sync, graph-capturable; does ``E / k`` times the FLOPs.
+* ``"grouped"`` (chosen by ``"auto"`` on CUDA for the weight-only 4-bit formats: NVFP4 W4A16-style
+  E2M1/E4M3 weights with a global scale, W4A16_AWQ INT4/F32 weights with their ``pre_quant_scale``): three
+  ``motensor::moe_w4a16_gemm`` launches (gate, up, down; ``kernels/moe_w4a16.py``, vLLM's
+  ``fused_moe`` scheme: all routed (token, expert) pairs sorted by expert, one Triton kernel each),
+  the activation between them in torch, the routing weights applied in the down kernel's fp32
+  epilogue and the top-k slots summed. No host sync, static shapes. The experts' tensors are
+  read through stacked ``[E, ...]`` *views* when the loader placed them at a constant spacing in
+  its arena (the usual case: no copy); otherwise they are stacked once (a copy, logged).
+  Activation-quantized formats (NVFP4 W4A4, FP8, W4A8, MX) keep the loop: their per-expert
+  activation quantizers are not in the grouped kernel. Where the kernel's choice is the reference
+  (``dispatch.choose("moe_w4a16", ...)``: no Triton, old GPU, CPU), the op runs the loop reference.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -34,7 +45,10 @@ from torch import nn
 
 from motensor.errors import ArgumentError, FormatError
 
-MODES = ("auto", "loop", "dense")
+log = logging.getLogger("motensor.models")
+
+MODES = ("auto", "loop", "dense", "grouped")
+_PROJECTIONS = ("gate", "up", "down")
 
 
 class QuantExperts(nn.Module):
@@ -69,6 +83,8 @@ class QuantExperts(nn.Module):
             if shapes != [(i, h), (i, h), (h, i)]:
                 raise FormatError(f"{label}: expert {e} has gate/up/down [N, K] = {shapes}; expected "
                                  f"{[(i, h), (i, h), (h, i)]}")
+        self._grouped_why_not = self._check_grouped()
+        self._stacks: Optional[dict[str, dict[str, Any]]] = None
 
     def extra_repr(self) -> str:
         return (f"num_experts={self.num_experts}, hidden_dim={self.hidden_dim}, "
@@ -81,7 +97,12 @@ class QuantExperts(nn.Module):
                 top_k_weights: torch.Tensor) -> torch.Tensor:
         mode = self.mode
         if mode == "auto":
-            mode = "dense" if _tracing() else "loop"
+            mode = self._auto_mode(hidden_states)
+        elif mode == "grouped" and self._grouped_why_not is not None:
+            raise ArgumentError(f"{self.name or 'QuantExperts'}: moe_mode='grouped' is not available: "
+                                f"{self._grouped_why_not}")
+        if mode == "grouped":
+            return self._forward_grouped(hidden_states, top_k_index, top_k_weights)
         if mode == "dense":
             return self._forward_dense(hidden_states, top_k_index, top_k_weights)
         return self._forward_loop(hidden_states, top_k_index, top_k_weights)
@@ -101,6 +122,95 @@ class QuantExperts(nn.Module):
             final.index_add_(0, token_idx, out.to(final.dtype))
         return final
 
+    # -- grouped path ----------------------------------------------------------------------------
+    def _check_grouped(self) -> Optional[str]:
+        """Why the grouped kernel cannot run these experts (None if it can)."""
+        from motensor.formats import Activation
+        from motensor.nn import QuantLinear
+
+        for proj in _PROJECTIONS:
+            mods = list(getattr(self, proj))
+            if not all(isinstance(m, QuantLinear) for m in mods):
+                return f"some {proj} projections are not quantized"
+            first = mods[0]
+            if first.recipe.family != "w4a16" or first.format.activation is not Activation.NONE:
+                return (f"{first.format.name} ({first.format.activation.name} activations) has no grouped kernel; "
+                        "the grouped path covers the weight-only 4-bit formats")
+            if any(m.format is not first.format or m.group_size != first.group_size for m in mods):
+                return f"the {proj} projections mix formats or group sizes"
+            if any(m.bias is not None for m in mods):
+                return f"the {proj} projections have biases"
+            if any((m.pre_quant_scale is None) != (first.pre_quant_scale is None) for m in mods):
+                return f"only some {proj} projections have a pre_quant_scale"
+        return None
+
+    def _apply(self, fn, recurse: bool = True):
+        self._stacks = None  # moved / cast: the stacked views point at the old tensors
+        return super()._apply(fn, recurse)
+
+    def _auto_mode(self, x: torch.Tensor) -> str:
+        if self._grouped_why_not is None and x.is_cuda and not (torch.is_grad_enabled() and x.requires_grad):
+            from motensor import dispatch
+
+            first: Any = self.down[0]
+            choice = dispatch.choose("moe_w4a16", device=x.device, dtype=x.dtype, M=x.shape[0],
+                                     N=self.hidden_dim, K=self.intermediate_dim)
+            tracing = _tracing()
+            if not choice.is_reference and first.weight.is_cuda and (not tracing or self._stacks is not None):
+                return "grouped"
+        return "dense" if _tracing() else "loop"
+
+    def grouped_tensors(self) -> dict[str, dict[str, Any]]:
+        """Per projection, the experts' tensors stacked ``[E, ...]`` as the grouped op takes them
+        (views where the experts lie at a constant spacing in one storage; built once, cached)."""
+        if self._stacks is not None and _stacks_current(self._stacks, self):
+            return self._stacks
+        from motensor.formats import GlobalScale
+        from motensor.recipes import recipe_for
+
+        stacks: dict[str, dict[str, Any]] = {}
+        copies: list[str] = []
+        for proj in _PROJECTIONS:
+            mods: list[Any] = list(getattr(self, proj))
+            first = mods[0]
+            kernel = recipe_for(first.format).kernel
+            gs = None
+            if first.format.global_scale is GlobalScale.MULTIPLIES:
+                gs = torch.stack([m.weight_scale_2.float().reshape(()) for m in mods])
+            pqs = None if first.pre_quant_scale is None else torch.stack([m.pre_quant_scale for m in mods])
+            w, w_copied = stack_views([m.weight for m in mods])
+            sc, s_copied = stack_views([m.weight_scale for m in mods])
+            copies += [f"{proj}.weight"] * w_copied + [f"{proj}.weight_scale"] * s_copied
+            stacks[proj] = dict(qweight=w, scales=sc, global_scale=gs, pre_quant_scale=pqs,
+                                element=kernel.element.name, scale_kind=kernel.scale.name,
+                                group_size=first.group_size, _ptrs=(mods[0].weight.data_ptr(), mods[-1].weight.data_ptr()))
+        if copies:
+            log.info("%s: grouped experts stack copies of %s (not evenly spaced in one storage)",
+                     self.name or "QuantExperts", ", ".join(copies))
+        self._stacks = stacks
+        return stacks
+
+    def _forward_grouped(self, hidden_states, top_k_index, top_k_weights):
+        from motensor import ops
+
+        x = hidden_states
+        if torch.is_autocast_enabled(x.device.type):
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        lead = x.shape[:-1]
+        x = x.reshape(-1, self.hidden_dim).contiguous()
+        ids = top_k_index.reshape(x.shape[0], -1)
+        st = self.grouped_tensors()
+
+        def run(proj: str, inp: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+            a = {k: v for k, v in st[proj].items() if not k.startswith("_")}
+            return ops.moe_w4a16_gemm(inp, ids, weights, a["qweight"], a["scales"], a["global_scale"],
+                                      a["pre_quant_scale"], a["element"], a["scale_kind"], a["group_size"])
+
+        h = self.act_fn(run("gate", x, None)) * run("up", x, None)            # [T*k, I]
+        y = run("down", h.to(x.dtype), top_k_weights.reshape(ids.shape))       # [T*k, H], routing applied
+        y = y.view(x.shape[0], ids.shape[1], self.hidden_dim).sum(dim=1)
+        return y.to(hidden_states.dtype).reshape(*lead, self.hidden_dim)
+
     def _forward_dense(self, hidden_states, top_k_index, top_k_weights):
         T = hidden_states.shape[0]
         routing = torch.zeros(T, self.num_experts + 1, dtype=top_k_weights.dtype, device=hidden_states.device)
@@ -110,6 +220,31 @@ class QuantExperts(nn.Module):
             out = self._expert(e, hidden_states) * routing[:, e, None]
             final = final + out.to(final.dtype)
         return final
+
+
+def stack_views(ts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, bool]:
+    """``torch.stack(ts)`` without a copy when the tensors lie in one storage at a constant positive
+    spacing with equal shapes and strides (per-expert tensors in the loader's arena): an
+    ``as_strided`` view then. Returns (stacked, whether it had to copy)."""
+    t0 = ts[0]
+    same = all(t.shape == t0.shape and t.stride() == t0.stride() and t.dtype == t0.dtype and t.device == t0.device
+               and t.untyped_storage().data_ptr() == t0.untyped_storage().data_ptr() for t in ts)
+    if same and len(ts) > 1:
+        es = t0.element_size()
+        d = ts[1].data_ptr() - t0.data_ptr()
+        if d > 0 and d % es == 0 and all(t.data_ptr() - t0.data_ptr() == i * d for i, t in enumerate(ts)):
+            return t0.as_strided((len(ts), *t0.shape), (d // es, *t0.stride()), t0.storage_offset()), False
+    if same and len(ts) == 1:
+        return t0.unsqueeze(0), False
+    return torch.stack(list(ts)), True
+
+
+def _stacks_current(stacks: dict[str, dict[str, Any]], experts: "QuantExperts") -> bool:
+    for proj in _PROJECTIONS:
+        mods: Any = getattr(experts, proj)
+        if stacks[proj]["_ptrs"] != (mods[0].weight.data_ptr(), mods[-1].weight.data_ptr()):
+            return False
+    return True
 
 
 def _tracing() -> bool:
