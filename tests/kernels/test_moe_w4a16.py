@@ -195,3 +195,35 @@ def test_grouped_op_on_cuda_bf16_and_graph_capture():
     g.replay()
     ref2 = R.moe_w4a16_gemm(x, ids, None, qw, sc, gs, element="E2M1", scale_kind="E4M3", group_size=16)
     assert_rel(yg, ref2, tol(torch.bfloat16))
+
+
+@pytest.mark.parametrize("algo,pqs", [("W4A16_NVFP4", False), ("W4A16_AWQ", True)])
+def test_quant_experts_stacks_through_the_kernel_match_each_quantlinear(algo, pqs):
+    """QuantExperts' stacked tensors, fed to the grouped kernel, give every pair's row what that
+    expert's own QuantLinear computes for that token (the loop's building block)."""
+    from motensor.kernels import moe_w4a16
+    from motensor.models.moe import QuantExperts
+    from motensor.nn import QuantLinear
+
+    torch.manual_seed(3)
+    E, H, I, T, top_k = 4, 64, 32, 6, 2
+
+    def mk(n, k):
+        lin = torch.nn.Linear(k, n, bias=False)
+        scale = torch.rand(k) + 0.5 if pqs else None
+        return QuantLinear.from_float(lin, algo, group_size=32 if algo == "W4A16_AWQ" else None,
+                                      pre_quant_scale=scale).to(DEVICE)
+
+    q = QuantExperts([mk(I, H) for _ in range(E)], [mk(I, H) for _ in range(E)], [mk(H, I) for _ in range(E)],
+                     torch.nn.functional.silu, name="experts", mode="grouped")
+    assert q._grouped_why_not is None
+    ids = _routing("uneven", T, top_k, E, seed=4).to(DEVICE)
+    x = make_x((T, H), F16, seed=5)
+    st = q.grouped_tensors()
+    for proj in ("gate", "up"):
+        a = {k: v for k, v in st[proj].items() if not k.startswith("_")}
+        y = moe_w4a16.moe_w4a16_gemm(x, ids, None, a.pop("qweight"), a.pop("scales"), a.pop("global_scale"), **a,
+                                     config=CFG())
+        mods = getattr(q, proj)
+        want = torch.stack([mods[int(e)](x[p // top_k][None])[0] for p, e in enumerate(ids.reshape(-1))])
+        assert_rel(y.cpu(), want.cpu(), 2 * tol(F16))

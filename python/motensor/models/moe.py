@@ -98,9 +98,6 @@ class QuantExperts(nn.Module):
         mode = self.mode
         if mode == "auto":
             mode = self._auto_mode(hidden_states)
-        elif mode == "grouped" and self._grouped_why_not is not None:
-            raise ArgumentError(f"{self.name or 'QuantExperts'}: moe_mode='grouped' is not available: "
-                                f"{self._grouped_why_not}")
         if mode == "grouped":
             return self._forward_grouped(hidden_states, top_k_index, top_k_weights)
         if mode == "dense":
@@ -193,6 +190,10 @@ class QuantExperts(nn.Module):
     def _forward_grouped(self, hidden_states, top_k_index, top_k_weights):
         from motensor import ops
 
+        if self._grouped_why_not is not None:
+            raise ArgumentError(f"{self.name or 'QuantExperts'}: moe_mode='grouped' is not available: "
+                                f"{self._grouped_why_not}")
+
         x = hidden_states
         if torch.is_autocast_enabled(x.device.type):
             x = x.to(torch.get_autocast_dtype(x.device.type))
@@ -207,7 +208,8 @@ class QuantExperts(nn.Module):
                                       a["pre_quant_scale"], a["element"], a["scale_kind"], a["group_size"])
 
         h = self.act_fn(run("gate", x, None)) * run("up", x, None)            # [T*k, I]
-        y = run("down", h.to(x.dtype), top_k_weights.reshape(ids.shape))       # [T*k, H], routing applied
+        weights = None if top_k_weights is None else top_k_weights.reshape(ids.shape)
+        y = run("down", h.to(x.dtype), weights)                                 # [T*k, H], routing applied
         y = y.view(x.shape[0], ids.shape[1], self.hidden_dim).sum(dim=1)
         return y.to(hidden_states.dtype).reshape(*lead, self.hidden_dim)
 
