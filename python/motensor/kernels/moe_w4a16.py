@@ -137,15 +137,18 @@ CONFIGS = (
     (64, _cfg(BLOCK_M=32, BLOCK_N=64, BLOCK_K=128, GROUP_M=8)),
     (None, _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_stages=4)),
 )
+# Before sm90 (mma.sync keeps the accumulators in registers) the 64x128 tile spills with INT4 +
+# pre_quant_scale (aot_check, sm80/sm89): a 64x64 tile there instead.
+PRE_SM90_LARGE = _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_stages=4)
 INTERP_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=2)
 
 
-def default_config(pairs: int, num_experts: int) -> "triton.Config":
-    """The launch config for ``pairs`` routed pairs over ``num_experts`` experts."""
+def default_config(pairs: int, num_experts: int, capability: tuple[int, int] = (9, 0)) -> "triton.Config":
+    """The launch config for ``pairs`` routed pairs over ``num_experts`` experts on ``capability``."""
     per_expert = pairs / max(num_experts, 1)
     for bound, cfg in CONFIGS:
         if bound is None or per_expert <= bound:
-            return cfg
+            return PRE_SM90_LARGE if bound is None and capability < (9, 0) else cfg
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -191,7 +194,7 @@ def moe_w4a16_gemm(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: Option
         meta = dict(config if config is not None else INTERP_CONFIG)
         warps, stages = meta.pop("num_warps", 4), meta.pop("num_stages", 1)
     else:
-        cfg = default_config(pairs, num_experts)
+        cfg = default_config(pairs, num_experts, torch.cuda.get_device_capability(x.device))
         meta, warps, stages = dict(cfg.kwargs), cfg.num_warps, cfg.num_stages
     sorted_ids, expert_ids = ref.moe_align_block_size(topk_ids, num_experts, meta["BLOCK_M"])
     em = sorted_ids.numel()
