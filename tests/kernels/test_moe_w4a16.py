@@ -206,7 +206,7 @@ def test_quant_experts_stacks_through_the_kernel_match_each_quantlinear(algo, pq
     from motensor.nn import QuantLinear
 
     torch.manual_seed(3)
-    E, H, I, T, top_k = 4, 64, 32, 6, 2
+    E, H, inter, T, top_k = 4, 64, 32, 6, 2
 
     def mk(n, k):
         lin = torch.nn.Linear(k, n, bias=False)
@@ -214,7 +214,7 @@ def test_quant_experts_stacks_through_the_kernel_match_each_quantlinear(algo, pq
         return QuantLinear.from_float(lin, algo, group_size=32 if algo == "W4A16_AWQ" else None,
                                       pre_quant_scale=scale).to(DEVICE)
 
-    q = QuantExperts([mk(I, H) for _ in range(E)], [mk(I, H) for _ in range(E)], [mk(H, I) for _ in range(E)],
+    q = QuantExperts([mk(inter, H) for _ in range(E)], [mk(inter, H) for _ in range(E)], [mk(H, inter) for _ in range(E)],
                      torch.nn.functional.silu, name="experts", mode="grouped")
     assert q._grouped_why_not is None
     ids = _routing("uneven", T, top_k, E, seed=4).to(DEVICE)
