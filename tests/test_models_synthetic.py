@@ -425,10 +425,10 @@ def test_moe_grouped_refuses_what_it_cannot_run(exported, tmp_path):
     from motensor.nn import QuantLinear
 
     lin = lambda n, k: torch.nn.Linear(k, n, bias=False)
-    mk = lambda n, k: QuantLinear.from_float(lin(n, k), "NVFP4", input_amax=4.0)
+    mk = lambda n, k: QuantLinear.from_float(lin(n, k), "FP8", input_amax=4.0)
     q = QuantExperts([mk(32, 64) for _ in range(2)], [mk(32, 64) for _ in range(2)], [mk(64, 32) for _ in range(2)],
                      torch.nn.functional.silu, name="layers.0.mlp.experts", mode="grouped")
-    assert "NVFP4" in q._grouped_why_not
+    assert "FP8" in q._grouped_why_not
     with pytest.raises(ArgumentError, match="layers.0.mlp.experts.*grouped"):
         q(torch.randn(3, 64), torch.tensor([[0, 1]] * 3), torch.rand(3, 2))
 

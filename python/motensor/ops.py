@@ -136,13 +136,14 @@ def _(x, qweight, scales, weight_scale_2, input_scale, bias, element, scale_kind
 # ----------------------------------------------------------------------------- activation quantizers
 @torch.library.custom_op("motensor::nvfp4_fake_quant", mutates_args=(), device_types="cpu")
 def nvfp4_fake_quant(x: Tensor, input_scale: Tensor, out_dtype: Optional[torch.dtype] = None) -> Tensor:
-    """NVFP4 dynamic per-16-block fake-quant with global input_scale; dequantized values."""
+    """NVFP4 dynamic per-16-block fake-quant with global input_scale (a scalar, or one per row of
+    x: the Triton kernel takes a scalar, per-row scales run the torch reference); dequantized values."""
     return ref.nvfp4_fake_quant(x, input_scale, out_dtype)
 
 
 @nvfp4_fake_quant.register_kernel("cuda")
 def _(x, input_scale, out_dtype=None):
-    if _choice("nvfp4_fake_quant", x).backend == "torch":
+    if input_scale.numel() != 1 or _choice("nvfp4_fake_quant", x).backend == "torch":
         return ref.nvfp4_fake_quant(x, input_scale, out_dtype)
     from motensor.kernels import act_quant
     return act_quant.nvfp4_fake_quant(x, input_scale, out_dtype)

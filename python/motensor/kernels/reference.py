@@ -179,12 +179,19 @@ def nvfp4_fake_quant(x: torch.Tensor, input_scale: torch.Tensor, out_dtype: Opti
 
     s_b = e4m3(amax_b / (6 * input_scale)); x_q = e2m1(clamp(x / (s_b * input_scale), +-6));
     returns x_q * s_b * input_scale (fp32 math) in `out_dtype` (default x.dtype). A block whose
-    s_b * input_scale is 0 quantizes to 0 (vLLM's `get_reciprocal` convention).
+    s_b * input_scale is 0 quantizes to 0 (vLLM's `get_reciprocal` convention). `input_scale` is
+    one scalar, or one per row (shape ``x.shape[:-1]``: each routed pair with its expert's scale).
     """
     k = x.shape[-1]
     if k % block:
         raise ValueError(f"K={k} must be a multiple of {block}")
-    gs = scalar(input_scale)
+    if input_scale.numel() == 1:
+        gs = scalar(input_scale)
+    elif tuple(input_scale.shape) == tuple(x.shape[:-1]):
+        gs = input_scale.float().reshape(*x.shape[:-1], 1, 1)
+    else:
+        raise ValueError(f"input_scale must be a scalar or one per row {tuple(x.shape[:-1])}, "
+                         f"got {tuple(input_scale.shape)}")
     xb = x.float().reshape(*x.shape[:-1], k // block, block)
     amax = xb.abs().amax(dim=-1, keepdim=True)
     sb = round_e4m3(div(amax, 6.0 * gs))

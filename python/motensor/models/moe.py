@@ -23,17 +23,19 @@ Two execution paths, same result up to bf16 summation order:
 * ``"dense"`` (chosen while ``torch.compile`` traces on the CPU, or forced): every expert on every
   token, weighted by a ``[T, E]`` routing matrix that is zero off the top-k. Static shapes, no
   sync, graph-capturable; does ``E / k`` times the FLOPs.
-* ``"grouped"`` (chosen by ``"auto"`` on CUDA for the weight-only 4-bit formats: NVFP4 W4A16-style
-  E2M1/E4M3 weights with a global scale, W4A16_AWQ INT4/F32 weights with their ``pre_quant_scale``): three
-  ``motensor::moe_w4a16_gemm`` launches (gate, up, down; ``kernels/moe_w4a16.py``, vLLM's
+* ``"grouped"`` (chosen by ``"auto"`` on CUDA for the 4-bit formats with E2M1/E4M3 or INT4/F32
+  weights and bf16/fp16 or NVFP4 activations: W4A16_NVFP4, NVFP4 (W4A4), NVFP4_AWQ, W4A16_AWQ):
+  three ``motensor::moe_w4a16_gemm`` launches (gate, up, down; ``kernels/moe_w4a16.py``, vLLM's
   ``fused_moe`` scheme: all routed (token, expert) pairs sorted by expert, one Triton kernel each),
   the activation between them in torch, the routing weights applied in the down kernel's fp32
-  epilogue and the top-k slots summed. No host sync, static shapes. The experts' tensors are
-  read through stacked ``[E, ...]`` *views* when the loader placed them at a constant spacing in
-  its arena (the usual case: no copy); otherwise they are stacked once (a copy, logged).
-  Activation-quantized formats (NVFP4 W4A4, FP8, W4A8, MX) keep the loop: their per-expert
-  activation quantizers are not in the grouped kernel. Where the kernel's choice is the reference
-  (``dispatch.choose("moe_w4a16", ...)``: no Triton, old GPU, CPU), the op runs the loop reference.
+  epilogue and the top-k slots summed. AWQ's ``pre_quant_scale`` is applied in the kernel; NVFP4
+  activations are fake-quantized per routed pair with its expert's ``input_scale`` (torch, one
+  pass over ``[T*top_k, K]``) before the kernel. No host sync, static shapes. The experts' tensors
+  are read through stacked ``[E, ...]`` *views* when the loader placed them at a constant spacing
+  in its arena (the usual case: no copy); otherwise they are stacked once (a copy, logged). FP8,
+  W4A8 and MX formats keep the loop (no grouped kernel for their weights / activation
+  quantizers yet). Where the kernel's choice is the reference (``dispatch.choose("moe_w4a16",
+  ...)``: no Triton, old GPU, CPU), the op runs the loop reference.
 """
 from __future__ import annotations
 
@@ -130,9 +132,12 @@ class QuantExperts(nn.Module):
             if not all(isinstance(m, QuantLinear) for m in mods):
                 return f"some {proj} projections are not quantized"
             first = mods[0]
-            if first.recipe.family != "w4a16" or first.format.activation is not Activation.NONE:
-                return (f"{first.format.name} ({first.format.activation.name} activations) has no grouped kernel; "
-                        "the grouped path covers the weight-only 4-bit formats")
+            act = first.format.activation
+            if first.recipe.family != "w4a16" or act not in (Activation.NONE, Activation.NVFP4):
+                return (f"{first.format.name} ({act.name} activations) has no grouped kernel; the grouped "
+                        "path covers the 4-bit formats with bf16/fp16 or NVFP4 activations")
+            if act is Activation.NVFP4 and any(m.input_scale is None for m in mods):
+                return f"some {proj} projections have no input_scale"
             if any(m.format is not first.format or m.group_size != first.group_size for m in mods):
                 return f"the {proj} projections mix formats or group sizes"
             if any(m.bias is not None for m in mods):
@@ -162,7 +167,7 @@ class QuantExperts(nn.Module):
         (views where the experts lie at a constant spacing in one storage; built once, cached)."""
         if self._stacks is not None and _stacks_current(self._stacks, self):
             return self._stacks
-        from motensor.formats import GlobalScale
+        from motensor.formats import Activation, GlobalScale
         from motensor.recipes import recipe_for
 
         stacks: dict[str, dict[str, Any]] = {}
@@ -178,7 +183,10 @@ class QuantExperts(nn.Module):
             w, w_copied = stack_views([m.weight for m in mods])
             sc, s_copied = stack_views([m.weight_scale for m in mods])
             copies += [f"{proj}.weight"] * w_copied + [f"{proj}.weight_scale"] * s_copied
-            stacks[proj] = dict(qweight=w, scales=sc, global_scale=gs, pre_quant_scale=pqs,
+            in_s = None
+            if first.format.activation is Activation.NVFP4:
+                in_s = torch.stack([m.input_scale.float().reshape(()) for m in mods])
+            stacks[proj] = dict(qweight=w, scales=sc, global_scale=gs, pre_quant_scale=pqs, _input_scale=in_s,
                                 element=kernel.element.name, scale_kind=kernel.scale.name,
                                 group_size=first.group_size, _ptrs=(mods[0].weight.data_ptr(), mods[-1].weight.data_ptr()))
         if copies:
@@ -202,10 +210,23 @@ class QuantExperts(nn.Module):
         ids = top_k_index.reshape(x.shape[0], -1)
         st = self.grouped_tensors()
 
+        pairs = ids.numel()
+        expert_of_pair = ids.reshape(-1).clamp(0, self.num_experts - 1)  # "no expert" rows come out zero
+
         def run(proj: str, inp: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
-            a = {k: v for k, v in st[proj].items() if not k.startswith("_")}
-            return ops.moe_w4a16_gemm(inp, ids, weights, a["qweight"], a["scales"], a["global_scale"],
-                                      a["pre_quant_scale"], a["element"], a["scale_kind"], a["group_size"])
+            a = st[proj]
+            pqs, in_s = a["pre_quant_scale"], a["_input_scale"]
+            if in_s is not None:
+                # NVFP4 activations: each pair's row quantized with its expert's input_scale (after
+                # its pre_quant_scale), exactly what the expert's QuantLinear does to its rows.
+                if inp.shape[0] != pairs:
+                    inp = inp.repeat_interleave(ids.shape[1], dim=0)
+                if pqs is not None:
+                    inp = inp * pqs[expert_of_pair].to(inp.dtype)
+                    pqs = None
+                inp = ops.nvfp4_fake_quant(inp, in_s[expert_of_pair])
+            return ops.moe_w4a16_gemm(inp, ids, weights, a["qweight"], a["scales"], a["global_scale"], pqs,
+                                      a["element"], a["scale_kind"], a["group_size"])
 
         h = self.act_fn(run("gate", x, None)) * run("up", x, None)            # [T*k, I]
         weights = None if top_k_weights is None else top_k_weights.reshape(ids.shape)
