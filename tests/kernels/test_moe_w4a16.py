@@ -227,3 +227,16 @@ def test_quant_experts_stacks_through_the_kernel_match_each_quantlinear(algo, pq
         mods = getattr(q, proj)
         want = torch.stack([mods[int(e)](x[p // top_k][None])[0] for p, e in enumerate(ids.reshape(-1))])
         assert_rel(y.cpu(), want.cpu(), 2 * tol(F16))
+
+
+def test_nvfp4_fake_quant_per_row_scale_is_each_row_with_its_scale():
+    """The grouped path quantizes each routed pair's row with its expert's input_scale: the op with
+    one scale per row equals the scalar op row by row, bit for bit; other shapes are refused."""
+    x = make_x((6, 64), torch.bfloat16, seed=41, device="cpu", scale=3.0)
+    s = torch.tensor([0.01, 0.02, 0.005, 0.01, 0.04, 0.003])
+    y = torch.ops.motensor.nvfp4_fake_quant(x, s)
+    for r in range(6):
+        assert torch.equal(y[r], torch.ops.motensor.nvfp4_fake_quant(x[r : r + 1], s[r])[0]), r
+    assert not torch.equal(y, torch.ops.motensor.nvfp4_fake_quant(x, s[0]))
+    with pytest.raises(ValueError, match="one per row"):
+        R.nvfp4_fake_quant(x, s[:3])

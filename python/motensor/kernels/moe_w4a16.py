@@ -3,7 +3,8 @@
 The vLLM ``fused_moe`` scheme (vllm/model_executor/layers/fused_moe/fused_moe.py) with motensor's
 4-bit weights. For ``P = T * top_k`` pairs ``p = t * top_k + j`` routed to ``e = topk_ids[t, j]``:
 
-    y[p, :] = (x[row(p)] * pre_quant_scale[e]) @ W[e]^T  (* topk_weights[p])
+    y[p, :] = (x[row(p)] * pre_quant_scale[e]) @ W[e]^T  (* topk_weights[p], applied to the
+              product rounded to x.dtype, as transformers' experts loop multiplies its output)
 
 ``reference.moe_align_block_size`` sorts the pairs by expert and pads each expert's run to a
 multiple of BLOCK_M (sentinel ``P``), so a block of BLOCK_M sorted entries has one expert
@@ -123,7 +124,8 @@ def _moe_w4a16_kernel(
     if HAS_GS:
         acc = acc * tl.load(gs_ptr + e)
     if MUL_ROUTED:
-        acc = acc * tl.load(tw_ptr + pair, mask=mask_m, other=0.0).to(tl.float32)[:, None]
+        # As transformers' experts loop: the expert's output in x.dtype, times the routing weight.
+        acc = acc.to(c_ptr.dtype.element_ty).to(tl.float32) * tl.load(tw_ptr + pair, mask=mask_m, other=0.0)[:, None]
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
 
 

@@ -377,7 +377,8 @@ def moe_w4a16_gemm(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: Option
     ``y[p] = (x[row(p)] * pre_quant_scale[e]) @ W[e]^T * topk_weights[p]`` for every pair
     ``p = t * top_k + j`` routed to expert ``e = topk_ids[t, j]`` (rows per ``moe_row_div``);
     W[e] = ``dequant_w4(qweight[e], scales[e], global_scale[e])`` rounded to x.dtype; fp32
-    accumulation, one rounding to x.dtype at the end. Pairs routed outside ``[0, E)`` (transformers'
+    accumulation, rounded to x.dtype (and, with routing weights, multiplied by the weight in fp32
+    and rounded again: transformers' loop does ``expert(x) * weight``). Pairs routed outside ``[0, E)`` (transformers'
     "no expert" slot) give zero rows. Shapes: qweight [E, N, K//2], scales [E, K//G, N],
     global_scale [E] (or None), pre_quant_scale [E, K] (or None); out [T*top_k, N].
     """
@@ -396,7 +397,7 @@ def moe_w4a16_gemm(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: Option
         w = dequant_w4(qweight[e], scales[e], None if global_scale is None else global_scale.reshape(-1)[e],
                        element=element, scale_kind=scale_kind, group_size=group_size)
         acc = _linear(xe, _as_operand(w, x.dtype), None)
-        y[idx] = acc if weights is None else acc * weights[idx, None]
+        y[idx] = acc if weights is None else acc.to(x.dtype).float() * weights[idx, None]
     return y.to(x.dtype)
 
 

@@ -231,8 +231,16 @@ class QuantExperts(nn.Module):
         h = self.act_fn(run("gate", x, None)) * run("up", x, None)            # [T*k, I]
         weights = None if top_k_weights is None else top_k_weights.reshape(ids.shape)
         y = run("down", h.to(x.dtype), weights)                                 # [T*k, H], routing applied
-        y = y.view(x.shape[0], ids.shape[1], self.hidden_dim).sum(dim=1)
-        return y.to(hidden_states.dtype).reshape(*lead, self.hidden_dim)
+        # Sum the top-k slots as the loop's index_add_ does: in the output dtype, one rounding per
+        # add, experts in ascending id order (so grouped and loop give the same bits where the
+        # products agree).
+        y = y.view(x.shape[0], ids.shape[1], self.hidden_dim).to(hidden_states.dtype)
+        order = ids.argsort(dim=1, stable=True)
+        y = torch.gather(y, 1, order[:, :, None].expand_as(y))
+        out = y[:, 0]
+        for j in range(1, ids.shape[1]):
+            out = out + y[:, j]
+        return out.reshape(*lead, self.hidden_dim)
 
     def _forward_dense(self, hidden_states, top_k_index, top_k_weights):
         T = hidden_states.shape[0]
