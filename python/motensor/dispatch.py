@@ -46,7 +46,7 @@ QUANT_FAMILIES = ("nvfp4_fake_quant", "mxfp8_fake_quant", "fp8_quant_per_token",
 # FP8 / INT8 weights on torch's own cuBLAS(Lt) GEMMs.
 NATIVE_FAMILIES = ("fp8_linear", "int8_linear", "int8_weight_only")
 # Routed experts: one grouped launch over every (token, expert) pair (kernels/moe_w4a16.py).
-MOE_FAMILIES = ("moe_w4a16",)
+MOE_FAMILIES = ("moe_w4a16", "moe_w8a16")
 FAMILIES = GEMM_FAMILIES + QUANT_FAMILIES + ("dequant_w4",) + NATIVE_FAMILIES + MOE_FAMILIES
 # Families with a Rust CPU kernel (motensor.kernels.cpu); the rest run the reference on the CPU.
 CPU_FAMILIES = GEMM_FAMILIES + NATIVE_FAMILIES
@@ -268,8 +268,8 @@ def choose(family: str, *, device: Union[str, torch.device], dtype: torch.dtype,
     FP8 / INT8 weights -> torch._scaled_mm (sm89+, N/K % 16) / torch._int_mm (N/K % 8) / dequantize
     + matmul (weight-only INT8), else the reference; `dequant_w4` -> CuPy kernel when CuPy imports,
     else torch; no Triton, compute capability < 7.0, or bf16 before sm80 -> torch reference on the
-    GPU; otherwise `triton_choice` (M rules; the routed-experts family ``moe_w4a16`` -> its one grouped
-    kernel, with ``M`` the number of routed (token, expert) pairs).
+    GPU; otherwise `triton_choice` (M rules; the routed-experts families ``moe_w4a16`` / ``moe_w8a16`` ->
+    their one grouped kernel, with ``M`` the number of routed (token, expert) pairs).
     """
     choice, cap = _decide(family, torch.device(device), dtype, M, N, K, capability, path)
     return _logged(choice, cap, dtype)

@@ -378,7 +378,34 @@ def _(x, topk_ids, topk_weights, qweight, scales, global_scale, pre_quant_scale,
     return x.new_empty((topk_ids.shape[0] * topk_ids.shape[1], qweight.shape[1]))
 
 
-__all__ += ["mxfp4_fake_quant", "fp8_fake_quant", "fp8_linear", "int8_linear", "moe_w4a16_gemm"]
+@torch.library.custom_op("motensor::moe_w8a16_gemm", mutates_args=(), device_types="cpu")
+def moe_w8a16_gemm(x: Tensor, topk_ids: Tensor, topk_weights: Optional[Tensor], qweight: Tensor, scales: Tensor,
+                   scale_kind: str, block_size: int) -> Tensor:
+    """``moe_w4a16_gemm`` for FP8 E4M3 experts: qweight float8_e4m3fn [E, N, K], scales "F32"
+    (FP8_PB_WO 2-D blocks [E, ceil(N/B), ceil(K/B)]) or "E8M0" (MXFP8, uint8 [E, K//G, N])."""
+    return ref.moe_w8a16_gemm(x, topk_ids, topk_weights, qweight, scales, scale_kind=scale_kind,
+                              block_size=block_size)
+
+
+@moe_w8a16_gemm.register_kernel("cuda")
+def _(x, topk_ids, topk_weights, qweight, scales, scale_kind, block_size):
+    choice = dispatch.choose("moe_w8a16", device=x.device, dtype=x.dtype, M=topk_ids.numel(),
+                             N=qweight.shape[1], K=x.shape[-1])
+    if choice.is_reference:
+        return ref.moe_w8a16_gemm(x, topk_ids, topk_weights, qweight, scales, scale_kind=scale_kind,
+                                  block_size=block_size)
+    from motensor.kernels import moe_w8a16
+    return moe_w8a16.moe_w8a16_gemm(x, topk_ids, topk_weights, qweight, scales, scale_kind=scale_kind,
+                                    block_size=block_size)
+
+
+@moe_w8a16_gemm.register_fake
+def _(x, topk_ids, topk_weights, qweight, scales, scale_kind, block_size):
+    torch._check(x.shape[-1] == qweight.shape[2], lambda: "x K must equal qweight.shape[2]")
+    return x.new_empty((topk_ids.shape[0] * topk_ids.shape[1], qweight.shape[1]))
+
+
+__all__ += ["mxfp4_fake_quant", "fp8_fake_quant", "fp8_linear", "int8_linear", "moe_w4a16_gemm", "moe_w8a16_gemm"]
 
 # Backward formulas (input/bias gradients, straight-through activation quantizers) for the ops above.
 from motensor import autograd as _autograd  # noqa: E402,F401

@@ -382,8 +382,25 @@ def moe_w4a16_gemm(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: Option
     "no expert" slot) give zero rows. Shapes: qweight [E, N, K//2], scales [E, K//G, N],
     global_scale [E] (or None), pre_quant_scale [E, K] (or None); out [T*top_k, N].
     """
+    gs = None if global_scale is None else global_scale.reshape(-1)
+    return _moe_loop(x, topk_ids, topk_weights, qweight.shape[0], qweight.shape[1],
+                     lambda e: dequant_w4(qweight[e], scales[e], None if gs is None else gs[e], element=element,
+                                          scale_kind=scale_kind, group_size=group_size), pre_quant_scale)
+
+
+def moe_w8a16_gemm(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: Optional[torch.Tensor],
+                   qweight: torch.Tensor, scales: torch.Tensor, *, scale_kind: ScaleLike,
+                   block_size: int) -> torch.Tensor:
+    """``moe_w4a16_gemm`` for FP8 E4M3 experts: qweight float8_e4m3fn [E, N, K], scales per expert in
+    the ``w8a16_gemm`` layout (F32 2-D blocks [E, ceil(N/B), ceil(K/B)], or E8M0 [E, K//G, N])."""
+    return _moe_loop(x, topk_ids, topk_weights, qweight.shape[0], qweight.shape[1],
+                     lambda e: dequant_w8(qweight[e], scales[e], scale_kind=scale_kind, block_size=block_size), None)
+
+
+def _moe_loop(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: Optional[torch.Tensor], num_experts: int,
+              n: int, weight_of, pre_quant_scale: Optional[torch.Tensor]) -> torch.Tensor:
+    """The routed-experts loop shared by the grouped references; ``weight_of(e)``: expert e's fp32 [N, K]."""
     row_div = moe_row_div(x, topk_ids)
-    num_experts, n = qweight.shape[0], qweight.shape[1]
     flat = topk_ids.reshape(-1)
     weights = None if topk_weights is None else topk_weights.reshape(-1).float()
     y = torch.zeros(flat.numel(), n, dtype=torch.float32, device=x.device)
@@ -394,9 +411,7 @@ def moe_w4a16_gemm(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: Option
         xe = x[idx // row_div]
         if pre_quant_scale is not None:
             xe = xe * pre_quant_scale[e].to(xe.dtype)
-        w = dequant_w4(qweight[e], scales[e], None if global_scale is None else global_scale.reshape(-1)[e],
-                       element=element, scale_kind=scale_kind, group_size=group_size)
-        acc = _linear(xe, _as_operand(w, x.dtype), None)
+        acc = _linear(xe, _as_operand(weight_of(e), x.dtype), None)
         y[idx] = acc if weights is None else acc.to(x.dtype).float() * weights[idx, None]
     return y.to(x.dtype)
 

@@ -23,19 +23,23 @@ Two execution paths, same result up to bf16 summation order:
 * ``"dense"`` (chosen while ``torch.compile`` traces on the CPU, or forced): every expert on every
   token, weighted by a ``[T, E]`` routing matrix that is zero off the top-k. Static shapes, no
   sync, graph-capturable; does ``E / k`` times the FLOPs.
-* ``"grouped"`` (chosen by ``"auto"`` on CUDA for the 4-bit formats with E2M1/E4M3 or INT4/F32
-  weights and bf16/fp16 or NVFP4 activations: W4A16_NVFP4, NVFP4 (W4A4), NVFP4_AWQ, W4A16_AWQ):
-  three ``motensor::moe_w4a16_gemm`` launches (gate, up, down; ``kernels/moe_w4a16.py``, vLLM's
+* ``"grouped"`` (chosen by ``"auto"`` on CUDA for the formats a grouped kernel covers: 4-bit
+  E2M1/E4M3 or INT4/F32 weights with bf16/fp16 or NVFP4 activations (W4A16_NVFP4, NVFP4 W4A4,
+  NVFP4_AWQ, W4A16_AWQ; ``kernels/moe_w4a16.py``) and FP8 weights with 2-D block or MXFP8 scales
+  (FP8_PB_WO, MXFP8; ``kernels/moe_w8a16.py``)): three grouped launches (gate, up, down; vLLM's
   ``fused_moe`` scheme: all routed (token, expert) pairs sorted by expert, one Triton kernel each),
-  the activation between them in torch, the routing weights applied in the down kernel's fp32
-  epilogue and the top-k slots summed. AWQ's ``pre_quant_scale`` is applied in the kernel; NVFP4
-  activations are fake-quantized per routed pair with its expert's ``input_scale`` (torch, one
-  pass over ``[T*top_k, K]``) before the kernel. No host sync, static shapes. The experts' tensors
-  are read through stacked ``[E, ...]`` *views* when the loader placed them at a constant spacing
-  in its arena (the usual case: no copy); otherwise they are stacked once (a copy, logged). FP8,
-  W4A8 and MX formats keep the loop (no grouped kernel for their weights / activation
-  quantizers yet). Where the kernel's choice is the reference (``dispatch.choose("moe_w4a16",
-  ...)``: no Triton, old GPU, CPU), the op runs the loop reference.
+  the activation between them in torch, the routing weights applied in the down kernel's epilogue
+  and the top-k slots summed. It rounds as the loop does (routing weight on the x.dtype output,
+  slots added in x.dtype in ascending expert order), so grouped and loop agree bit for bit where
+  their products do. AWQ's ``pre_quant_scale`` is applied in the kernel; NVFP4 activations are
+  fake-quantized per routed pair with its expert's ``input_scale`` and MXFP8 ones per row (torch /
+  Triton, one pass) before the kernel. No host sync, static shapes. The experts' tensors are read
+  through stacked ``[E, ...]`` *views* when the loader placed them at a constant spacing in its
+  arena (the usual case: no copy); otherwise they are stacked once (a copy, logged). FP8
+  per-tensor / per-channel (``_scaled_mm``), W4A8, INT8 and MXFP4 experts keep the loop. Where the
+  kernel's choice is the reference (``dispatch.choose("moe_w4a16" | "moe_w8a16", ...)``: no Triton,
+  old GPU, CPU), the op runs the loop reference. ``"auto"`` keeps the loop when a gradient is
+  needed (the grouped ops have no backward formula yet).
 """
 from __future__ import annotations
 
@@ -50,6 +54,8 @@ from motensor.errors import ArgumentError, FormatError
 log = logging.getLogger("motensor.models")
 
 MODES = ("auto", "loop", "dense", "grouped")
+# (dispatch family of the weights, activation quantization) the grouped kernels cover.
+_GROUPED = {("w4a16", "NONE"), ("w4a16", "NVFP4"), ("w8a16", "NONE"), ("w8a16", "MXFP8")}
 _PROJECTIONS = ("gate", "up", "down")
 
 
@@ -133,9 +139,12 @@ class QuantExperts(nn.Module):
                 return f"some {proj} projections are not quantized"
             first = mods[0]
             act = first.format.activation
-            if first.recipe.family != "w4a16" or act not in (Activation.NONE, Activation.NVFP4):
+            if (first.recipe.family, act.name) not in _GROUPED:
                 return (f"{first.format.name} ({act.name} activations) has no grouped kernel; the grouped "
-                        "path covers the 4-bit formats with bf16/fp16 or NVFP4 activations")
+                        "path covers the 4-bit formats with bf16/fp16 or NVFP4 activations and the FP8 "
+                        "block / MXFP8 weights")
+            if first.recipe.family != self.down[0].recipe.family:  # type: ignore[union-attr]
+                return "gate/up and down use different kernel families"
             if act is Activation.NVFP4 and any(m.input_scale is None for m in mods):
                 return f"some {proj} projections have no input_scale"
             if any(m.format is not first.format or m.group_size != first.group_size for m in mods):
@@ -155,7 +164,7 @@ class QuantExperts(nn.Module):
             from motensor import dispatch
 
             first: Any = self.down[0]
-            choice = dispatch.choose("moe_w4a16", device=x.device, dtype=x.dtype, M=x.shape[0],
+            choice = dispatch.choose(f"moe_{first.recipe.family}", device=x.device, dtype=x.dtype, M=x.shape[0],
                                      N=self.hidden_dim, K=self.intermediate_dim)
             tracing = _tracing()
             if not choice.is_reference and first.weight.is_cuda and (not tracing or self._stacks is not None):
@@ -181,12 +190,15 @@ class QuantExperts(nn.Module):
                 gs = torch.stack([m.weight_scale_2.float().reshape(()) for m in mods])
             pqs = None if first.pre_quant_scale is None else torch.stack([m.pre_quant_scale for m in mods])
             w, w_copied = stack_views([m.weight for m in mods])
-            sc, s_copied = stack_views([m.weight_scale for m in mods])
+            fp8_blocks = first.recipe.family == "w8a16" and kernel.scale.name == "F32"
+            sc, s_copied = stack_views([m.weight_scale.reshape(m.weight_scale.shape[0], -1) if fp8_blocks
+                                        else m.weight_scale for m in mods])
             copies += [f"{proj}.weight"] * w_copied + [f"{proj}.weight_scale"] * s_copied
             in_s = None
             if first.format.activation is Activation.NVFP4:
                 in_s = torch.stack([m.input_scale.float().reshape(()) for m in mods])
             stacks[proj] = dict(qweight=w, scales=sc, global_scale=gs, pre_quant_scale=pqs, _input_scale=in_s,
+                                _family=first.recipe.family, _activation=first.format.activation,
                                 element=kernel.element.name, scale_kind=kernel.scale.name,
                                 group_size=first.group_size, _ptrs=(mods[0].weight.data_ptr(), mods[-1].weight.data_ptr()))
         if copies:
@@ -197,6 +209,7 @@ class QuantExperts(nn.Module):
 
     def _forward_grouped(self, hidden_states, top_k_index, top_k_weights):
         from motensor import ops
+        from motensor.formats import Activation
 
         if self._grouped_why_not is not None:
             raise ArgumentError(f"{self.name or 'QuantExperts'}: moe_mode='grouped' is not available: "
@@ -215,6 +228,11 @@ class QuantExperts(nn.Module):
 
         def run(proj: str, inp: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
             a = st[proj]
+            if a["_family"] == "w8a16":
+                if a["_activation"] is Activation.MXFP8:
+                    inp = ops.mxfp8_fake_quant(inp)  # per 32-block of a row: the same for every expert
+                return ops.moe_w8a16_gemm(inp, ids, weights, a["qweight"], a["scales"], a["scale_kind"],
+                                          a["group_size"])
             pqs, in_s = a["pre_quant_scale"], a["_input_scale"]
             if in_s is not None:
                 # NVFP4 activations: each pair's row quantized with its expert's input_scale (after
