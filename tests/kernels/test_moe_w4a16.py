@@ -326,3 +326,26 @@ def test_quant_experts_grouped_equals_loop(algo, monkeypatch):
         grouped = q(x, ids, tw)
     assert grouped.dtype == loop.dtype and grouped.shape == loop.shape
     assert torch.equal(grouped, loop)
+
+
+@pytest.mark.parametrize("algo", ["NVFP4", "MXFP8"])
+def test_grouped_experts_compile_fullgraph(algo):
+    """The grouped path traces into one graph (custom ops, static shapes, no pointer checks while
+    tracing) and gives the eager grouped result, for two token counts (dynamic shapes)."""
+    from motensor.models.moe import QuantExperts
+    from motensor.nn import QuantLinear
+
+    torch.manual_seed(9)
+    mk = lambda n, k: QuantLinear.from_float(torch.nn.Linear(k, n, bias=False), algo,
+                                             input_amax=3.0 if algo == "NVFP4" else None)
+    E, H, inter = 3, 64, 64
+    q = QuantExperts([mk(inter, H) for _ in range(E)], [mk(inter, H) for _ in range(E)],
+                     [mk(H, inter) for _ in range(E)], torch.nn.functional.silu, name="experts", mode="grouped")
+    q.grouped_tensors()  # built eagerly, as a first eager forward would
+    compiled = torch.compile(q, backend="aot_eager", fullgraph=True)
+    for T in (5, 9):
+        x = torch.randn(T, H).to(torch.bfloat16)
+        ids = _routing("random", T, 2, E, seed=T)
+        tw = torch.rand(T, 2).to(torch.bfloat16)
+        with torch.no_grad():
+            assert torch.equal(compiled(x, ids, tw), q(x, ids, tw))

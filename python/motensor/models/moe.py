@@ -160,22 +160,26 @@ class QuantExperts(nn.Module):
         return super()._apply(fn, recurse)
 
     def _auto_mode(self, x: torch.Tensor) -> str:
-        if self._grouped_why_not is None and x.is_cuda and not (torch.is_grad_enabled() and x.requires_grad):
+        needs_grad = torch.is_grad_enabled() and x.requires_grad
+        if _tracing():
+            # torch.compile / CUDA-graph capture: no dispatch call or pointer check in the traced code;
+            # grouped iff an eager call already chose it (and built the stacked views).
+            return "grouped" if self._stacks is not None and x.is_cuda and not needs_grad else "dense"
+        if self._grouped_why_not is None and x.is_cuda and not needs_grad:
             from motensor import dispatch
 
             first: Any = self.down[0]
             choice = dispatch.choose(f"moe_{first.recipe.family}", device=x.device, dtype=x.dtype, M=x.shape[0],
                                      N=self.hidden_dim, K=self.intermediate_dim)
-            tracing = _tracing()
-            if not choice.is_reference and first.weight.is_cuda and (not tracing or self._stacks is not None):
+            if not choice.is_reference and first.weight.is_cuda:
                 return "grouped"
-        return "dense" if _tracing() else "loop"
+        return "loop"
 
     def grouped_tensors(self) -> dict[str, dict[str, Any]]:
         """Per projection, the experts' tensors stacked ``[E, ...]`` as the grouped op takes them
         (views where the experts lie at a constant spacing in one storage; built once, cached)."""
-        if self._stacks is not None and _stacks_current(self._stacks, self):
-            return self._stacks
+        if self._stacks is not None and (_tracing() or _stacks_current(self._stacks, self)):
+            return self._stacks  # (moves and casts clear the cache: ``_apply``)
         from motensor.formats import Activation, GlobalScale
         from motensor.recipes import recipe_for
 
