@@ -349,3 +349,26 @@ def test_grouped_experts_compile_fullgraph(algo):
         tw = torch.rand(T, 2).to(torch.bfloat16)
         with torch.no_grad():
             assert torch.equal(compiled(x, ids, tw), q(x, ids, tw))
+
+
+def test_grouped_rechecks_when_an_expert_module_is_replaced():
+    """Replacing an expert's module (PEFT wraps it in a LoRA layer the same way) turns the grouped
+    path off: it would skip the wrapper. Forcing it then names the module and the reason."""
+    from motensor.errors import ArgumentError
+    from motensor.models.moe import QuantExperts
+    from motensor.nn import QuantLinear
+
+    mk = lambda n, k: QuantLinear.from_float(torch.nn.Linear(k, n, bias=False), "W4A16_NVFP4")
+    q = QuantExperts([mk(32, 64) for _ in range(3)], [mk(32, 64) for _ in range(3)], [mk(64, 32) for _ in range(3)],
+                     torch.nn.functional.silu, name="layers.1.mlp.experts", mode="grouped")
+    assert q._grouped_why_not is None
+    q.grouped_tensors()
+    wrapped = torch.nn.Sequential(q.up[2])
+    setattr(q.up, "2", wrapped)                      # what PEFT's _replace_module does
+    assert "up projections are not plain QuantLinears" in q._grouped_why_not
+    with pytest.raises(ArgumentError, match="layers.1.mlp.experts"):
+        q(torch.randn(2, 64), torch.tensor([[0, 2], [1, 2]]), torch.rand(2, 2))
+    q.up[2] = wrapped[0]                             # put back: grouped again, stacks rebuilt
+    assert q._grouped_why_not is None and q._stacks is None
+    y = q(torch.randn(2, 64), torch.tensor([[0, 2], [1, 2]]), torch.rand(2, 2))
+    assert y.shape == (2, 64)

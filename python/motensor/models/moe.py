@@ -75,9 +75,9 @@ class QuantExperts(nn.Module):
             raise FormatError(f"{label}: {len(gate)} gate, {len(up)} up and {len(down)} down projections")
         if mode not in MODES:
             raise ArgumentError(f"mode must be one of {MODES}, got {mode!r}")
-        self.gate = nn.ModuleList(gate)
-        self.up = nn.ModuleList(up)
-        self.down = nn.ModuleList(down)
+        self.gate = _ExpertList(gate)
+        self.up = _ExpertList(up)
+        self.down = _ExpertList(down)
         self.act_fn = act_fn
         self.name = name
         self.mode = mode
@@ -91,8 +91,20 @@ class QuantExperts(nn.Module):
             if shapes != [(i, h), (i, h), (h, i)]:
                 raise FormatError(f"{label}: expert {e} has gate/up/down [N, K] = {shapes}; expected "
                                  f"{[(i, h), (i, h), (h, i)]}")
-        self._grouped_why_not = self._check_grouped()
         self._stacks: Optional[dict[str, dict[str, Any]]] = None
+        self._checked_versions: tuple[int, ...] = (0, 0, 0)
+        self._why_not: Optional[str] = self._check_grouped()
+
+    @property
+    def _grouped_why_not(self) -> Optional[str]:
+        """Why the grouped path cannot run (None if it can), re-checked whenever an expert module is
+        replaced (e.g. PEFT wrapping one in a LoRA layer, whose adapter the grouped kernels would skip)."""
+        versions = (self.gate.version, self.up.version, self.down.version)  # type: ignore[union-attr]
+        if versions != self._checked_versions:
+            self._why_not = self._check_grouped()
+            self._checked_versions = versions
+            self._stacks = None
+        return self._why_not
 
     def extra_repr(self) -> str:
         return (f"num_experts={self.num_experts}, hidden_dim={self.hidden_dim}, "
@@ -136,7 +148,8 @@ class QuantExperts(nn.Module):
         for proj in _PROJECTIONS:
             mods = list(getattr(self, proj))
             if not all(isinstance(m, QuantLinear) for m in mods):
-                return f"some {proj} projections are not quantized"
+                return (f"some {proj} projections are not plain QuantLinears (left unquantized, or wrapped, "
+                        "e.g. by a LoRA adapter, which the grouped kernels would skip)")
             first = mods[0]
             act = first.format.activation
             if (first.recipe.family, act.name) not in _GROUPED:
@@ -178,6 +191,8 @@ class QuantExperts(nn.Module):
     def grouped_tensors(self) -> dict[str, dict[str, Any]]:
         """Per projection, the experts' tensors stacked ``[E, ...]`` as the grouped op takes them
         (views where the experts lie at a constant spacing in one storage; built once, cached)."""
+        if self._grouped_why_not is not None:  # (also syncs the replacement check before caching)
+            raise ArgumentError(f"{self.name or 'QuantExperts'}: no grouped tensors: {self._why_not}")
         if self._stacks is not None and (_tracing() or _stacks_current(self._stacks, self)):
             return self._stacks  # (moves and casts clear the cache: ``_apply``)
         from motensor.formats import Activation, GlobalScale
@@ -273,6 +288,19 @@ class QuantExperts(nn.Module):
             out = self._expert(e, hidden_states) * routing[:, e, None]
             final = final + out.to(final.dtype)
         return final
+
+
+class _ExpertList(nn.ModuleList):
+    """A ``ModuleList`` that counts replacements of its entries (``list[i] = m``, ``setattr``)."""
+
+    def __init__(self, modules: Sequence[nn.Module]):
+        super().__init__(modules)
+        self.version = 0
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, nn.Module) and name.isdigit():
+            object.__setattr__(self, "version", getattr(self, "version", 0) + 1)
+        super().__setattr__(name, value)
 
 
 def stack_views(ts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, bool]:
