@@ -99,7 +99,7 @@ class QuantExperts(nn.Module):
     def _grouped_why_not(self) -> Optional[str]:
         """Why the grouped path cannot run (None if it can), re-checked whenever an expert module is
         replaced (e.g. PEFT wrapping one in a LoRA layer, whose adapter the grouped kernels would skip)."""
-        versions = (self.gate.version, self.up.version, self.down.version)  # type: ignore[union-attr]
+        versions = (self.gate.version, self.up.version, self.down.version)
         if versions != self._checked_versions:
             self._why_not = self._check_grouped()
             self._checked_versions = versions
