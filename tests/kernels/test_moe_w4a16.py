@@ -144,7 +144,8 @@ def test_op_cpu_is_the_reference_and_opcheck():
         "motensor::moe_w4a16_gemm(Tensor x, Tensor topk_ids, Tensor? topk_weights, Tensor qweight, Tensor scales, "
         "Tensor? global_scale, Tensor? pre_quant_scale, str element, str scale_kind, SymInt group_size) -> Tensor")
     torch.library.opcheck(ops.moe_w4a16_gemm.default, args,
-                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor",
+                                      "test_aot_dispatch_dynamic"))
     q8, s8, g8 = _stacked(3, 24, 64, "E2M1", "E4M3", 16, seed=14, device="cpu")
     tw = torch.rand(3, 2, generator=gen(15))
     torch.library.opcheck(ops.moe_w4a16_gemm.default,
@@ -289,7 +290,7 @@ def test_fp8_op_cpu_reference_opcheck_and_dispatch(monkeypatch):
     y = ops.moe_w8a16_gemm(x, ids, tw, qw, sc, "E8M0", 32)
     assert torch.equal(y, R.moe_w8a16_gemm(x, ids, tw, qw, sc, scale_kind="E8M0", block_size=32))
     torch.library.opcheck(ops.moe_w8a16_gemm.default, (x, ids, tw, qw, sc, "E8M0", 32),
-                          test_utils=("test_faketensor", "test_aot_dispatch_dynamic"))
+                          test_utils=("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"))
     monkeypatch.setattr(dispatch, "triton_available", lambda: True)
     c = dispatch.choose("moe_w8a16", device="cuda", dtype=torch.bfloat16, M=8, capability=(9, 0))
     assert (c.name, c.backend, c.path) == ("moe_w8a16_grouped_dot", "triton", "grouped")
@@ -372,3 +373,33 @@ def test_grouped_rechecks_when_an_expert_module_is_replaced():
     assert q._grouped_why_not is None and q._stacks is None
     y = q(torch.randn(2, 64), torch.tensor([[0, 2], [1, 2]]), torch.rand(2, 2))
     assert y.shape == (2, 64)
+
+
+@pytest.mark.parametrize("family", ["w4a16", "w8a16"])
+def test_grouped_ops_backward_matches_autograd_through_dense_experts(family):
+    """Input and routing-weight gradients of the grouped ops equal autograd through the dense
+    dequantized expert weights (pair by pair, pre_quant_scale included; "no expert" pairs get none)."""
+    E, n, k, T, top_k = 3, 24, 64, 5, 2
+    ids = torch.tensor([[0, 2], [2, 1], [1, 0], [0, 3], [2, 0]])
+    x = torch.randn(T, k, generator=gen(61)).requires_grad_()
+    tw = torch.rand(T, top_k, generator=gen(62)).requires_grad_()
+    if family == "w4a16":
+        qw, sc, _ = _stacked(E, n, k, "INT4", "F32", 32, seed=63, device="cpu")
+        pqs = torch.rand(E, k, generator=gen(64)) + 0.5
+        y = torch.ops.motensor.moe_w4a16_gemm(x, ids, tw, qw, sc, None, pqs, "INT4", "F32", 32)
+        W = torch.stack([R.dequant_w4(qw[e], sc[e], None, element="INT4", scale_kind="F32", group_size=32)
+                         for e in range(E)])
+    else:
+        qw, sc = _stacked_w8(E, n, k, "E8M0", 32, seed=65, device="cpu")
+        pqs = torch.ones(E, k)
+        y = torch.ops.motensor.moe_w8a16_gemm(x, ids, tw, qw, sc, "E8M0", 32)
+        W = torch.stack([R.dequant_w8(qw[e], sc[e], scale_kind="E8M0", block_size=32) for e in range(E)])
+    g = torch.randn(y.shape, generator=gen(66))
+    (y * g).sum().backward()
+    x2, tw2 = x.detach().clone().requires_grad_(), tw.detach().clone().requires_grad_()
+    rows = [(x2[p // top_k] * pqs[e]) @ W[e].t() * tw2.reshape(-1)[p] if e < E else torch.zeros(n)
+            for p, e in enumerate(ids.reshape(-1).tolist())]
+    (torch.stack(rows) * g).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tw.grad, tw2.grad, rtol=1e-5, atol=1e-5)
+    assert x.grad.abs().sum() > 0 and tw.grad[3, 1] == 0     # the "no expert" slot: no gradient

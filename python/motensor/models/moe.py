@@ -39,7 +39,8 @@ Two execution paths, same result up to bf16 summation order:
   per-tensor / per-channel (``_scaled_mm``), W4A8, INT8 and MXFP4 experts keep the loop. Where the
   kernel's choice is the reference (``dispatch.choose("moe_w4a16" | "moe_w8a16", ...)``: no Triton,
   old GPU, CPU), the op runs the loop reference. ``"auto"`` keeps the loop when a gradient is
-  needed (the grouped ops have no backward formula yet).
+  needed; forced ``"grouped"`` trains too (``motensor.autograd``: input and routing-weight
+  gradients, one dense expert weight at a time).
 """
 from __future__ import annotations
 
