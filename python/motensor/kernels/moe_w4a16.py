@@ -34,9 +34,9 @@ import triton.language as tl
 from motensor.formats import Element, ScaleEncoding, as_enum
 from motensor.kernels import _util
 from motensor.kernels import reference as ref
-from motensor.kernels._decode import ELEM_E2M1, E2M1_F16_FACTOR, SCALE_E4M3, e2m1_f16_scaled, group_scale_f32, int4_f16
+from motensor.kernels._decode import ELEM_E2M1, E2M1_F16_FACTOR, SCALE_E4M3
 from motensor.kernels._tiles import grouped_tile, row_offsets
-from motensor.kernels.w4a16 import _dequant_tile
+from motensor.kernels.w4a16 import dot_main_loop
 
 
 @triton.jit
@@ -67,59 +67,13 @@ def _moe_w4a16_kernel(
     s_base = s_ptr + e * stride_se
     rows = pair // ROW_DIV
 
-    HALF: tl.constexpr = BLOCK_K // 2
-    CHUNK_IN_GROUP: tl.constexpr = GROUP % BLOCK_K == 0
-    rj = tl.arange(0, HALF)
-    op_dtype = x_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        kk = k0 + 2 * rj
-        if EVEN_K:
-            x_mask = mask_m[:, None]
-            w_mask = mask_n[:, None]
-        else:
-            x_mask = mask_m[:, None] & (kk < K)[None, :]
-            w_mask = mask_n[:, None] & (kk < K)[None, :]
-        x_row = x_ptr + row_offsets(rows, stride_xm)[:, None] + kk[None, :]
-        x_even = tl.load(x_row, mask=x_mask, other=0.0)
-        x_odd = tl.load(x_row + 1, mask=x_mask, other=0.0)
-        if HAS_PQS:
-            # AWQ's per-channel input scale, multiplied in the activation dtype (as QuantLinear does).
-            p_row = pqs_ptr + e * stride_pe + kk
-            x_even = (x_even * tl.load(p_row, mask=kk < K, other=0.0)[None, :]).to(op_dtype)
-            x_odd = (x_odd * tl.load(p_row + 1, mask=kk < K, other=0.0)[None, :]).to(op_dtype)
-        if CHUNK_IN_GROUP:
-            rb = tl.max_contiguous(tl.multiple_of(k0 // 2 + rj, HALF), HALF)
-            p = tl.load(w_base + row_offsets(rn, stride_wn)[:, None] + rb[None, :], mask=w_mask, other=0).to(tl.int32)
-            s_raw = tl.load(s_base + (k0 // GROUP) * stride_sg + rn, mask=mask_n, other=0)
-            if ELEMENT == ELEM_E2M1:
-                w_lo = e2m1_f16_scaled(p & 0xF).to(op_dtype)
-                w_hi = e2m1_f16_scaled(p >> 4).to(op_dtype)
-            else:
-                w_lo = int4_f16(p & 0xF).to(op_dtype)
-                w_hi = int4_f16(p >> 4).to(op_dtype)
-            part = tl.dot(x_even, tl.trans(w_lo))
-            part = tl.dot(x_odd, tl.trans(w_hi), part)
-            acc += part * group_scale_f32(s_raw, SCALE_KIND)[None, :]
-        else:
-            NG: tl.constexpr = BLOCK_K // GROUP
-            rn3 = rn[:, None, None]
-            rg = tl.arange(0, NG)[None, :, None]
-            kb3 = k0 // 2 + rg * (GROUP // 2) + tl.arange(0, GROUP // 2)[None, None, :]
-            if EVEN_K:
-                mask3 = rn3 < N
-            else:
-                mask3 = (rn3 < N) & (2 * kb3 < K)
-            p3 = tl.load(w_base + row_offsets(rn3, stride_wn) + kb3, mask=mask3, other=0).to(tl.int32)
-            s3 = tl.load(s_base + (k0 // GROUP + rg) * stride_sg + rn3,
-                         mask=(rn3 < N) & (k0 + rg * GROUP < K), other=0)
-            w_lo = tl.reshape(_dequant_tile(p3 & 0xF, s3, ELEMENT, SCALE_KIND, op_dtype), (BLOCK_N, HALF))
-            w_hi = tl.reshape(_dequant_tile(p3 >> 4, s3, ELEMENT, SCALE_KIND, op_dtype), (BLOCK_N, HALF))
-            acc = tl.dot(x_even, tl.trans(w_lo), acc)
-            acc = tl.dot(x_odd, tl.trans(w_hi), acc)
+    acc = dot_main_loop(acc, x_ptr + row_offsets(rows, stride_xm), mask_m, w_base, s_base, rn, mask_n, 0, K,
+                        stride_wn, stride_sg, pqs_ptr + e * stride_pe, ELEMENT, SCALE_KIND, GROUP, HAS_PQS,
+                        BLOCK_N, BLOCK_K, EVEN_K)
 
     if ELEMENT == ELEM_E2M1:
-        if CHUNK_IN_GROUP or SCALE_KIND == SCALE_E4M3:
+        if GROUP % BLOCK_K == 0 or SCALE_KIND == SCALE_E4M3:
             acc = acc * E2M1_F16_FACTOR
     if HAS_GS:
         acc = acc * tl.load(gs_ptr + e)
