@@ -3,7 +3,7 @@ group scales), all (token, expert) pairs in one launch, sorted by expert.
 
 The scheme of ``moe_w4a16`` (pair alignment, one expert per BLOCK_M block, row gather, scatter
 to ``y[pair]``, zero rows for the "no expert" slot, the routing weight on the x.dtype-rounded
-product) with the main loop of ``w8a16._w8a16_kernel`` (FP8 byte decoded by bits into fp16, scale
+product) with the main loop of ``w8a16`` (``w8a16.dot_main_loop``: FP8 byte decoded by bits into fp16, scale
 after the MMA while a K chunk lies inside one scale block, else folded per element in fp32).
 
 Weights stacked per expert: qweight float8_e4m3fn [E, N, K]; scales F32 [E, ceil(N/B), ceil(K/B)]
@@ -20,10 +20,9 @@ import triton.language as tl
 from motensor.formats import ScaleEncoding, as_enum
 from motensor.kernels import _util
 from motensor.kernels import reference as ref
-from motensor.kernels._decode import e4m3_f16_scaled, e8m0_f32
 from motensor.kernels._tiles import grouped_tile, row_offsets
 from motensor.kernels.moe_w4a16 import CONFIGS as _W4_CONFIGS
-from motensor.kernels.w8a16 import SCALE_E8M0_T, SCALE_F32_BLOCK, W8_SCALE_KINDS
+from motensor.kernels.w8a16 import SCALE_E8M0_T, W8_SCALE_KINDS, dot_main_loop
 
 
 @triton.jit
@@ -52,41 +51,9 @@ def _moe_w8a16_kernel(
     w_base = w_ptr + e * stride_we
     s_base = s_ptr + e * stride_se
     rows = pair // ROW_DIV
-    op_dtype = x_ptr.dtype.element_ty
-
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        rk = tl.max_contiguous(tl.multiple_of(k0 + tl.arange(0, BLOCK_K), BLOCK_K), BLOCK_K)
-        if EVEN_K:
-            x_mask = mask_m[:, None]
-            w_mask = mask_n[:, None]
-        else:
-            x_mask = mask_m[:, None] & (rk < K)[None, :]
-            w_mask = mask_n[:, None] & (rk < K)[None, :]
-        x = tl.load(x_ptr + row_offsets(rows, stride_xm)[:, None] + rk[None, :], mask=x_mask, other=0.0)
-        if CHUNK_IN_BLOCK:
-            wb = tl.load(w_base + row_offsets(rn, stride_wn)[:, None] + rk[None, :], mask=w_mask, other=0)
-            h = e4m3_f16_scaled(wb)                                                            # w * 2^-8
-            if SCALE_KIND == SCALE_F32_BLOCK:
-                s = tl.load(s_base + (rn // SBLOCK) * stride_s0 + k0 // SBLOCK, mask=mask_n, other=0.0)
-            else:
-                s = e8m0_f32(tl.load(s_base + (k0 // SBLOCK) * stride_s0 + rn, mask=mask_n, other=0))
-            acc += tl.dot(x, tl.trans(h.to(op_dtype))) * s[None, :]
-        else:
-            NG: tl.constexpr = BLOCK_K // SBLOCK
-            rn3 = rn[:, None, None]
-            rg = tl.arange(0, NG)[None, :, None]
-            k3 = k0 + rg * SBLOCK + tl.arange(0, SBLOCK)[None, None, :]
-            if EVEN_K:
-                mask3 = rn3 < N
-            else:
-                mask3 = (rn3 < N) & (k3 < K)
-            wb3 = tl.load(w_base + row_offsets(rn3, stride_wn) + k3, mask=mask3, other=0)
-            s3 = e8m0_f32(tl.load(s_base + (k0 // SBLOCK + rg) * stride_s0 + rn3,
-                                  mask=(rn3 < N) & (k0 + rg * SBLOCK < K), other=0))
-            w = (e4m3_f16_scaled(wb3).to(tl.float32) * (s3 * 256.0)).to(op_dtype)
-            acc = tl.dot(x, tl.trans(tl.reshape(w, (BLOCK_N, BLOCK_K))), acc)
-
+    acc = dot_main_loop(acc, x_ptr + row_offsets(rows, stride_xm), mask_m, w_base, s_base, rn, mask_n, 0, K,
+                        stride_wn, stride_s0, SCALE_KIND, SBLOCK, BLOCK_N, BLOCK_K, EVEN_K)
     if CHUNK_IN_BLOCK:
         acc = acc * 256.0
     if MUL_ROUTED:
