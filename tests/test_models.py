@@ -282,7 +282,7 @@ def test_grouped_experts_match_loop_and_modelopt(fixture: Path):
     expert's input_scale) gives the loop's logits on the real MoE exports, and meets ModelOpt's
     tolerance where a ModelOpt reference exists; formats it does not cover refuse it by name. On a
     CPU the op runs the loop reference; the Triton kernel is tested against that reference in
-    tests/kernels/test_moe_w4a16.py. Measured on the 2-core AVX2 box: grouped == loop == ModelOpt bit
+    tests/kernels/test_moe_grouped.py. Measured on the 2-core AVX2 box: grouped == loop == ModelOpt bit
     for bit on all four NVFP4 exports (the down kernel rounds like the loop's ``out * weight`` and the
     slots are summed in the loop's order), bounded here by the format's tolerance all the same."""
     from motensor.errors import ArgumentError

@@ -396,7 +396,7 @@ def test_moe_loop_and_dense_agree(arch, exported):
 @pytest.mark.parametrize("arch", ["qwen3_moe", "deepseek_v3", "llama4"])
 def test_moe_grouped_agrees_with_loop(arch, exported):
     """The grouped experts path (all routed pairs in one ``motensor::moe_w4a16_gemm`` per projection;
-    on a CPU the op is the loop reference, the Triton kernel is tests/kernels/test_moe_w4a16.py) gives
+    on a CPU the op is the loop reference, the Triton kernel is tests/kernels/test_moe_grouped.py) gives
     the loop's logits; its stacked ``[E, ...]`` weights are views of the loaded tensors, not copies."""
     from motensor.models.moe import QuantExperts
 

@@ -1,4 +1,4 @@
-"""Grouped routed-experts W4A16 kernel (kernels/moe_w4a16.py) vs the loop over experts.
+"""Grouped routed-experts kernels (kernels/moe_w4a16.py, moe_w8a16.py) vs the loop over experts.
 
 Under the interpreter on a CPU machine, compiled on a GPU. Routings are chosen to hit the edges:
 experts that receive no token, uneven counts (one expert takes most pairs), top-k 1, 2 and 3,
