@@ -393,6 +393,46 @@ def test_moe_loop_and_dense_agree(arch, exported):
     _assert_close(_logits(m), loop, f"{arch} dense vs loop")
 
 
+@pytest.mark.parametrize("arch", ["qwen3_moe", "deepseek_v3", "llama4"])
+def test_moe_grouped_agrees_with_loop(arch, exported):
+    """The grouped experts path (all routed pairs in one ``motensor::moe_w4a16_gemm`` per projection;
+    on a CPU the op is the loop reference, the Triton kernel is tests/kernels/test_moe_grouped.py) gives
+    the loop's logits; its stacked ``[E, ...]`` weights are views of the loaded tensors, not copies."""
+    from motensor.models.moe import QuantExperts
+
+    _, d = exported(arch)
+    m = motensor.from_pretrained(d, device="cpu", moe_mode="loop")
+    loop = _logits(m)
+    experts = [mod for mod in m.modules() if isinstance(mod, QuantExperts)]
+    assert experts
+    for mod in experts:
+        assert mod._grouped_why_not is None, mod._grouped_why_not
+        mod.mode = "grouped"
+        st = mod.grouped_tensors()
+        for proj in ("gate", "up", "down"):
+            w, first = st[proj]["qweight"], getattr(mod, proj)[0].weight
+            assert w.shape == (mod.num_experts, *first.shape)
+            assert w.untyped_storage().data_ptr() == first.untyped_storage().data_ptr(), f"{proj} weights copied"
+            for e in (0, mod.num_experts - 1):
+                assert torch.equal(w[e], getattr(mod, proj)[e].weight)
+    _assert_close(_logits(m), loop, f"{arch} grouped vs loop")
+
+
+def test_moe_grouped_refuses_what_it_cannot_run(exported, tmp_path):
+    """Forcing the grouped path on experts it does not cover names the module and the reason."""
+    from motensor.errors import ArgumentError
+    from motensor.models.moe import QuantExperts
+    from motensor.nn import QuantLinear
+
+    lin = lambda n, k: torch.nn.Linear(k, n, bias=False)
+    mk = lambda n, k: QuantLinear.from_float(lin(n, k), "FP8", input_amax=4.0)
+    q = QuantExperts([mk(32, 64) for _ in range(2)], [mk(32, 64) for _ in range(2)], [mk(64, 32) for _ in range(2)],
+                     torch.nn.functional.silu, name="layers.0.mlp.experts", mode="grouped")
+    assert "FP8" in q._grouped_why_not
+    with pytest.raises(ArgumentError, match="layers.0.mlp.experts.*grouped"):
+        q(torch.randn(3, 64), torch.tensor([[0, 1]] * 3), torch.rand(3, 2))
+
+
 def test_unquantized_experts_are_stacked_into_the_fused_container(exported):
     """A checkpoint that leaves the experts in bf16 fills transformers' own 3-D parameters."""
     model, d = exported("qwen3_moe", quantize_experts=False)

@@ -13,6 +13,9 @@ importing the ops is enough). What the formulas compute:
   exists; the peak extra memory is one layer's weight. A transposed-layout quantized kernel
   would save that transient; it is not built yet.
 * **Bias gradient**: ``db = sum(dy)`` over the rows, when the bias requires grad.
+* **Grouped routed experts** (``moe_w4a16_gemm`` / ``moe_w8a16_gemm``): the input gradient pair by
+  pair through each expert's dense weight (one expert at a time), times its ``pre_quant_scale``;
+  the routing weights' gradient ``<dy[p], unweighted output of pair p>`` (recomputed).
 * **Activation quantizers** (NVFP4 W4A4, MXFP8, MXFP4, FP8 W8A8 static and per token, INT8
   SmoothQuant, the FP8 activations of W4A8): the **straight-through estimator**, as ModelOpt's
   QAT (``modelopt.torch.quantization.tensor_quant``) computes it. Quantizers with a static scale
@@ -219,7 +222,75 @@ def _fp8_fake_quant_backward(ctx, grad):
     return _masked(grad.to(ctx.x_dtype), mask), None
 
 
+# ----------------------------------------------------------------------------- grouped routed experts
+def _moe_setup(ctx, x, topk_ids, topk_weights, frozen: dict, weight_of, pre_quant_scale, op_name: str):
+    _check_frozen(op_name, **frozen)
+    _check_frozen(op_name, pre_quant_scale=pre_quant_scale)
+    ctx.save_for_backward(x, topk_ids, topk_weights, pre_quant_scale)
+    ctx.weight_of = weight_of
+
+
+def _moe_backward(ctx, grad: Tensor, recompute) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """(dx, d topk_weights) of ``y[p] = (x[row(p)] * pqs[e]) @ W[e]^T * w[p]`` (roundings passed
+    straight through): dx[row(p)] += (dy[p] * w[p]) @ W[e] * pqs[e], one dense expert weight at a
+    time (the loop over experts syncs with the host: the backward is not graph-capturable);
+    dw[p] = <dy[p], the unweighted output of pair p> (recomputed by the forward op)."""
+    x, topk_ids, topk_weights, pqs = ctx.saved_tensors
+    row_div = ref.moe_row_div(x, topk_ids)
+    flat = topk_ids.reshape(-1)
+    dx = dw = None
+    if ctx.needs_input_grad[0]:
+        g = grad.float()
+        if topk_weights is not None:
+            g = g * topk_weights.reshape(-1, 1).float()
+        acc = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        for e in flat.unique().tolist():
+            if not 0 <= e < ctx.num_experts:
+                continue  # the "no expert" slot: zero rows, no gradient
+            idx = (flat == e).nonzero().flatten()
+            d = _input_grad(g[idx].to(grad.dtype), ctx.weight_of(e)).float()
+            if pqs is not None:
+                d = d * pqs[e].float()
+            acc.index_add_(0, idx // row_div, d)
+        dx = acc.to(x.dtype)
+    if topk_weights is not None and ctx.needs_input_grad[2]:
+        y0 = recompute()
+        dw = (grad.float() * y0.float()).sum(-1).reshape(topk_weights.shape).to(topk_weights.dtype)
+    return dx, dw
+
+
+def _moe_w4a16_setup(ctx, inputs, output):
+    x, ids, tw, qweight, scales, gs, pqs, element, scale_kind, group_size = inputs
+    ctx.num_experts = qweight.shape[0]
+    ctx.recompute = lambda: ops.moe_w4a16_gemm(x.detach(), ids, None, qweight, scales, gs, pqs, element, scale_kind,
+                                               group_size)
+    weight_of = lambda e, dt=x.dtype: ops.dequant_w4(qweight[e], scales[e], None if gs is None else gs.reshape(-1)[e],
+                                                     element, scale_kind, group_size, dt)
+    _moe_setup(ctx, x, ids, tw, dict(weight=qweight, weight_scale=scales, weight_scale_2=gs), weight_of, pqs,
+               "moe_w4a16_gemm")
+
+
+def _moe_w4a16_backward(ctx, grad):
+    dx, dw = _moe_backward(ctx, grad, ctx.recompute)
+    return dx, None, dw, None, None, None, None, None, None, None
+
+
+def _moe_w8a16_setup(ctx, inputs, output):
+    x, ids, tw, qweight, scales, scale_kind, block_size = inputs
+    ctx.num_experts = qweight.shape[0]
+    ctx.recompute = lambda: ops.moe_w8a16_gemm(x.detach(), ids, None, qweight, scales, scale_kind, block_size)
+    weight_of = lambda e: ref.dequant_w8(qweight[e], scales[e], scale_kind=scale_kind, block_size=block_size)
+    _moe_setup(ctx, x, ids, tw, dict(weight=qweight, weight_scale=scales), weight_of, None, "moe_w8a16_gemm")
+
+
+def _moe_w8a16_backward(ctx, grad):
+    dx, dw = _moe_backward(ctx, grad, ctx.recompute)
+    return dx, None, dw, None, None, None, None
+
+
 def _register() -> None:
+    ops.moe_w4a16_gemm.register_autograd(_moe_w4a16_backward, setup_context=_moe_w4a16_setup)
+    ops.moe_w8a16_gemm.register_autograd(_moe_w8a16_backward, setup_context=_moe_w8a16_setup)
     ops.w4a16_gemm.register_autograd(_w4a16_backward, setup_context=_w4a16_setup)
     ops.w8a16_gemm.register_autograd(_w8a16_backward, setup_context=_w8a16_setup)
     ops.w4a8_gemm.register_autograd(_w4a8_backward, setup_context=_w4a8_setup)

@@ -45,7 +45,9 @@ GEMM_FAMILIES = ("w4a16", "w8a16", "w4a8")
 QUANT_FAMILIES = ("nvfp4_fake_quant", "mxfp8_fake_quant", "fp8_quant_per_token", "fp8_quant_static")
 # FP8 / INT8 weights on torch's own cuBLAS(Lt) GEMMs.
 NATIVE_FAMILIES = ("fp8_linear", "int8_linear", "int8_weight_only")
-FAMILIES = GEMM_FAMILIES + QUANT_FAMILIES + ("dequant_w4",) + NATIVE_FAMILIES
+# Routed experts: one grouped launch over every (token, expert) pair (kernels/moe_w4a16.py).
+MOE_FAMILIES = ("moe_w4a16", "moe_w8a16")
+FAMILIES = GEMM_FAMILIES + QUANT_FAMILIES + ("dequant_w4",) + NATIVE_FAMILIES + MOE_FAMILIES
 # Families with a Rust CPU kernel (motensor.kernels.cpu); the rest run the reference on the CPU.
 CPU_FAMILIES = GEMM_FAMILIES + NATIVE_FAMILIES
 _CPU_PATHS = ("fused", "dequant_blas")
@@ -118,6 +120,11 @@ def _triton(family: str, device: torch.device, dtype: torch.dtype, M: int,
             capability: Optional[tuple[int, int]], path: Optional[str]) -> KernelChoice:
     if family in QUANT_FAMILIES:
         return KernelChoice(f"{family}_triton", family, "triton", None, None, "single Triton kernel")
+    if family in MOE_FAMILIES:
+        if path is not None and path != "grouped":
+            raise ValueError(f"{family} path must be 'grouped', got {path!r}")
+        return KernelChoice(f"{family}_grouped_dot", family, "triton", "grouped", _operand(family, dtype, capability),
+                            f"M={M} routed pairs: one grouped launch, pairs sorted by expert (fused_moe scheme)")
     if family not in _PATHS:
         raise ValueError(f"{family!r} has no Triton kernel; Triton families: {tuple(_PATHS) + QUANT_FAMILIES}")
     if path is not None:
@@ -231,7 +238,7 @@ def _decide(family: str, device: torch.device, dtype: torch.dtype, M: int, N: Op
         return _reference(family, "Triton not installed"), capability
     if capability < (7, 0):
         return _reference(family, f"sm{capability[0]}{capability[1]} < sm70: no Triton"), capability
-    if dtype == torch.bfloat16 and capability < (8, 0) and family in ("w4a16", "w8a16"):
+    if dtype == torch.bfloat16 and capability < (8, 0) and family in ("w4a16", "w8a16") + MOE_FAMILIES:
         return _reference(family, "bf16 MMA needs sm80"), capability
     return _triton(family, device, dtype, M, capability, path), capability
 
@@ -261,7 +268,8 @@ def choose(family: str, *, device: Union[str, torch.device], dtype: torch.dtype,
     FP8 / INT8 weights -> torch._scaled_mm (sm89+, N/K % 16) / torch._int_mm (N/K % 8) / dequantize
     + matmul (weight-only INT8), else the reference; `dequant_w4` -> CuPy kernel when CuPy imports,
     else torch; no Triton, compute capability < 7.0, or bf16 before sm80 -> torch reference on the
-    GPU; otherwise `triton_choice` (M rules).
+    GPU; otherwise `triton_choice` (M rules; the routed-experts families ``moe_w4a16`` / ``moe_w8a16`` ->
+    their one grouped kernel, with ``M`` the number of routed (token, expert) pairs).
     """
     choice, cap = _decide(family, torch.device(device), dtype, M, N, K, capability, path)
     return _logged(choice, cap, dtype)

@@ -136,13 +136,14 @@ def _(x, qweight, scales, weight_scale_2, input_scale, bias, element, scale_kind
 # ----------------------------------------------------------------------------- activation quantizers
 @torch.library.custom_op("motensor::nvfp4_fake_quant", mutates_args=(), device_types="cpu")
 def nvfp4_fake_quant(x: Tensor, input_scale: Tensor, out_dtype: Optional[torch.dtype] = None) -> Tensor:
-    """NVFP4 dynamic per-16-block fake-quant with global input_scale; dequantized values."""
+    """NVFP4 dynamic per-16-block fake-quant with global input_scale (a scalar, or one per row of
+    x: the Triton kernel takes a scalar, per-row scales run the torch reference); dequantized values."""
     return ref.nvfp4_fake_quant(x, input_scale, out_dtype)
 
 
 @nvfp4_fake_quant.register_kernel("cuda")
 def _(x, input_scale, out_dtype=None):
-    if _choice("nvfp4_fake_quant", x).backend == "torch":
+    if input_scale.numel() != 1 or _choice("nvfp4_fake_quant", x).backend == "torch":
         return ref.nvfp4_fake_quant(x, input_scale, out_dtype)
     from motensor.kernels import act_quant
     return act_quant.nvfp4_fake_quant(x, input_scale, out_dtype)
@@ -341,7 +342,70 @@ def _(x, weight, weight_scale, input_scale, bias):
     return x.new_empty(_out_shape(x, weight.shape[0]))
 
 
-__all__ += ["mxfp4_fake_quant", "fp8_fake_quant", "fp8_linear", "int8_linear"]
+# ----------------------------------------------------------------------------- routed experts (grouped)
+@torch.library.custom_op("motensor::moe_w4a16_gemm", mutates_args=(), device_types="cpu")
+def moe_w4a16_gemm(x: Tensor, topk_ids: Tensor, topk_weights: Optional[Tensor], qweight: Tensor, scales: Tensor,
+                   global_scale: Optional[Tensor], pre_quant_scale: Optional[Tensor], element: str, scale_kind: str,
+                   group_size: int) -> Tensor:
+    """Routed experts' 4-bit GEMMs in one op: ``y[p] = (x[row(p)] * pre_quant_scale[e]) @ W[e]^T
+    (* topk_weights[p])`` for each pair ``p = t * top_k + j`` routed to ``e = topk_ids[t, j]``.
+
+    x [T, K] (row per token) or [T*top_k, K] (row per pair); qweight uint8 [E, N, K//2], scales
+    [E, K//G, N], global_scale fp32 [E] (E4M3 scales) or None, pre_quant_scale [E, K] or None;
+    out [T*top_k, N] in x.dtype, zero rows for pairs routed outside [0, E). CPU: the loop over
+    experts (``reference.moe_w4a16_gemm``); CUDA: ``dispatch.choose("moe_w4a16")``, the grouped
+    Triton kernel (kernels/moe_w4a16.py) or that reference.
+    """
+    return ref.moe_w4a16_gemm(x, topk_ids, topk_weights, qweight, scales, global_scale, element=element,
+                              scale_kind=scale_kind, group_size=group_size, pre_quant_scale=pre_quant_scale)
+
+
+@moe_w4a16_gemm.register_kernel("cuda")
+def _(x, topk_ids, topk_weights, qweight, scales, global_scale, pre_quant_scale, element, scale_kind, group_size):
+    choice = dispatch.choose("moe_w4a16", device=x.device, dtype=x.dtype, M=topk_ids.numel(),
+                             N=qweight.shape[1], K=x.shape[-1])
+    if choice.is_reference:
+        return ref.moe_w4a16_gemm(x, topk_ids, topk_weights, qweight, scales, global_scale, element=element,
+                                  scale_kind=scale_kind, group_size=group_size, pre_quant_scale=pre_quant_scale)
+    from motensor.kernels import moe_w4a16
+    return moe_w4a16.moe_w4a16_gemm(x, topk_ids, topk_weights, qweight, scales, global_scale, element=element,
+                                    scale_kind=scale_kind, group_size=group_size, pre_quant_scale=pre_quant_scale)
+
+
+@moe_w4a16_gemm.register_fake
+def _(x, topk_ids, topk_weights, qweight, scales, global_scale, pre_quant_scale, element, scale_kind, group_size):
+    torch._check(x.shape[-1] == qweight.shape[2] * 2, lambda: "x K must equal 2 * qweight.shape[2]")
+    return x.new_empty((topk_ids.shape[0] * topk_ids.shape[1], qweight.shape[1]))
+
+
+@torch.library.custom_op("motensor::moe_w8a16_gemm", mutates_args=(), device_types="cpu")
+def moe_w8a16_gemm(x: Tensor, topk_ids: Tensor, topk_weights: Optional[Tensor], qweight: Tensor, scales: Tensor,
+                   scale_kind: str, block_size: int) -> Tensor:
+    """``moe_w4a16_gemm`` for FP8 E4M3 experts: qweight float8_e4m3fn [E, N, K], scales "F32"
+    (FP8_PB_WO 2-D blocks [E, ceil(N/B), ceil(K/B)]) or "E8M0" (MXFP8, uint8 [E, K//G, N])."""
+    return ref.moe_w8a16_gemm(x, topk_ids, topk_weights, qweight, scales, scale_kind=scale_kind,
+                              block_size=block_size)
+
+
+@moe_w8a16_gemm.register_kernel("cuda")
+def _(x, topk_ids, topk_weights, qweight, scales, scale_kind, block_size):
+    choice = dispatch.choose("moe_w8a16", device=x.device, dtype=x.dtype, M=topk_ids.numel(),
+                             N=qweight.shape[1], K=x.shape[-1])
+    if choice.is_reference:
+        return ref.moe_w8a16_gemm(x, topk_ids, topk_weights, qweight, scales, scale_kind=scale_kind,
+                                  block_size=block_size)
+    from motensor.kernels import moe_w8a16
+    return moe_w8a16.moe_w8a16_gemm(x, topk_ids, topk_weights, qweight, scales, scale_kind=scale_kind,
+                                    block_size=block_size)
+
+
+@moe_w8a16_gemm.register_fake
+def _(x, topk_ids, topk_weights, qweight, scales, scale_kind, block_size):
+    torch._check(x.shape[-1] == qweight.shape[2], lambda: "x K must equal qweight.shape[2]")
+    return x.new_empty((topk_ids.shape[0] * topk_ids.shape[1], qweight.shape[1]))
+
+
+__all__ += ["mxfp4_fake_quant", "fp8_fake_quant", "fp8_linear", "int8_linear", "moe_w4a16_gemm", "moe_w8a16_gemm"]
 
 # Backward formulas (input/bias gradients, straight-through activation quantizers) for the ops above.
 from motensor import autograd as _autograd  # noqa: E402,F401

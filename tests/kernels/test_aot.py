@@ -27,9 +27,11 @@ ENV = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
 
 SM90 = ["w4a16 gemv E2M1/E4M3 bf16", "w4a16 splitk INT4/F32 bf16", "w4a16 tiled E2M1/E8M0 bf16",
         "w8a16 splitk F32_BLOCK bf16", "w4a8 tiled E2M1/E4M3 op=fp8e4nv hw_cvt=False",
-        "w4a8 splitk INT4/F32 op=fp8e4nv hw_cvt=True", "nvfp4_fake_quant", "fp8_quant_per_token"]
+        "w4a8 splitk INT4/F32 op=fp8e4nv hw_cvt=True", "nvfp4_fake_quant", "fp8_quant_per_token",
+        "moe_w4a16 E2M1/E4M3 bf16 gate_up", "moe_w4a16 INT4/F32 bf16 down", "moe_w8a16 F32_BLOCK bf16 down",
+        "moe_w8a16 E8M0 bf16 gate_up"]
 SM89 = ["w4a8 splitk E2M1/E4M3 op=fp8e4nv hw_cvt=False"]
-SM80 = ["w4a8 splitk INT4/F32 op=fp16 hw_cvt=False", "w8a16 tiled E8M0 fp16"]
+SM80 = ["w4a8 splitk INT4/F32 op=fp16 hw_cvt=False", "w8a16 tiled E8M0 fp16", "moe_w4a16 E2M1/E8M0 bf16 down"]
 
 
 def _run(code: str, timeout: int) -> subprocess.CompletedProcess:
@@ -86,6 +88,13 @@ def test_sweeps_cover_every_config_and_kind():
             assert any(f"{flag}={value}" in n for n in names), (flag, value)
     for act in ("bf16", "fp16", "fp32"):
         assert any(n.startswith("w4a16 tiled") and f" {act} " in n for n in names)
+    from motensor.kernels import moe_w4a16
+
+    for cfg in [c for _, c in moe_w4a16.CONFIGS] + [moe_w4a16.PRE_SM90_LARGE]:
+        for el, sk, _ in a.W4_KINDS:
+            assert any(n.startswith(f"moe_w4a16 {el}/{sk} ") and str(cfg.kwargs) in n for n in names), (el, sk, cfg)
+        for sk, _ in a.W8_KINDS:
+            assert any(n.startswith(f"moe_w8a16 {sk} ") and str(cfg.kwargs) in n for n in names), (sk, cfg)
     assert len(a.variants(sweep="exhaustive")) > 4 * len(vs)
 
 

@@ -170,6 +170,41 @@ def variants(all_configs: bool = False, sweep: Optional[str] = None) -> list[Var
                                             GROUP=g, HAS_BIAS=bias, X_PREQUANT=pre, OP_DTYPE=ops[op], HW_CVT=hw)
                                 out.append(_from_config(f"w4a8 {path} {el}/{sk} op={ops[op]} hw_cvt={hw}",
                                                         w4a8._w4a8_kernel, t, base, cfg, min_arch=arch, even=even))
+    # Grouped routed experts (moe_w4a16): every fixed config per format kind, gate/up (ROW_DIV=top_k,
+    # x per token) and down (ROW_DIV=1, routing weights) forms; AWQ with its pre_quant_scale.
+    from motensor.kernels import moe_w4a16
+
+    for ki, (el, sk, g) in enumerate(W4_KINDS):
+        st = "*fp32" if sk == "F32" else "*u8"
+        moe_cfgs = [c for _, c in moe_w4a16.CONFIGS] + [moe_w4a16.PRE_SM90_LARGE]
+        for ci, cfg in enumerate(moe_cfgs if not rep else moe_cfgs[:1]):
+            i = ci + ki
+            for act in (("bf16", "fp16") if rep else _pick(acts, i, full)):
+                for down in ((False, True) if rep or full else ((i % 2) == 1,)):
+                    t = dict(x_ptr=_ACT[act], w_ptr="*u8", s_ptr=st, gs_ptr="*fp32", pqs_ptr=_ACT[act],
+                             tw_ptr="*fp32", c_ptr=_ACT[act], sorted_ptr="*i32", expert_ptr="*i32", N="i32",
+                             K="i32", EM="i32", num_pairs="i32", stride_xm="i32", stride_we="i32", stride_wn="i32",
+                             stride_se="i32", stride_sg="i32", stride_pe="i32", stride_cm="i32")
+                    base = dict(ROW_DIV=1 if down else 8, ELEMENT=Element[el].value, SCALE_KIND=ScaleEncoding[sk].value,
+                                GROUP=g, HAS_GS=sk == "E4M3", HAS_PQS=el == "INT4", MUL_ROUTED=down)
+                    out.append(_from_config(f"moe_w4a16 {el}/{sk} {act} {'down' if down else 'gate_up'}",
+                                            moe_w4a16._moe_w4a16_kernel, t, base, cfg))
+    from motensor.kernels import moe_w8a16
+
+    for ki, (sk, sb) in enumerate(W8_KINDS):
+        st = "*fp32" if sk == "F32_BLOCK" else "*u8"
+        for ci, cfg in enumerate(moe_cfgs if not rep else moe_cfgs[:1]):
+            i = ci + ki
+            for act in (("bf16", "fp16") if rep else _pick(acts, i, full)):
+                for down in ((False, True) if rep or full else ((i % 2) == 1,)):
+                    t = dict(x_ptr=_ACT[act], w_ptr="*u8", s_ptr=st, tw_ptr="*fp32", c_ptr=_ACT[act],
+                             sorted_ptr="*i32", expert_ptr="*i32", N="i32", K="i32", EM="i32", num_pairs="i32",
+                             stride_xm="i32", stride_we="i32", stride_wn="i32", stride_se="i32", stride_s0="i32",
+                             stride_cm="i32")
+                    base = dict(ROW_DIV=1 if down else 8, SCALE_KIND=W8_SCALE_ENCODING[sk].value, SBLOCK=sb,
+                                MUL_ROUTED=down)
+                    out.append(_from_config(f"moe_w8a16 {sk} {act} {'down' if down else 'gate_up'}",
+                                            moe_w8a16._moe_w8a16_kernel, t, base, cfg))
     aq = dict(M="i32", K="i32", stride_xm="i32", stride_om="i32")
     for act in (("bf16",) if rep else acts):
         a_t = _ACT[act]
@@ -188,7 +223,7 @@ def variants(all_configs: bool = False, sweep: Optional[str] = None) -> list[Var
 
 # Runtime arguments that are multiples of 16 in real models (pointers 16-byte aligned, K, N,
 # strides): the launcher specializes on this at run time, so compile the same way.
-_NOT_DIVISIBLE = {"M", "M_BUCKET"}
+_NOT_DIVISIBLE = {"M", "M_BUCKET", "num_pairs"}
 
 
 def compile_variant(v: Variant, arch: int):
@@ -251,6 +286,8 @@ WIDE_STRIDES = {
     "_mxfp8_fake_quant_kernel": ("stride_xm", "stride_om"),
     "_fp8_per_token_kernel": ("stride_xm", "stride_qm"),
     "_fp8_static_kernel": ("stride_xm", "stride_qm"),
+    "_moe_w4a16_kernel": ("stride_xm", "stride_wn", "stride_cm"),
+    "_moe_w8a16_kernel": ("stride_xm", "stride_wn", "stride_cm"),
 }
 
 

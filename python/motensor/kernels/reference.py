@@ -184,12 +184,19 @@ def nvfp4_fake_quant(x: torch.Tensor, input_scale: torch.Tensor, out_dtype: Opti
 
     s_b = e4m3(amax_b / (6 * input_scale)); x_q = e2m1(clamp(x / (s_b * input_scale), +-6));
     returns x_q * s_b * input_scale (fp32 math) in `out_dtype` (default x.dtype). A block whose
-    s_b * input_scale is 0 quantizes to 0 (vLLM's `get_reciprocal` convention).
+    s_b * input_scale is 0 quantizes to 0 (vLLM's `get_reciprocal` convention). `input_scale` is
+    one scalar, or one per row (shape ``x.shape[:-1]``: each routed pair with its expert's scale).
     """
     k = x.shape[-1]
     if k % block:
         raise ValueError(f"K={k} must be a multiple of {block}")
-    gs = scalar(input_scale)
+    if input_scale.numel() == 1:
+        gs = scalar(input_scale)
+    elif tuple(input_scale.shape) == tuple(x.shape[:-1]):
+        gs = input_scale.float().reshape(*x.shape[:-1], 1, 1)
+    else:
+        raise ValueError(f"input_scale must be a scalar or one per row {tuple(x.shape[:-1])}, "
+                         f"got {tuple(input_scale.shape)}")
     xb = x.float().reshape(*x.shape[:-1], k // block, block)
     amax = xb.abs().amax(dim=-1, keepdim=True)
     sb = round_e4m3(div(amax, 6.0 * gs))
@@ -351,3 +358,95 @@ def _epilogue(acc: torch.Tensor, scale, bias) -> torch.Tensor:
     """fp32 accumulator (* scale) (+ bias)."""
     y = acc * scale if scale is not None else acc
     return y + bias.float() if bias is not None else y
+
+
+# ----------------------------------------------------------------------------- grouped MoE (routed experts)
+def moe_row_div(x: torch.Tensor, topk_ids: torch.Tensor) -> int:
+    """How the grouped-experts GEMMs map (token, slot) pair ``p = t * top_k + j`` to a row of x:
+    ``x [T, K]`` (one row per token, shared by its top_k slots) -> ``p // top_k``; ``x [T*top_k, K]``
+    (one row per pair, e.g. the down projection's input) -> ``p``."""
+    if topk_ids.dim() != 2:
+        raise ValueError(f"topk_ids must be [T, top_k], got {tuple(topk_ids.shape)}")
+    t, k = topk_ids.shape
+    if x.dim() != 2 or x.shape[0] not in (t, t * k):
+        raise ValueError(f"x must be [T, K] or [T*top_k, K] for topk_ids {tuple(topk_ids.shape)}, got {tuple(x.shape)}")
+    return 1 if x.shape[0] == t * k else k
+
+
+def moe_w4a16_gemm(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: Optional[torch.Tensor],
+                   qweight: torch.Tensor, scales: torch.Tensor, global_scale: Optional[torch.Tensor] = None, *,
+                   element: ElementLike, scale_kind: ScaleLike, group_size: int,
+                   pre_quant_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Routed experts, one 4-bit GEMM per (token, slot) pair, as a loop over the experts.
+
+    ``y[p] = (x[row(p)] * pre_quant_scale[e]) @ W[e]^T * topk_weights[p]`` for every pair
+    ``p = t * top_k + j`` routed to expert ``e = topk_ids[t, j]`` (rows per ``moe_row_div``);
+    W[e] = ``dequant_w4(qweight[e], scales[e], global_scale[e])`` rounded to x.dtype; fp32
+    accumulation, rounded to x.dtype (and, with routing weights, multiplied by the weight in fp32
+    and rounded again: transformers' loop does ``expert(x) * weight``). Pairs routed outside ``[0, E)`` (transformers'
+    "no expert" slot) give zero rows. Shapes: qweight [E, N, K//2], scales [E, K//G, N],
+    global_scale [E] (or None), pre_quant_scale [E, K] (or None); out [T*top_k, N].
+    """
+    gs = None if global_scale is None else global_scale.reshape(-1)
+    return _moe_loop(x, topk_ids, topk_weights, qweight.shape[0], qweight.shape[1],
+                     lambda e: dequant_w4(qweight[e], scales[e], None if gs is None else gs[e], element=element,
+                                          scale_kind=scale_kind, group_size=group_size), pre_quant_scale)
+
+
+def moe_w8a16_gemm(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: Optional[torch.Tensor],
+                   qweight: torch.Tensor, scales: torch.Tensor, *, scale_kind: ScaleLike,
+                   block_size: int) -> torch.Tensor:
+    """``moe_w4a16_gemm`` for FP8 E4M3 experts: qweight float8_e4m3fn [E, N, K], scales per expert in
+    the ``w8a16_gemm`` layout (F32 2-D blocks [E, ceil(N/B), ceil(K/B)], or E8M0 [E, K//G, N])."""
+    return _moe_loop(x, topk_ids, topk_weights, qweight.shape[0], qweight.shape[1],
+                     lambda e: dequant_w8(qweight[e], scales[e], scale_kind=scale_kind, block_size=block_size), None)
+
+
+def _moe_loop(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: Optional[torch.Tensor], num_experts: int,
+              n: int, weight_of, pre_quant_scale: Optional[torch.Tensor]) -> torch.Tensor:
+    """The routed-experts loop shared by the grouped references; ``weight_of(e)``: expert e's fp32 [N, K]."""
+    row_div = moe_row_div(x, topk_ids)
+    flat = topk_ids.reshape(-1)
+    weights = None if topk_weights is None else topk_weights.reshape(-1).float()
+    y = torch.zeros(flat.numel(), n, dtype=torch.float32, device=x.device)
+    for e in range(num_experts):
+        idx = (flat == e).nonzero().flatten()
+        if idx.numel() == 0:
+            continue
+        xe = x[idx // row_div]
+        if pre_quant_scale is not None:
+            xe = xe * pre_quant_scale[e].to(xe.dtype)
+        acc = _linear(xe, _as_operand(weight_of(e), x.dtype), None)
+        y[idx] = acc if weights is None else acc.to(x.dtype).float() * weights[idx, None]
+    return y.to(x.dtype)
+
+
+def moe_align_block_size(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """vLLM's ``moe_align_block_size`` in torch, without a host sync (CUDA-graph safe).
+
+    The ``P = T * top_k`` pairs are sorted by expert (stably) and each expert's run is padded to a
+    multiple of ``block_m`` with the sentinel ``P``, so every block of ``block_m`` sorted entries
+    belongs to one expert. Returns ``sorted_ids`` (int32 ``[EM]``, ``EM`` the static bound
+    ``ceil((P + (E + 1) * (block_m - 1)) / block_m) * block_m``) and ``expert_ids`` (int32
+    ``[EM / block_m]``): the block's expert, or -1 for a block of pairs routed outside ``[0, E)``
+    (their rows are written as zeros) or past the last used block (all sentinels).
+    """
+    flat = topk_ids.reshape(-1).to(torch.int64)
+    p = flat.numel()
+    dev = flat.device
+    bucket = torch.where((flat >= 0) & (flat < num_experts), flat, torch.full_like(flat, num_experts))
+    counts = torch.zeros(num_experts + 1, dtype=torch.int64, device=dev).scatter_add_(0, bucket, torch.ones_like(bucket))
+    padded = (counts + block_m - 1) // block_m * block_m
+    ends = torch.cumsum(padded, 0)
+    starts = ends - padded
+    first = torch.cumsum(counts, 0) - counts           # first sorted index of each bucket, unpadded
+    order = torch.argsort(bucket, stable=True)
+    sorted_bucket = bucket[order]
+    pos = starts[sorted_bucket] + (torch.arange(p, device=dev) - first[sorted_bucket])
+    em = -(-(p + (num_experts + 1) * (block_m - 1)) // block_m) * block_m
+    sorted_ids = torch.full((em,), p, dtype=torch.int32, device=dev)
+    sorted_ids[pos] = order.to(torch.int32)
+    block_start = torch.arange(0, em, block_m, device=dev)
+    expert = torch.searchsorted(ends, block_start, right=True)
+    expert_ids = torch.where(expert < num_experts, expert, torch.full_like(expert, -1)).to(torch.int32)
+    return sorted_ids, expert_ids

@@ -166,33 +166,23 @@ def _dequant_tile(codes, s_raw, ELEMENT: tl.constexpr, SCALE_KIND: tl.constexpr,
 
 
 @triton.jit
-def _dot_kernel(
-    x_ptr, w_ptr, s_ptr, gs_ptr, b_ptr, c_ptr,
-    M, N, K, stride_xm, stride_wn, stride_sg, stride_cm, M_BUCKET,
-    ELEMENT: tl.constexpr, SCALE_KIND: tl.constexpr, GROUP: tl.constexpr,
-    HAS_GS: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
-):
-    """Tensor-core W4A16. Operand dtype = x's dtype (fp16, bf16, fp32 -> tf32 on GPU).
-    Grid (cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N), SPLIT_K)."""
-    tl.static_assert(BLOCK_K % 32 == 0, "BLOCK_K/2 must be a multiple of 16 (MMA K)")
-    pid_k = tl.program_id(1)
-    pid_m, pid_n = grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+def dot_main_loop(acc, x_row, mask_m, w_base, s_base, rn, mask_n, k_lo, k_hi, stride_wn, stride_sg, pqs_row,
+                  ELEMENT: tl.constexpr, SCALE_KIND: tl.constexpr, GROUP: tl.constexpr, HAS_PQS: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """The tensor-core main loop over K in [k_lo, k_hi): ``acc += x[rows] @ W[rn]^T``, returned.
 
+    x_row: [BLOCK_M] pointers to the activation rows (the operand dtype is theirs); w_base/s_base:
+    this weight's packed bytes [N, K//2] and group scales [K//G, N]; pqs_row: the per-K
+    ``pre_quant_scale`` (HAS_PQS; multiplied in the activation dtype, as QuantLinear does). Shared
+    by ``_dot_kernel`` and the grouped experts kernel (``moe_w4a16``). The E2M1 2^-14 factor is left
+    to the caller (see ``_dot_kernel``'s epilogue).
+    """
     HALF: tl.constexpr = BLOCK_K // 2
     # A K chunk inside one group: the scale is one [BLOCK_N] vector, applied to the fp32 partial
     # product (exact for every scale kind, and cheaper than scaling the tile when M is small).
     CHUNK_IN_GROUP: tl.constexpr = GROUP % BLOCK_K == 0
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rj = tl.arange(0, HALF)
-    mask_m = rm < M
-    mask_n = rn < N
-    k_lo, k_hi = split_k_range(K, pid_k, SPLIT_K, BLOCK_K)
-    op_dtype = x_ptr.dtype.element_ty
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    op_dtype = x_row.dtype.element_ty
     for k0 in range(k_lo, k_hi, BLOCK_K):
         kk = k0 + 2 * rj                       # even k of each byte; K is even so kk + 1 < k_hi too
         if EVEN_K:
@@ -202,16 +192,18 @@ def _dot_kernel(
         else:
             x_mask = mask_m[:, None] & (kk < k_hi)[None, :]
             w_mask = mask_n[:, None] & (kk < k_hi)[None, :]
-        x_row = x_ptr + row_offsets(rm, stride_xm)[:, None] + kk[None, :]
-        x_even = tl.load(x_row, mask=x_mask, other=0.0)
-        x_odd = tl.load(x_row + 1, mask=x_mask, other=0.0)
+        x_even = tl.load(x_row[:, None] + kk[None, :], mask=x_mask, other=0.0)
+        x_odd = tl.load(x_row[:, None] + (kk + 1)[None, :], mask=x_mask, other=0.0)
+        if HAS_PQS:
+            x_even = (x_even * tl.load(pqs_row + kk, mask=kk < k_hi, other=0.0)[None, :]).to(op_dtype)
+            x_odd = (x_odd * tl.load(pqs_row + kk + 1, mask=kk < k_hi, other=0.0)[None, :]).to(op_dtype)
         # The packed tile is loaded N-major ([BLOCK_N, K/2], the memory order: contiguous bytes
         # per thread, wide loads), decoded there and handed to the MMA transposed (`tl.trans` is a
         # view of the shared-memory operand, not a data movement).
         if CHUNK_IN_GROUP:
             rb = tl.max_contiguous(tl.multiple_of(k0 // 2 + rj, HALF), HALF)
-            p = tl.load(w_ptr + row_offsets(rn, stride_wn)[:, None] + rb[None, :], mask=w_mask, other=0).to(tl.int32)
-            s_raw = tl.load(s_ptr + (k0 // GROUP) * stride_sg + rn, mask=mask_n, other=0)
+            p = tl.load(w_base + row_offsets(rn, stride_wn)[:, None] + rb[None, :], mask=w_mask, other=0).to(tl.int32)
+            s_raw = tl.load(s_base + (k0 // GROUP) * stride_sg + rn, mask=mask_n, other=0)
             if ELEMENT == ELEM_E2M1:
                 w_lo = e2m1_f16_scaled(p & 0xF).to(op_dtype)
                 w_hi = e2m1_f16_scaled(p >> 4).to(op_dtype)
@@ -230,20 +222,45 @@ def _dot_kernel(
             rg = tl.arange(0, NG)[None, :, None]
             kb3 = k0 // 2 + rg * (GROUP // 2) + tl.arange(0, GROUP // 2)[None, None, :]   # byte along K/2
             if EVEN_K:
-                mask3 = rn3 < N
+                mask3 = mask_n[:, None, None]
             else:
-                mask3 = (rn3 < N) & (2 * kb3 < k_hi)
-            p3 = tl.load(w_ptr + row_offsets(rn3, stride_wn) + kb3, mask=mask3, other=0).to(tl.int32)
-            s3 = tl.load(s_ptr + (k0 // GROUP + rg) * stride_sg + rn3,
-                         mask=(rn3 < N) & (k0 + rg * GROUP < k_hi), other=0)              # [BLOCK_N, NG, 1]
+                mask3 = mask_n[:, None, None] & (2 * kb3 < k_hi)
+            p3 = tl.load(w_base + row_offsets(rn3, stride_wn) + kb3, mask=mask3, other=0).to(tl.int32)
+            s3 = tl.load(s_base + (k0 // GROUP + rg) * stride_sg + rn3,
+                         mask=mask_n[:, None, None] & (k0 + rg * GROUP < k_hi), other=0)     # [BLOCK_N, NG, 1]
             w_lo = tl.reshape(_dequant_tile(p3 & 0xF, s3, ELEMENT, SCALE_KIND, op_dtype), (BLOCK_N, HALF))
             w_hi = tl.reshape(_dequant_tile(p3 >> 4, s3, ELEMENT, SCALE_KIND, op_dtype), (BLOCK_N, HALF))
             acc = tl.dot(x_even, tl.trans(w_lo), acc)
             acc = tl.dot(x_odd, tl.trans(w_hi), acc)
+    return acc
+
+
+@triton.jit
+def _dot_kernel(
+    x_ptr, w_ptr, s_ptr, gs_ptr, b_ptr, c_ptr,
+    M, N, K, stride_xm, stride_wn, stride_sg, stride_cm, M_BUCKET,
+    ELEMENT: tl.constexpr, SCALE_KIND: tl.constexpr, GROUP: tl.constexpr,
+    HAS_GS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
+):
+    """Tensor-core W4A16. Operand dtype = x's dtype (fp16, bf16, fp32 -> tf32 on GPU).
+    Grid (cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N), SPLIT_K)."""
+    tl.static_assert(BLOCK_K % 32 == 0, "BLOCK_K/2 must be a multiple of 16 (MMA K)")
+    pid_k = tl.program_id(1)
+    pid_m, pid_n = grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = rm < M
+    mask_n = rn < N
+    k_lo, k_hi = split_k_range(K, pid_k, SPLIT_K, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = dot_main_loop(acc, x_ptr + row_offsets(rm, stride_xm), mask_m, w_ptr, s_ptr, rn, mask_n, k_lo, k_hi,
+                        stride_wn, stride_sg, x_ptr, ELEMENT, SCALE_KIND, GROUP, False, BLOCK_N, BLOCK_K, EVEN_K)
 
     # E2M1 operands carry a 2^-14 unless the fp32 prescale path folded it into the scale.
     if ELEMENT == ELEM_E2M1:
-        if CHUNK_IN_GROUP or SCALE_KIND == SCALE_E4M3:
+        if GROUP % BLOCK_K == 0 or SCALE_KIND == SCALE_E4M3:
             acc = acc * E2M1_F16_FACTOR
     if HAS_GS:
         acc = acc * tl.load(gs_ptr)

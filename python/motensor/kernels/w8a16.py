@@ -32,6 +32,56 @@ W8_SCALE_KINDS = (ScaleEncoding.F32, ScaleEncoding.E8M0)
 
 
 @triton.jit
+def dot_main_loop(acc, x_row, mask_m, w_base, s_base, rn, mask_n, k_lo, k_hi, stride_wn, stride_s0,
+                  SCALE_KIND: tl.constexpr, SBLOCK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  EVEN_K: tl.constexpr):
+    """The FP8-weight main loop over K in [k_lo, k_hi): ``acc += x[rows] @ W[rn]^T``, returned.
+
+    x_row: [BLOCK_M] pointers to the activation rows (operand dtype = theirs); w_base: the weight
+    as uint8 [N, K]; s_base: its scales. When a K chunk lies in one scale block the result carries
+    a 2^-8 the caller removes (``acc * 256``); shared by ``_w8a16_kernel`` and ``moe_w8a16``.
+    """
+    CHUNK_IN_BLOCK: tl.constexpr = SBLOCK % BLOCK_K == 0
+    op_dtype = x_row.dtype.element_ty
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        rk = tl.max_contiguous(tl.multiple_of(k0 + tl.arange(0, BLOCK_K), BLOCK_K), BLOCK_K)
+        if EVEN_K:
+            # No K tail anywhere: masks constant along K keep the loads vectorized.
+            x_mask = mask_m[:, None]
+            w_mask = mask_n[:, None]
+        else:
+            x_mask = mask_m[:, None] & (rk < k_hi)[None, :]
+            w_mask = mask_n[:, None] & (rk < k_hi)[None, :]
+        x = tl.load(x_row[:, None] + rk[None, :], mask=x_mask, other=0.0)
+        if CHUNK_IN_BLOCK:
+            # N-major tile (memory order, wide loads), handed to the MMA transposed (a smem view).
+            wb = tl.load(w_base + row_offsets(rn, stride_wn)[:, None] + rk[None, :], mask=w_mask, other=0)  # [BN, BK]
+            h = e4m3_f16_scaled(wb)                                                            # w * 2^-8
+            if SCALE_KIND == SCALE_F32_BLOCK:
+                s = tl.load(s_base + (rn // SBLOCK) * stride_s0 + k0 // SBLOCK, mask=mask_n, other=0.0)
+            else:
+                s = e8m0_f32(tl.load(s_base + (k0 // SBLOCK) * stride_s0 + rn, mask=mask_n, other=0))
+            acc += tl.dot(x, tl.trans(h.to(op_dtype))) * s[None, :]
+        else:
+            # Only E8M0 gets here (F32 block chunks always lie inside one block, asserted by callers).
+            # [BN, groups, G] view: one scale load/decode per group, broadcast in registers.
+            NG: tl.constexpr = BLOCK_K // SBLOCK
+            rn3 = rn[:, None, None]
+            rg = tl.arange(0, NG)[None, :, None]
+            k3 = k0 + rg * SBLOCK + tl.arange(0, SBLOCK)[None, None, :]
+            if EVEN_K:
+                mask3 = mask_n[:, None, None]
+            else:
+                mask3 = mask_n[:, None, None] & (k3 < k_hi)
+            wb3 = tl.load(w_base + row_offsets(rn3, stride_wn) + k3, mask=mask3, other=0)
+            s3 = e8m0_f32(tl.load(s_base + (k0 // SBLOCK + rg) * stride_s0 + rn3,
+                                  mask=mask_n[:, None, None] & (k0 + rg * SBLOCK < k_hi), other=0))
+            w = (e4m3_f16_scaled(wb3).to(tl.float32) * (s3 * 256.0)).to(op_dtype)
+            acc = tl.dot(x, tl.trans(tl.reshape(w, (BLOCK_N, BLOCK_K))), acc)
+    return acc
+
+
+@triton.jit
 def _w8a16_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, c_ptr,
     M, N, K, stride_xm, stride_wn, stride_s0, stride_cm, M_BUCKET,
@@ -50,45 +100,9 @@ def _w8a16_kernel(
     mask_m = rm < M
     mask_n = rn < N
     k_lo, k_hi = split_k_range(K, pid_k, SPLIT_K, BLOCK_K)
-    op_dtype = x_ptr.dtype.element_ty
-
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        rk = tl.max_contiguous(tl.multiple_of(k0 + tl.arange(0, BLOCK_K), BLOCK_K), BLOCK_K)
-        if EVEN_K:
-            # No K tail anywhere: masks constant along K keep the loads vectorized.
-            x_mask = mask_m[:, None]
-            w_mask = mask_n[:, None]
-        else:
-            x_mask = mask_m[:, None] & (rk < k_hi)[None, :]
-            w_mask = mask_n[:, None] & (rk < k_hi)[None, :]
-        x = tl.load(x_ptr + row_offsets(rm, stride_xm)[:, None] + rk[None, :], mask=x_mask, other=0.0)
-        if CHUNK_IN_BLOCK:
-            # N-major tile (memory order, wide loads), handed to the MMA transposed (a smem view).
-            wb = tl.load(w_ptr + row_offsets(rn, stride_wn)[:, None] + rk[None, :], mask=w_mask, other=0)   # [BN, BK]
-            h = e4m3_f16_scaled(wb)                                                            # w * 2^-8
-            if SCALE_KIND == SCALE_F32_BLOCK:
-                s = tl.load(s_ptr + (rn // SBLOCK) * stride_s0 + k0 // SBLOCK, mask=mask_n, other=0.0)
-            else:
-                s = e8m0_f32(tl.load(s_ptr + (k0 // SBLOCK) * stride_s0 + rn, mask=mask_n, other=0))
-            acc += tl.dot(x, tl.trans(h.to(op_dtype))) * s[None, :]
-        else:
-            # Only E8M0 gets here (F32 block chunks always lie inside one block, asserted above).
-            # [BN, groups, G] view: one scale load/decode per group, broadcast in registers.
-            NG: tl.constexpr = BLOCK_K // SBLOCK
-            rn3 = rn[:, None, None]
-            rg = tl.arange(0, NG)[None, :, None]
-            k3 = k0 + rg * SBLOCK + tl.arange(0, SBLOCK)[None, None, :]
-            if EVEN_K:
-                mask3 = rn3 < N
-            else:
-                mask3 = (rn3 < N) & (k3 < k_hi)
-            wb3 = tl.load(w_ptr + row_offsets(rn3, stride_wn) + k3, mask=mask3, other=0)
-            s3 = e8m0_f32(tl.load(s_ptr + (k0 // SBLOCK + rg) * stride_s0 + rn3,
-                                  mask=(rn3 < N) & (k0 + rg * SBLOCK < k_hi), other=0))
-            w = (e4m3_f16_scaled(wb3).to(tl.float32) * (s3 * 256.0)).to(op_dtype)
-            acc = tl.dot(x, tl.trans(tl.reshape(w, (BLOCK_N, BLOCK_K))), acc)
-
+    acc = dot_main_loop(acc, x_ptr + row_offsets(rm, stride_xm), mask_m, w_ptr, s_ptr, rn, mask_n, k_lo, k_hi,
+                        stride_wn, stride_s0, SCALE_KIND, SBLOCK, BLOCK_N, BLOCK_K, EVEN_K)
     if CHUNK_IN_BLOCK:
         acc = acc * 256.0
     store_tile(acc, c_ptr, b_ptr, rm, rn, mask_m, mask_n, stride_cm, pid_k, HAS_BIAS, SPLIT_K)

@@ -44,6 +44,13 @@ class PreRoutedQuantExperts(QuantExperts):
     def forward(self, hidden_states: torch.Tensor, top_k_index=None, top_k_weights=None) -> torch.Tensor:
         if top_k_index is not None:
             return super().forward(hidden_states, top_k_index, top_k_weights)
+        mode = self._auto_mode(hidden_states) if self.mode == "auto" else self.mode
+        if mode == "grouped":
+            # Expert e owns rows [e*T, (e+1)*T): one routed pair per row, no routing weight.
+            rows = hidden_states.shape[0]
+            ids = torch.arange(self.num_experts, device=hidden_states.device).repeat_interleave(
+                rows // self.num_experts)[:, None]
+            return self._forward_grouped(hidden_states, ids, None)
         x = hidden_states.view(self.num_experts, -1, self.hidden_dim)
         out = torch.empty_like(x)
         for e in range(self.num_experts):

@@ -135,7 +135,7 @@ def from_pretrained(
     ``revision``, ``cache_dir``, ``token``, ``local_files_only``: for Hub repo ids (see
     :func:`motensor.open`). ``hf_kwargs`` go to ``AutoConfig.from_pretrained`` (config overrides),
     except ``attn_implementation`` (``"sdpa"``, ``"eager"``...), which goes to the model.
-    ``moe_mode`` picks the experts path (``"auto"``, ``"loop"``, ``"dense"``; see
+    ``moe_mode`` picks the experts path (``"auto"``, ``"loop"``, ``"dense"``, ``"grouped"``; see
     ``motensor.models.moe``). Architectures outside :data:`SUPPORTED_ARCHITECTURES` (the tested
     ones) are tried with a logged warning (``check_architecture=False`` silences it): a module
     that does not fit raises :class:`~motensor.errors.FormatError` naming it. ``progress`` shows
