@@ -246,11 +246,13 @@ fn validate(
     };
 
     let mut tensors = BTreeMap::new();
+    let mut infos: BTreeMap<Role, &TensorInfo> = BTreeMap::new();
     let mut extras = Vec::new();
     for (&role, &t) in roles {
         match spec.rule(role) {
             Some(rule) => {
                 let ti = info(t)?;
+                infos.insert(role, ti);
                 if !rule.dtypes.contains(&ti.dtype) {
                     return Err(err(
                         t,
@@ -277,7 +279,9 @@ fn validate(
     }
 
     let wname = tensors[&Role::Weight].clone();
-    let w = info(&wname)?;
+    let w = *infos
+        .get(&Role::Weight)
+        .ok_or_else(|| Error::argument(format!("tensor '{wname}' vanished from the index")))?;
     if w.shape.len() < 2 {
         return Err(err(&wname, format!("weight has shape {:?}; a Linear weight needs 2 dims", w.shape)));
     }
@@ -320,7 +324,7 @@ fn validate(
 
     for (&role, t) in &tensors {
         let rule = spec.rule(role).ok_or_else(|| Error::argument("rule vanished"))?;
-        let ti = info(t)?;
+        let ti = *infos.get(&role).ok_or_else(|| Error::argument("tensor vanished"))?;
         if let Err(msg) = check_shape(rule.shape, &ti.shape, lead, n, k, group, bmm) {
             return Err(err(t, msg));
         }
