@@ -108,3 +108,29 @@ def test_sparse_checkpoints_open_and_plan_every_tensor(tmp_path):
         assert len(plan) == len(ck.tensor_names()) and plan.source_bytes == ck.total_bytes
         disk = sum(f.stat().st_blocks * 512 for f in path.glob("*.safetensors"))
         assert disk < ck.total_bytes
+
+
+def test_cpu_decode_smoke(tmp_path):
+    bench = _module("cpu_decode")
+    assert bench.main(["--smoke", "--out-dir", str(tmp_path)]) == 0
+    doc = _doc(tmp_path, "cpu_decode")
+    rows = {(r["case"], r["impl"], r["metric"]): r for r in doc["rows"]}
+    for impl in ("motensor_NVFP4", "hf_bf16_eager"):
+        for metric in ("tok/s", "tok/s_cpu"):
+            assert rows[("demo-decode-b1", impl, metric)]["value"] > 0
+    assert "x hf_bf16_eager" in rows[("demo-decode-b1", "motensor_NVFP4", "tok/s")]["note"]
+
+
+def test_bf16_reference_holds_the_dequantized_weights():
+    """The decode bench's bf16 peer: the same architecture, every quantized Linear holding
+    exactly the checkpoint's dequantized weight (in bf16), every other tensor the checkpoint's."""
+    import torch
+
+    bench = _module("cpu_decode")
+    ref = bench.bf16_reference(bench.DEMO)
+    ck = motensor.open(bench.DEMO)
+    params = dict(ref.named_parameters())
+    name = next(iter(ck.modules))
+    assert torch.equal(params[f"{name}.weight"], ck.dequantize(name).to(torch.bfloat16))
+    assert torch.equal(params["model.embed_tokens.weight"], ck.tensor("model.embed_tokens.weight").to(torch.bfloat16))
+    assert all(p.dtype == torch.bfloat16 for p in params.values())

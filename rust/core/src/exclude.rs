@@ -8,23 +8,51 @@
 //! `model.layers.1.mlp.down_proj` but not `model.layers.11...`). Wildcards are full fnmatch
 //! (`*`, `?`, `[seq]`, `[!seq]`; `*` crosses dots, as in Python).
 
+use std::collections::HashMap;
+
 #[derive(Debug, Clone, Default)]
 pub struct ExcludeList {
     patterns: Vec<String>,
+    /// Plain (non-glob) patterns by their last dotted component: a name can only match one
+    /// whose last component is one of its own (long per-layer lists stay cheap per module).
+    plain_by_last: HashMap<String, Vec<usize>>,
+    /// The glob patterns.
+    globs: Vec<usize>,
 }
 
 impl ExcludeList {
     pub fn new(patterns: Vec<String>) -> Self {
-        ExcludeList { patterns }
+        let mut plain_by_last: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut globs = Vec::new();
+        for (i, p) in patterns.iter().enumerate() {
+            if is_glob(p) {
+                globs.push(i);
+            } else {
+                let last = p.rsplit('.').next().unwrap_or(p);
+                plain_by_last.entry(last.to_string()).or_default().push(i);
+            }
+        }
+        ExcludeList { patterns, plain_by_last, globs }
     }
 
     pub fn patterns(&self) -> &[String] {
         &self.patterns
     }
 
-    /// Is module `name` excluded from quantization?
+    /// Is module `name` excluded from quantization? (Same answer as `pattern_matches` with
+    /// every pattern.)
     pub fn matches(&self, name: &str) -> bool {
-        self.patterns.iter().any(|p| pattern_matches(p, name))
+        if self.globs.iter().any(|&i| pattern_matches(&self.patterns[i], name)) {
+            return true;
+        }
+        if self.plain_by_last.is_empty() {
+            return false;
+        }
+        name.split('.').any(|c| {
+            self.plain_by_last
+                .get(c)
+                .is_some_and(|ps| ps.iter().any(|&i| pattern_matches(&self.patterns[i], name)))
+        })
     }
 }
 
@@ -191,6 +219,19 @@ mod tests {
         assert!(!ex.matches("model.layers.11.mlp.down_proj"));
         assert!(ex.matches("model.layers.0.mlp.gate"));
         assert!(!ex.matches("model.layers.0.mlp.gate_proj"));
+    }
+
+    #[test]
+    fn list_agrees_with_each_pattern() {
+        let pats = ["lm_head", "model.layers.1", "mlp.gate", "model.layers.*.mlp.gate", "x", "a.b", "", "é"];
+        let ex = ExcludeList::new(pats.iter().map(|s| s.to_string()).collect());
+        let names = [
+            "lm_head", "model.lm_head", "model.layers.1.mlp.up", "model.layers.11.mlp.up", "model.layers.3.mlp.gate",
+            "model.layers.3.mlp.gate_proj", "x.y", "y.x", "xa.b", "a.b.c", "c.a.b", "", "é", "a.é", "ab",
+        ];
+        for n in names {
+            assert_eq!(ex.matches(n), pats.iter().any(|p| pattern_matches(p, n)), "{n}");
+        }
     }
 
     #[test]

@@ -134,23 +134,33 @@ pub fn build(names: &[String], lookup: &dyn TensorLookup, cfg: Option<&QuantConf
     let mut notes = Vec::new();
 
     // BMM expert parameters first: `P` with a `P_weight_scale` (etc.) sibling is a module.
-    let all: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+    // (Only when some name ends like a BMM scale sibling: most checkpoints have none, and the
+    // name set costs a hash per tensor.)
+    let any_bmm = names
+        .iter()
+        .any(|n| BMM_SUFFIXES.iter().any(|(suffix, role)| *role != Role::Bias && n.ends_with(suffix)));
+    let all: std::collections::HashSet<&str> =
+        if any_bmm { names.iter().map(String::as_str).collect() } else { Default::default() };
     let mut bmm: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
-    for name in names {
-        if let Some((param, role)) = bmm_sibling(name, &all) {
-            if role != Role::Bias {
-                bmm.insert(param);
+    if any_bmm {
+        for name in names {
+            if let Some((param, role)) = bmm_sibling(name, &all) {
+                if role != Role::Bias {
+                    bmm.insert(param);
+                }
             }
         }
     }
     for name in names {
-        if bmm.contains(name.as_str()) {
-            groups.entry(name.as_str()).or_default().insert(Role::Weight, name.as_str());
-            continue;
-        }
-        if let Some((param, role)) = bmm_sibling(name, &all).filter(|(p, _)| bmm.contains(p)) {
-            groups.entry(param).or_default().insert(role, name.as_str());
-            continue;
+        if !bmm.is_empty() {
+            if bmm.contains(name.as_str()) {
+                groups.entry(name.as_str()).or_default().insert(Role::Weight, name.as_str());
+                continue;
+            }
+            if let Some((param, role)) = bmm_sibling(name, &all).filter(|(p, _)| bmm.contains(p)) {
+                groups.entry(param).or_default().insert(role, name.as_str());
+                continue;
+            }
         }
         let Some((module, suffix)) = name.rsplit_once('.') else {
             plain.push(name.clone());
