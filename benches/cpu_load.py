@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cpu_load: {shape}-{a.format}, {data_bytes / 1e9:.3f} GB of tensors in {len(files)} shards")
     case = f"{shape}-{a.format}-warm"
     runs: dict[str, list[dict]] = {}
-    for r in range(repeats):
+    for _ in range(repeats):
         for impl in impls:  # interleaved, so that drift on a shared box spreads over every loader
             common.warm_page_cache(files)
             runs.setdefault(impl, []).append(run_child(impl, path, a.timeout))

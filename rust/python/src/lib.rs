@@ -444,26 +444,23 @@ impl LoadPlan {
         let mut items = Vec::with_capacity(self.items.len());
         for it in self.items.iter() {
             let d = PyDict::new(py);
-            d.set_item(&keys[0], &it.tensor)?;
+            d.set_item(keys[0], &it.tensor)?;
             // Items of one module are mostly adjacent: reuse its name object.
-            let module = match it.module.as_deref() {
-                None => None,
-                Some(m) => Some(match &modules {
-                    Some((prev, obj)) if *prev == m => obj.clone(),
-                    _ => {
-                        let obj = PyString::new(py, m);
-                        modules = Some((m, obj.clone()));
-                        obj
-                    }
-                }),
-            };
-            d.set_item(&keys[1], module)?;
-            d.set_item(&keys[2], it.role.map(|r| word(r.suffix())))?;
-            d.set_item(&keys[3], word(transform_name(&it.transform)))?;
-            d.set_item(&keys[4], word(it.out_dtype.name()))?;
-            d.set_item(&keys[5], PyList::new(py, &it.out_shape)?)?;
-            d.set_item(&keys[6], it.out_bytes)?;
-            d.set_item(&keys[7], it.offset)?;
+            let module = it.module.as_deref().map(|m| match &modules {
+                Some((prev, obj)) if *prev == m => obj.clone(),
+                _ => {
+                    let obj = PyString::new(py, m);
+                    modules = Some((m, obj.clone()));
+                    obj
+                }
+            });
+            d.set_item(keys[1], module)?;
+            d.set_item(keys[2], it.role.map(|r| word(r.suffix())))?;
+            d.set_item(keys[3], word(transform_name(&it.transform)))?;
+            d.set_item(keys[4], word(it.out_dtype.name()))?;
+            d.set_item(keys[5], PyList::new(py, &it.out_shape)?)?;
+            d.set_item(keys[6], it.out_bytes)?;
+            d.set_item(keys[7], it.offset)?;
             items.push(d);
         }
         PyList::new(py, items)
