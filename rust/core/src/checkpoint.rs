@@ -19,6 +19,10 @@ use crate::shard::Shard;
 
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 pub const SINGLE_FILE: &str = "model.safetensors";
+/// Per-tensor scales closer than this in a file are read in one run ...
+const SCALE_RUN_GAP: u64 = 64 << 10;
+/// ... of at most this many bytes.
+const SCALE_RUN_MAX: u64 = 1 << 20;
 
 /// Where a tensor lives.
 #[derive(Debug, Clone, Copy)]
@@ -32,8 +36,8 @@ pub struct Checkpoint {
     /// The directory holding the checkpoint (the file's directory for a single file).
     pub root: PathBuf,
     pub shards: Vec<Shard>,
-    /// Tensor name -> location, sorted by name.
-    pub tensors: BTreeMap<String, TensorLoc>,
+    /// Tensor name -> location (unordered: sort the names where order matters).
+    pub tensors: HashMap<String, TensorLoc>,
     pub quant: Option<QuantConfig>,
     /// Quantized modules, sorted by name.
     pub modules: Vec<QuantModule>,
@@ -74,7 +78,7 @@ impl Checkpoint {
         let shards: Vec<Shard> =
             pool::install(|| files.par_iter().map(|f| Shard::open(f)).collect::<Result<Vec<_>>>())?;
 
-        let mut tensors = BTreeMap::new();
+        let mut tensors = HashMap::with_capacity(shards.iter().map(|s| s.tensors().len()).sum());
         for (si, shard) in shards.iter().enumerate() {
             for (ti, t) in shard.tensors().iter().enumerate() {
                 if let Some(prev) = tensors.insert(t.name.clone(), TensorLoc { shard: si, idx: ti }) {
@@ -107,7 +111,8 @@ impl Checkpoint {
             notes,
             validate_scales: opts.validate_scales,
         };
-        let names: Vec<String> = ckpt.tensors.keys().cloned().collect();
+        let mut names: Vec<String> = ckpt.tensors.keys().cloned().collect();
+        names.sort_unstable();
         let view = modules::build(&names, &ckpt, ckpt.quant.as_ref())?;
         ckpt.module_index = view
             .modules
@@ -193,9 +198,64 @@ impl Checkpoint {
                 jobs.push((&k.tensor, &k.attention, kv_algo.clone()));
             }
         }
+        // Scalars sit close together in the files (safetensors writes tensors grouped by dtype),
+        // so they are read in runs, a few preads per shard instead of one (and an fstat) each.
+        let mut located = Vec::with_capacity(jobs.len());
+        for (j, (t, _, _)) in jobs.iter().enumerate() {
+            let loc = *self
+                .tensors
+                .get(*t)
+                .ok_or_else(|| Error::argument(format!("no tensor named '{t}' in the checkpoint")))?;
+            let info = &self.shards[loc.shard].tensors()[loc.idx];
+            located.push((loc.shard, info.begin, info.end, j, info.dtype));
+        }
+        located.sort_unstable();
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        let mut start = 0;
+        for i in 1..=located.len() {
+            let cut = i == located.len() || {
+                let (s0, b0, ..) = located[start];
+                let (s, b, e, ..) = located[i];
+                let prev_end = located[i - 1].2;
+                s != s0 || b > prev_end.saturating_add(SCALE_RUN_GAP) || e - b0 > SCALE_RUN_MAX
+            };
+            if cut {
+                if i > start {
+                    runs.push((start, i));
+                }
+                start = i;
+            }
+        }
         pool::install(|| {
-            jobs.par_iter()
-                .try_for_each(|(t, module, algo)| self.check_scale_tensor(t, module, algo, Rule::Positive))
+            runs.par_iter().try_for_each(|&(a, b)| {
+                let run = &located[a..b];
+                let shard = &self.shards[run[0].0];
+                let begin = run[0].1;
+                let end = run.iter().map(|r| r.2).max().unwrap_or(begin);
+                let one = |j: usize| {
+                    let (t, module, algo) = &jobs[j];
+                    self.check_scale_tensor(t, module, algo, Rule::Positive)
+                };
+                if end - begin > SCALE_RUN_MAX {
+                    // A lone large "scalar" (refused by the format check; bounded anyway).
+                    return run.iter().try_for_each(|r| one(r.3));
+                }
+                let mut buf = vec![0u8; (end - begin) as usize];
+                if shard.read_data(begin, &mut buf).is_err() {
+                    // Short (truncated file) or failed: tensor by tensor, for the exact error.
+                    return run.iter().try_for_each(|r| one(r.3));
+                }
+                run.iter().try_for_each(|&(_, tb, te, j, dtype)| {
+                    let bytes = &buf[(tb - begin) as usize..(te - begin) as usize];
+                    match scales::first_bad(bytes, dtype, Rule::Positive) {
+                        None => Ok(()),
+                        Some((i, v)) => {
+                            let (t, module, algo) = &jobs[j];
+                            Err(self.bad_scale(t, module, algo, Rule::Positive, i, v))
+                        }
+                    }
+                })
+            })
         })
     }
 
@@ -312,7 +372,9 @@ impl TensorLookup for Checkpoint {
     }
 }
 
-type Index = (PathBuf, BTreeMap<String, String>);
+/// The index's `weight_map`: (tensor, shard file name), sorted by tensor name, names unique.
+type WeightMap = Vec<(String, String)>;
+type Index = (PathBuf, WeightMap);
 
 fn discover(path: &Path) -> Result<(PathBuf, Vec<PathBuf>, Option<Index>)> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "open", e))?;
@@ -327,10 +389,10 @@ fn discover(path: &Path) -> Result<(PathBuf, Vec<PathBuf>, Option<Index>)> {
     let index_path = root.join(INDEX_FILE);
     if index_path.is_file() {
         let weight_map = read_index(&index_path)?;
-        let mut seen = HashSet::new();
+        let mut seen: HashSet<&str> = HashSet::new();
         let mut files = Vec::new();
         for (tensor, file) in &weight_map {
-            if !seen.insert(file.clone()) {
+            if !seen.insert(file.as_str()) {
                 continue;
             }
             let p = root.join(file);
@@ -371,24 +433,69 @@ struct IndexDoc {
     weight_map: Option<Entries>,
 }
 
-fn read_index(path: &Path) -> Result<BTreeMap<String, String>> {
+/// The same document read with the names borrowed from the text (no generic JSON tree); any
+/// entry that is not a plain string pair falls back to [`IndexDoc`], whose checks name it.
+#[derive(serde::Deserialize)]
+struct FastIndexDoc<'a> {
+    #[serde(borrow)]
+    weight_map: Option<StrPairs<'a>>,
+}
+
+struct StrPairs<'a>(Vec<(&'a str, &'a str)>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for StrPairs<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = StrPairs<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<StrPairs<'a>, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(kv) = map.next_entry::<&'de str, &'de str>()? {
+                    out.push(kv);
+                }
+                Ok(StrPairs(out))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+fn read_index(path: &Path) -> Result<WeightMap> {
     let bytes = read_side_file(path)?;
-    let doc: IndexDoc =
-        serde_json::from_slice(&bytes).map_err(|e| Error::config(path, format!("invalid JSON: {e}")))?;
-    let map = doc
-        .weight_map
-        .ok_or_else(|| Error::config(path, "no 'weight_map' object"))?;
-    if map.0.is_empty() {
+    let fast = serde_json::from_slice::<FastIndexDoc>(&bytes).ok().and_then(|d| d.weight_map);
+    let pairs: Vec<(&str, &str)>;
+    let slow: Entries;
+    let list: Vec<(&str, &str)> = match fast {
+        Some(StrPairs(p)) => {
+            pairs = p;
+            pairs
+        }
+        None => {
+            let doc: IndexDoc = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::config(path, format!("invalid JSON: {e}")))?;
+            slow = doc
+                .weight_map
+                .ok_or_else(|| Error::config(path, "no 'weight_map' object"))?;
+            let mut out = Vec::with_capacity(slow.0.len());
+            for (tensor, file) in &slow.0 {
+                let f = file
+                    .as_str()
+                    .ok_or_else(|| Error::config(path, format!("weight_map['{tensor}'] is not a string")))?;
+                out.push((tensor.as_str(), f));
+            }
+            out
+        }
+    };
+    if list.is_empty() {
         return Err(Error::config(
             path,
             "'weight_map' is empty: the index lists no tensors (a broken export? remove the index to load the shards beside it)",
         ));
     }
-    let mut out = BTreeMap::new();
-    for (tensor, file) in &map.0 {
-        let f = file
-            .as_str()
-            .ok_or_else(|| Error::config(path, format!("weight_map['{tensor}'] is not a string")))?;
+    for &(tensor, f) in &list {
         // A shard name is a plain file name next to the index: anything that could walk out
         // of the checkpoint directory is refused.
         let p = Path::new(f);
@@ -399,23 +506,30 @@ fn read_index(path: &Path) -> Result<BTreeMap<String, String>> {
                 format!("weight_map['{tensor}'] = '{f}' is not a file name inside the checkpoint directory"),
             ));
         }
-        if let Some(prev) = out.insert(tensor.clone(), f.to_string()) {
-            return Err(Error::config(
-                path,
-                format!("weight_map lists '{tensor}' twice ('{prev}' and '{f}')"),
-            ));
-        }
     }
-    Ok(out)
+    // Stable sort: a name listed twice keeps its entries in document order.
+    let mut sorted = list;
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    if let Some(w) = sorted.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(Error::config(
+            path,
+            format!("weight_map lists '{}' twice ('{}' and '{}')", w[0].0, w[0].1, w[1].1),
+        ));
+    }
+    Ok(sorted.into_iter().map(|(t, f)| (t.to_string(), f.to_string())).collect())
 }
 
 fn check_index(
     index_path: &Path,
-    weight_map: &BTreeMap<String, String>,
+    weight_map: &WeightMap,
     shards: &[Shard],
-    tensors: &BTreeMap<String, TensorLoc>,
+    tensors: &HashMap<String, TensorLoc>,
     notes: &mut Vec<String>,
 ) -> Result<()> {
+    let shard_names: Vec<Option<&str>> = shards
+        .iter()
+        .map(|s| s.path.file_name().and_then(|n| n.to_str()))
+        .collect();
     for (tensor, file) in weight_map {
         match tensors.get(tensor) {
             None => {
@@ -425,17 +539,17 @@ fn check_index(
                 ))
             }
             Some(loc) => {
-                let actual = &shards[loc.shard].path;
-                if actual.file_name().and_then(|s| s.to_str()) != Some(file.as_str()) {
+                if shard_names[loc.shard] != Some(file.as_str()) {
                     return Err(Error::shard(
-                        actual,
+                        &shards[loc.shard].path,
                         format!("tensor '{tensor}' is here but {INDEX_FILE} places it in '{file}'"),
                     ));
                 }
             }
         }
     }
-    let unlisted = tensors.keys().filter(|t| !weight_map.contains_key(*t)).count();
+    // Every listed name (unique) was found above, so the others are the unlisted ones.
+    let unlisted = tensors.len() - weight_map.len();
     if unlisted > 0 {
         notes.push(format!("{unlisted} tensors in the shards are not listed in {INDEX_FILE}"));
     }

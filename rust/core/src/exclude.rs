@@ -8,23 +8,51 @@
 //! `model.layers.1.mlp.down_proj` but not `model.layers.11...`). Wildcards are full fnmatch
 //! (`*`, `?`, `[seq]`, `[!seq]`; `*` crosses dots, as in Python).
 
+use std::collections::HashMap;
+
 #[derive(Debug, Clone, Default)]
 pub struct ExcludeList {
     patterns: Vec<String>,
+    /// Plain (non-glob) patterns by their last dotted component: a name can only match one
+    /// whose last component is one of its own (long per-layer lists stay cheap per module).
+    plain_by_last: HashMap<String, Vec<usize>>,
+    /// The glob patterns.
+    globs: Vec<usize>,
 }
 
 impl ExcludeList {
     pub fn new(patterns: Vec<String>) -> Self {
-        ExcludeList { patterns }
+        let mut plain_by_last: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut globs = Vec::new();
+        for (i, p) in patterns.iter().enumerate() {
+            if is_glob(p) {
+                globs.push(i);
+            } else {
+                let last = p.rsplit('.').next().unwrap_or(p);
+                plain_by_last.entry(last.to_string()).or_default().push(i);
+            }
+        }
+        ExcludeList { patterns, plain_by_last, globs }
     }
 
     pub fn patterns(&self) -> &[String] {
         &self.patterns
     }
 
-    /// Is module `name` excluded from quantization?
+    /// Is module `name` excluded from quantization? (Same answer as `pattern_matches` with
+    /// every pattern.)
     pub fn matches(&self, name: &str) -> bool {
-        self.patterns.iter().any(|p| pattern_matches(p, name))
+        if self.globs.iter().any(|&i| pattern_matches(&self.patterns[i], name)) {
+            return true;
+        }
+        if self.plain_by_last.is_empty() {
+            return false;
+        }
+        name.split('.').any(|c| {
+            self.plain_by_last
+                .get(c)
+                .is_some_and(|ps| ps.iter().any(|&i| pattern_matches(&self.patterns[i], name)))
+        })
     }
 }
 
@@ -37,33 +65,48 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
         return true;
     }
     if is_glob(pattern) {
-        return fnmatch(pattern.as_bytes(), name.as_bytes());
+        return literal_ends_agree(pattern.as_bytes(), name.as_bytes())
+            && fnmatch(pattern.as_bytes(), name.as_bytes());
     }
     component_run(pattern, name)
 }
 
-/// True if `pattern` equals a run of whole dot-separated components of `name`.
+/// A cheap necessary condition for `fnmatch(p, s)`: the literal text before the pattern's first
+/// special character (`*`, `?`, `[`, `]`) starts `s`, and the literal text after its last one
+/// ends it (both are anchored: `fnmatchcase` matches the whole name). Rejects most names of a
+/// long exclude list without running the matcher.
+fn literal_ends_agree(p: &[u8], s: &[u8]) -> bool {
+    let special = |c: &u8| matches!(c, b'*' | b'?' | b'[' | b']');
+    let first = p.iter().position(special).unwrap_or(p.len());
+    let last = p.iter().rposition(special).map_or(p.len(), |i| i + 1);
+    let (head, tail) = (&p[..first], &p[last.max(first)..]);
+    s.len() >= head.len() + tail.len() && s.starts_with(head) && s.ends_with(tail)
+}
+
+/// True if `pattern` equals a run of whole dot-separated components of `name`: it starts at a
+/// component start (the name's start or just after a `.`) and ends at a component end.
 fn component_run(pattern: &str, name: &str) -> bool {
-    if pattern.is_empty() {
+    let (p, s) = (pattern.as_bytes(), name.as_bytes());
+    if p.is_empty() || p.len() > s.len() {
         return false;
     }
-    let mut start = 0;
-    while let Some(pos) = name[start..].find(pattern) {
-        let b = start + pos;
-        let e = b + pattern.len();
-        let left_ok = b == 0 || name.as_bytes()[b - 1] == b'.';
-        let right_ok = e == name.len() || name.as_bytes()[e] == b'.';
-        if left_ok && right_ok {
+    // Byte comparisons only: '.' is ASCII, so a component start is never inside a multi-byte
+    // UTF-8 character of a (hostile) non-ASCII name.
+    let mut b = 0;
+    loop {
+        let e = b + p.len();
+        if e > s.len() {
+            return false;
+        }
+        // First and last bytes first: most candidates fail there, without a memcmp call.
+        if s[b] == p[0] && s[e - 1] == p[p.len() - 1] && (e == s.len() || s[e] == b'.') && &s[b..e] == p {
             return true;
         }
-        // Step past the whole first character of this match: `b + 1` can land inside a
-        // multi-byte UTF-8 character of a (hostile) non-ASCII name, and slicing there panics.
-        start = b + pattern.chars().next().map_or(1, char::len_utf8);
-        if start >= name.len() {
-            break;
+        match s[b..].iter().position(|&c| c == b'.') {
+            Some(i) => b += i + 1,
+            None => return false,
         }
     }
-    false
 }
 
 /// Python `fnmatch.fnmatchcase` semantics, iterative with backtracking on the last `*`.
@@ -179,6 +222,19 @@ mod tests {
     }
 
     #[test]
+    fn list_agrees_with_each_pattern() {
+        let pats = ["lm_head", "model.layers.1", "mlp.gate", "model.layers.*.mlp.gate", "x", "a.b", "", "é"];
+        let ex = ExcludeList::new(pats.iter().map(|s| s.to_string()).collect());
+        let names = [
+            "lm_head", "model.lm_head", "model.layers.1.mlp.up", "model.layers.11.mlp.up", "model.layers.3.mlp.gate",
+            "model.layers.3.mlp.gate_proj", "x.y", "y.x", "xa.b", "a.b.c", "c.a.b", "", "é", "a.é", "ab",
+        ];
+        for n in names {
+            assert_eq!(ex.matches(n), pats.iter().any(|p| pattern_matches(p, n)), "{n}");
+        }
+    }
+
+    #[test]
     fn fnmatch_semantics() {
         assert!(fnmatch(b"a*c", b"abbbc"));
         assert!(fnmatch(b"a?c", b"abc"));
@@ -187,5 +243,25 @@ mod tests {
         assert!(fnmatch(b"*", b""));
         assert!(!fnmatch(b"a*d", b"abc"));
         assert!(fnmatch(b"a[", b"a["));
+    }
+
+    #[test]
+    fn literal_ends_never_reject_a_match() {
+        let pats = ["*mlp.gate", "model.layers.*.mlp.gate", "a[bc]d*e", "a[", "x]y*", "[!a]*", "*", "a?c", "a[!0-9]c*z"];
+        let names = ["model.layers.0.mlp.gate", "x.mlp.gate", "abde", "abdxxe", "a[", "x]yz", "ba", "", "abc", "aXcqz", "a5cz"];
+        for p in pats {
+            for n in names {
+                assert_eq!(
+                    pattern_matches(p, n),
+                    p == n || fnmatch(p.as_bytes(), n.as_bytes()),
+                    "{p} vs {n}"
+                );
+            }
+        }
+        assert!(!pattern_matches("model.layers.1.*", "model.layers.11.mlp"));
+        assert!(pattern_matches("layers.1.mlp", "model.layers.1.mlp.x"));
+        assert!(!pattern_matches("layers.1.mlp", "model.layers.1.mlpx"));
+        assert!(!pattern_matches("ers.1", "model.layers.1"));
+        assert!(pattern_matches("é.b", "a.é.b"));
     }
 }

@@ -104,22 +104,12 @@ pub fn parse_header(file: &Path, json: &[u8], file_len: u64) -> Result<Header> {
     if !text.trim_start().starts_with('{') {
         return Err(Error::header(file, "header is not a JSON object"));
     }
-    let entries: Entries = serde_json::from_str(text)
-        .map_err(|e| Error::header(file, format!("header is not valid JSON: {e}")))?;
-
-    let mut seen = HashSet::with_capacity(entries.0.len());
-    let mut metadata = BTreeMap::new();
-    let mut tensors = Vec::with_capacity(entries.0.len());
-    for (name, value) in entries.0 {
-        if !seen.insert(name.clone()) {
-            return Err(Error::tensor_err(file, &name, "appears twice in the header"));
-        }
-        if name == "__metadata__" {
-            metadata = parse_metadata(file, value)?;
-            continue;
-        }
-        tensors.push(parse_entry(file, &name, value, data_len)?);
-    }
+    let (mut tensors, metadata) = match serde_json::from_str::<FastEntries>(text) {
+        Ok(entries) => entries_fast(file, entries, data_len)?,
+        // Anything the typed reading refuses (a wrong type, an escaped name, a missing field, a
+        // malformed document) is read again as generic JSON, whose checks name the problem.
+        Err(_) => entries_slow(file, text, data_len)?,
+    };
 
     tensors.sort_by_key(|t| (t.begin, t.end));
     // The tensors must tile the data region exactly, front to back, as the reference
@@ -173,6 +163,91 @@ pub fn parse_header(file: &Path, json: &[u8], file_len: u64) -> Result<Header> {
     })
 }
 
+type Parsed = (Vec<TensorInfo>, BTreeMap<String, String>);
+
+/// The header read through typed entries (no generic JSON tree: a few allocations per tensor);
+/// every check of [`entries_slow`] is applied, in the same order.
+fn entries_fast(file: &Path, entries: FastEntries<'_>, data_len: u64) -> Result<Parsed> {
+    let mut seen = HashSet::with_capacity(entries.0.len());
+    let mut metadata = BTreeMap::new();
+    let mut tensors = Vec::with_capacity(entries.0.len());
+    for (name, value) in entries.0 {
+        if !seen.insert(name) {
+            return Err(Error::tensor_err(file, name, "appears twice in the header"));
+        }
+        match value {
+            FastValue::Meta(v) => metadata = parse_metadata(file, v)?,
+            FastValue::Tensor(e) => {
+                tensors.push(check_entry(file, name, e.dtype, e.shape, e.data_offsets, data_len)?)
+            }
+        }
+    }
+    Ok((tensors, metadata))
+}
+
+/// The header read as generic JSON, every field checked by hand (exact error messages).
+fn entries_slow(file: &Path, text: &str, data_len: u64) -> Result<Parsed> {
+    let entries: Entries = serde_json::from_str(text)
+        .map_err(|e| Error::header(file, format!("header is not valid JSON: {e}")))?;
+    let mut seen = HashSet::with_capacity(entries.0.len());
+    let mut metadata = BTreeMap::new();
+    let mut tensors = Vec::with_capacity(entries.0.len());
+    for (name, value) in entries.0 {
+        if !seen.insert(name.clone()) {
+            return Err(Error::tensor_err(file, &name, "appears twice in the header"));
+        }
+        if name == "__metadata__" {
+            metadata = parse_metadata(file, value)?;
+            continue;
+        }
+        tensors.push(parse_entry(file, &name, value, data_len)?);
+    }
+    Ok((tensors, metadata))
+}
+
+/// A tensor entry as the typed reading sees it; unknown fields are ignored (as by
+/// [`parse_entry`]).
+#[derive(serde::Deserialize)]
+struct FastEntry<'a> {
+    dtype: &'a str,
+    shape: Vec<u64>,
+    data_offsets: (u64, u64),
+}
+
+enum FastValue<'a> {
+    Meta(Value),
+    Tensor(FastEntry<'a>),
+}
+
+/// The header's top-level object as an ordered list (duplicates are checked afterwards), names
+/// borrowed from the text.
+struct FastEntries<'a>(Vec<(&'a str, FastValue<'a>)>);
+
+impl<'de> Deserialize<'de> for FastEntries<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FastEntries<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object of tensor entries")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<FastEntries<'de>, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(k) = map.next_key::<&'de str>()? {
+                    let v = if k == "__metadata__" {
+                        FastValue::Meta(map.next_value()?)
+                    } else {
+                        FastValue::Tensor(map.next_value()?)
+                    };
+                    out.push((k, v));
+                }
+                Ok(FastEntries(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 fn parse_metadata(file: &Path, value: Value) -> Result<BTreeMap<String, String>> {
     let Value::Object(map) = value else {
         return Err(Error::header(file, "__metadata__ is not an object"));
@@ -206,7 +281,8 @@ fn parse_entry(file: &Path, name: &str, value: Value, data_len: u64) -> Result<T
         .get("dtype")
         .and_then(Value::as_str)
         .ok_or_else(|| bad("missing or non-string 'dtype'".into()))?;
-    let dtype = DType::parse(dtype_str).ok_or_else(|| bad(format!("unknown dtype '{dtype_str}'")))?;
+    // (the dtype is checked first by check_entry, as it was read first here)
+    DType::parse(dtype_str).ok_or_else(|| bad(format!("unknown dtype '{dtype_str}'")))?;
 
     let shape_v = obj
         .get("shape")
@@ -236,6 +312,21 @@ fn parse_entry(file: &Path, name: &str, value: Value, data_len: u64) -> Result<T
     let end = offs[1]
         .as_u64()
         .ok_or_else(|| bad("data_offsets[1] is not a non-negative integer".into()))?;
+    check_entry(file, name, dtype_str, shape, (begin, end), data_len)
+}
+
+/// The checks of one tensor entry once its fields are read: dtype, rank, offsets against the
+/// data region, sizes (overflow, representability, span = shape x dtype).
+fn check_entry(file: &Path, name: &str, dtype_str: &str, shape: Vec<u64>, offsets: (u64, u64), data_len: u64) -> Result<TensorInfo> {
+    let bad = |msg: String| Error::tensor_err(file, name, msg);
+    if name.is_empty() {
+        return Err(bad("empty tensor name".into()));
+    }
+    let dtype = DType::parse(dtype_str).ok_or_else(|| bad(format!("unknown dtype '{dtype_str}'")))?;
+    if shape.len() > MAX_RANK {
+        return Err(bad(format!("rank {} exceeds {MAX_RANK}", shape.len())));
+    }
+    let (begin, end) = offsets;
     if end < begin {
         return Err(bad(format!("data_offsets [{begin}, {end}) end before they begin")));
     }
@@ -328,6 +419,26 @@ mod tests {
         assert!(parse_header(p(), span, 8 + span.len() as u64 + 8).is_err());
         let past = br#"{"a":{"dtype":"U8","shape":[9],"data_offsets":[0,9]}}"#;
         assert!(parse_header(p(), past, 8 + past.len() as u64 + 8).is_err());
+    }
+
+    #[test]
+    fn typed_and_generic_readings_agree() {
+        // Escaped names and unknown fields: the typed reading either agrees or hands over.
+        let json = br#"{"b\u0041":{"dtype":"U8","shape":[2],"data_offsets":[0,2],"x":1},"a":{"dtype":"F32","shape":[],"data_offsets":[2,6]},"__metadata__":{"k":"v"}}"#;
+        let text = std::str::from_utf8(json).unwrap();
+        let h = parse_header(p(), json, 8 + json.len() as u64 + 6).unwrap();
+        let names: Vec<&str> = h.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["bA", "a"]);
+        let plain = br#"{"a":{"dtype":"F32","shape":[],"data_offsets":[2,6]},"c":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"__metadata__":{"k":"v"}}"#;
+        let t = std::str::from_utf8(plain).unwrap();
+        let fast = entries_fast(p(), serde_json::from_str::<FastEntries>(t).unwrap(), 6).unwrap();
+        assert_eq!(fast, entries_slow(p(), t, 6).unwrap());
+        assert_eq!(fast.1["k"], "v");
+        // A wrong type is named by the generic reading.
+        let bad = br#"{"a":{"dtype":"F32","shape":[1.5],"data_offsets":[0,4]}}"#;
+        let e = parse_header(p(), bad, 8 + bad.len() as u64 + 4).unwrap_err();
+        assert!(e.to_string().contains("not a non-negative integer"), "{e}");
+        assert!(serde_json::from_str::<FastEntries>(text).is_err()); // escaped name: handed over
     }
 
     #[test]

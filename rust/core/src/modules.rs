@@ -126,38 +126,76 @@ pub fn configured_format(cfg: &QuantConfig, module: &str) -> Option<(&'static Fo
     }
 }
 
+/// Tensors grouped by module. Names come sorted, so a module's tensors are (nearly always)
+/// adjacent: the last group is checked first, a hash index catches the rest, and the groups
+/// come out in name order from an adaptive sort of an already sorted list (no ordered-map
+/// insert per tensor, which compares long common prefixes ~17 times).
+#[derive(Default)]
+struct Groups<'a> {
+    list: Vec<(&'a str, BTreeMap<Role, &'a str>)>,
+    index: std::collections::HashMap<&'a str, usize>,
+}
+
+impl<'a> Groups<'a> {
+    fn entry(&mut self, module: &'a str) -> &mut BTreeMap<Role, &'a str> {
+        let i = match self.list.last() {
+            Some((m, _)) if *m == module => self.list.len() - 1,
+            _ => *self.index.entry(module).or_insert_with(|| {
+                self.list.push((module, BTreeMap::new()));
+                self.list.len() - 1
+            }),
+        };
+        &mut self.list[i].1
+    }
+
+    fn into_sorted(mut self) -> Vec<(&'a str, BTreeMap<Role, &'a str>)> {
+        self.list.sort_by(|a, b| a.0.cmp(b.0));
+        self.list
+    }
+}
+
 /// Builds the module view of all tensors `names` (sorted).
 pub fn build(names: &[String], lookup: &dyn TensorLookup, cfg: Option<&QuantConfig>) -> Result<ModuleView> {
-    let mut groups: BTreeMap<&str, BTreeMap<Role, &str>> = BTreeMap::new();
+    let mut groups = Groups::default();
     let mut plain: Vec<String> = Vec::new();
     let mut kv = Vec::new();
     let mut notes = Vec::new();
 
     // BMM expert parameters first: `P` with a `P_weight_scale` (etc.) sibling is a module.
-    let all: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+    // (Only when some name ends like a BMM scale sibling: most checkpoints have none, and the
+    // name set costs a hash per tensor.)
+    let any_bmm = names
+        .iter()
+        .any(|n| BMM_SUFFIXES.iter().any(|(suffix, role)| *role != Role::Bias && n.ends_with(suffix)));
+    let all: std::collections::HashSet<&str> =
+        if any_bmm { names.iter().map(String::as_str).collect() } else { Default::default() };
     let mut bmm: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
-    for name in names {
-        if let Some((param, role)) = bmm_sibling(name, &all) {
-            if role != Role::Bias {
-                bmm.insert(param);
+    if any_bmm {
+        for name in names {
+            if let Some((param, role)) = bmm_sibling(name, &all) {
+                if role != Role::Bias {
+                    bmm.insert(param);
+                }
             }
         }
     }
     for name in names {
-        if bmm.contains(name.as_str()) {
-            groups.entry(name.as_str()).or_default().insert(Role::Weight, name.as_str());
-            continue;
-        }
-        if let Some((param, role)) = bmm_sibling(name, &all).filter(|(p, _)| bmm.contains(p)) {
-            groups.entry(param).or_default().insert(role, name.as_str());
-            continue;
+        if !bmm.is_empty() {
+            if bmm.contains(name.as_str()) {
+                groups.entry(name.as_str()).insert(Role::Weight, name.as_str());
+                continue;
+            }
+            if let Some((param, role)) = bmm_sibling(name, &all).filter(|(p, _)| bmm.contains(p)) {
+                groups.entry(param).insert(role, name.as_str());
+                continue;
+            }
         }
         let Some((module, suffix)) = name.rsplit_once('.') else {
             plain.push(name.clone());
             continue;
         };
         if let Some(role) = Role::from_suffix(suffix) {
-            groups.entry(module).or_default().insert(role, name.as_str());
+            groups.entry(module).insert(role, name.as_str());
         } else if KV_SUFFIXES.contains(&suffix) {
             let attention = module.rsplit_once('.').map(|(a, _)| a).unwrap_or(module);
             kv.push(KvTensor {
@@ -171,7 +209,7 @@ pub fn build(names: &[String], lookup: &dyn TensorLookup, cfg: Option<&QuantConf
     }
 
     let mut modules = Vec::new();
-    for (module, roles) in groups {
+    for (module, roles) in groups.into_sorted() {
         let Some(wname) = roles.get(&Role::Weight) else {
             if roles.len() > 1 || !roles.contains_key(&Role::Bias) {
                 notes.push(format!("'{module}' has {:?} but no weight; kept as plain tensors", roles.keys().collect::<Vec<_>>()));
@@ -246,11 +284,13 @@ fn validate(
     };
 
     let mut tensors = BTreeMap::new();
+    let mut infos: BTreeMap<Role, &TensorInfo> = BTreeMap::new();
     let mut extras = Vec::new();
     for (&role, &t) in roles {
         match spec.rule(role) {
             Some(rule) => {
                 let ti = info(t)?;
+                infos.insert(role, ti);
                 if !rule.dtypes.contains(&ti.dtype) {
                     return Err(err(
                         t,
@@ -277,7 +317,9 @@ fn validate(
     }
 
     let wname = tensors[&Role::Weight].clone();
-    let w = info(&wname)?;
+    let w = *infos
+        .get(&Role::Weight)
+        .ok_or_else(|| Error::argument(format!("tensor '{wname}' vanished from the index")))?;
     if w.shape.len() < 2 {
         return Err(err(&wname, format!("weight has shape {:?}; a Linear weight needs 2 dims", w.shape)));
     }
@@ -320,7 +362,7 @@ fn validate(
 
     for (&role, t) in &tensors {
         let rule = spec.rule(role).ok_or_else(|| Error::argument("rule vanished"))?;
-        let ti = info(t)?;
+        let ti = *infos.get(&role).ok_or_else(|| Error::argument("tensor vanished"))?;
         if let Err(msg) = check_shape(rule.shape, &ti.shape, lead, n, k, group, bmm) {
             return Err(err(t, msg));
         }

@@ -9,7 +9,6 @@
 //! On the 2-core CI box a `pread` out of the page cache costs what the first touch of a fresh
 //! mapping costs (benches/README.md has the figures).
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::ErrorKind as IoKind;
 use std::os::unix::fs::FileExt;
@@ -24,7 +23,6 @@ pub struct Shard {
     pub path: PathBuf,
     pub header: Header,
     file: File,
-    index: HashMap<String, usize>,
 }
 
 impl Shard {
@@ -46,23 +44,17 @@ impl Shard {
         file.read_exact_at(&mut json, 8)
             .map_err(|e| Error::io(path, "read header", e))?;
         let header = parse_header(path, &json, file_len)?;
-
-        let index = header
-            .tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.clone(), i))
-            .collect();
         Ok(Shard {
             path: path.to_path_buf(),
             header,
             file,
-            index,
         })
     }
 
+    /// The entry of tensor `name` (a linear scan: checkpoints look names up in their own
+    /// index, `Checkpoint::locate`; this is for one-off use).
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
-        self.index.get(name).map(|&i| &self.header.tensors[i])
+        self.header.tensors.iter().find(|t| t.name == name)
     }
 
     pub fn tensors(&self) -> &[TensorInfo] {
@@ -126,6 +118,17 @@ impl Shard {
             }
             Err(e) => Err(Error::io(&self.path, "read", e)),
         }
+    }
+
+    /// Reads bytes `[begin, begin + dst.len())` of the data region (any tensors') into `dst`;
+    /// a short read (a file truncated since it was opened) is an error.
+    pub fn read_data(&self, begin: u64, dst: &mut [u8]) -> std::io::Result<()> {
+        let pos = self
+            .header
+            .data_start
+            .checked_add(begin)
+            .ok_or_else(|| std::io::Error::new(IoKind::InvalidInput, "offset overflows"))?;
+        self.file.read_exact_at(dst, pos)
     }
 
     /// The bytes of `t`, read into a new buffer (its size was checked against the file at open).

@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::intern;
+use pyo3::types::{PyDict, PyList, PyString};
 
 use motensor_core::dequant::{dequantize_into, OutDType};
 use motensor_core::formats::{Activation, Element, GlobalScale, Packing, Presence, ScaleEncoding, ScaleLayout, ShapeRule, WeightLayout, FORMATS, KNOWN_UNSUPPORTED};
@@ -425,20 +426,44 @@ impl LoadPlan {
     ///
     /// :rtype: list[dict[str, Any]]
     fn items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let out = PyList::empty(py);
+        // Keys and the few distinct values are Python strings made once (interned), not per
+        // item: at 180k tensors that is most of the cost.
+        let keys = [
+            intern!(py, "tensor"),
+            intern!(py, "module"),
+            intern!(py, "role"),
+            intern!(py, "transform"),
+            intern!(py, "dtype"),
+            intern!(py, "shape"),
+            intern!(py, "nbytes"),
+            intern!(py, "offset"),
+        ];
+        let mut words: std::collections::HashMap<&'static str, Bound<'py, PyString>> = std::collections::HashMap::new();
+        let mut word = |w: &'static str| words.entry(w).or_insert_with(|| PyString::intern(py, w)).clone();
+        let mut modules: Option<(&str, Bound<'py, PyString>)> = None;
+        let mut items = Vec::with_capacity(self.items.len());
         for it in self.items.iter() {
             let d = PyDict::new(py);
-            d.set_item("tensor", &it.tensor)?;
-            d.set_item("module", it.module.clone())?;
-            d.set_item("role", it.role.map(|r| r.suffix()))?;
-            d.set_item("transform", transform_name(&it.transform))?;
-            d.set_item("dtype", it.out_dtype.name())?;
-            d.set_item("shape", it.out_shape.clone())?;
-            d.set_item("nbytes", it.out_bytes)?;
-            d.set_item("offset", it.offset)?;
-            out.append(d)?;
+            d.set_item(keys[0], &it.tensor)?;
+            // Items of one module are mostly adjacent: reuse its name object.
+            let module = it.module.as_deref().map(|m| match &modules {
+                Some((prev, obj)) if *prev == m => obj.clone(),
+                _ => {
+                    let obj = PyString::new(py, m);
+                    modules = Some((m, obj.clone()));
+                    obj
+                }
+            });
+            d.set_item(keys[1], module)?;
+            d.set_item(keys[2], it.role.map(|r| word(r.suffix())))?;
+            d.set_item(keys[3], word(transform_name(&it.transform)))?;
+            d.set_item(keys[4], word(it.out_dtype.name()))?;
+            d.set_item(keys[5], PyList::new(py, &it.out_shape)?)?;
+            d.set_item(keys[6], it.out_bytes)?;
+            d.set_item(keys[7], it.offset)?;
+            items.push(d);
         }
-        Ok(out)
+        PyList::new(py, items)
     }
 
     /// Cuts the arena into batches of at most `chunk_bytes`.
