@@ -43,12 +43,15 @@ def test_smoke_writes_interleaved_on_off_figures(bench, tmp_path):
     for case in cases:
         rows = {(r["impl"], r["metric"]): r for r in doc["rows"] if r["case"] == case}
         for impl in bench.SETTINGS:
-            runs = [float(x) for x in rows[(impl, "s_min")]["note"].split(": ")[1].split(", ")]
-            assert len(runs) == 2 and rows[(impl, "s_min")]["value"] == pytest.approx(min(runs), abs=1e-5)
-            assert rows[(impl, "s_median")]["value"] >= rows[(impl, "s_min")]["value"] > 0
+            for p in ("", "fill_"):  # the whole load, the Rust fill alone
+                runs = [float(x) for x in rows[(impl, f"{p}s_min")]["note"].split(": ")[1].split(", ")]
+                assert len(runs) == 2 and rows[(impl, f"{p}s_min")]["value"] == pytest.approx(min(runs), rel=1e-5)
+                assert rows[(impl, f"{p}s_median")]["value"] >= rows[(impl, f"{p}s_min")]["value"] > 0
+                assert rows[(impl, f"{p}cpu_s_min")]["value"] >= 0
             assert rows[(impl, "GB/s")]["value"] > 0 and rows[(impl, "open_ms_min")]["value"] > 0
-        on, off = rows[("motensor_validate", "s_min")]["value"], rows[("motensor_no_validate", "s_min")]["value"]
-        assert rows[("validate_over_no_validate", "ratio_min")]["value"] == pytest.approx(on / off, rel=1e-2)
+        for p in ("", "fill_"):
+            on, off = rows[("motensor_validate", f"{p}s_min")]["value"], rows[("motensor_no_validate", f"{p}s_min")]["value"]
+            assert rows[("validate_over_no_validate", f"{p}ratio_min")]["value"] == pytest.approx(on / off, rel=1e-3)
 
 
 def test_interleaving_alternates_the_order(bench):
@@ -57,3 +60,4 @@ def test_interleaving_alternates_the_order(bench):
     times = bench._interleaved(fns, 3)
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then ABBA...
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    assert all(len(t) == 2 and t[0] >= 0 and t[1] >= 0 for v in times.values() for t in v)  # (wall, cpu)
