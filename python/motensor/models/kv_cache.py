@@ -10,10 +10,22 @@ model's attention implementation is wrapped (registered with transformers as
 ``motensor_fp8kv_<base>``) so that K and V are rounded through E4M3 with those scales before the
 base implementation (sdpa, eager...) runs. The cache itself stays in the model dtype: this
 reproduces the checkpoint's numerics, it does not save cache memory.
+
+Given ModelOpt's own q/k/v projections, this path reproduces ModelOpt's attention output bit for
+bit (``tests/test_models.py::test_fp8_kv_cache_reproduces_modelopt_attention``). One export
+difference remains that no loader can undo: ModelOpt releases before 0.43 wrote FP8 KV scales as
+``max(amax / 448, 1.0)`` (``postprocess_state_dict`` in ``modelopt/torch/export/quant_utils.py``,
+``value.clamp_(min=1.0)``, removed by NVIDIA/Model-Optimizer commit bc96f1ce3, first released in
+0.43.0), while their fake-quant model rounds K/V with the calibrated ``amax / 448``. Activations
+small enough to calibrate below 448 (nearly every model) therefore get scale 1.0 in the file and
+the amax is lost. motensor uses the file's scale, as vLLM and TensorRT-LLM do, and says so
+(:func:`clamped_scales`, a logged warning): logits then differ from ModelOpt's fake-quant model
+by about the KV quantization error itself, on top of the weight-export differences.
 """
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any, Callable, Optional
 
@@ -25,6 +37,20 @@ from motensor.errors import FormatError
 log = logging.getLogger("motensor.models")
 
 PREFIX = "motensor_fp8kv_"
+#: The first ModelOpt release that exports calibrated FP8 KV scales as they are (not clamped to 1).
+UNCLAMPED_SINCE = (0, 43)
+
+
+def clamped_scales(scales: dict[str, dict[str, torch.Tensor]], producer_version: Optional[str]) -> list[str]:
+    """The ``<attention>.<k_scale|v_scale>`` whose value is exactly 1.0 in an export of a ModelOpt
+    release before 0.43, which clamped FP8 KV scales to at least 1 (module docstring): for those
+    the file holds 1.0 instead of the ``amax / 448`` ModelOpt's fake-quant model used. Empty for
+    other producers, unknown versions and later releases."""
+    m = re.match(r"\s*(\d+)\.(\d+)", producer_version or "")
+    if m is None or (int(m.group(1)), int(m.group(2))) >= UNCLAMPED_SINCE:
+        return []
+    return [f"{attn}.{role}" for attn, roles in scales.items() for role, t in roles.items()
+            if t.numel() == 1 and t.item() == 1.0]
 
 
 def fp8_fake_quant(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -75,15 +101,26 @@ def register(base: str) -> str:
     return name
 
 
-def install(model: nn.Module, scales: dict[str, dict[str, torch.Tensor]], algo: Optional[str]) -> int:
+def install(model: nn.Module, scales: dict[str, dict[str, torch.Tensor]], algo: Optional[str],
+            producer_version: Optional[str] = None) -> int:
     """Attaches ``{attention module: {"k_scale": t, "v_scale": t}}`` and switches the model's
-    attention implementation to the FP8-KV wrapper. Returns the number of attention modules."""
+    attention implementation to the FP8-KV wrapper. Returns the number of attention modules.
+    ``producer_version``: the ModelOpt release that wrote the checkpoint; a warning names scales
+    that release clamped to 1 (:func:`clamped_scales`)."""
     if not scales:
         return 0
     if (algo or "").upper() != "FP8":
         log.warning("kv_cache_quant_algo %s: its runtime semantics are not settled (FORMATS.md section 6); "
                     "K/V stay in the model dtype and the checkpoint's KV scales are ignored", algo)
         return 0
+    clamped = clamped_scales(scales, producer_version)
+    if clamped:
+        log.warning("%d of %d FP8 KV-cache scales are exactly 1.0 (%s...): ModelOpt %s (before 0.43) exports "
+                    "max(amax / 448, 1), so the calibrated amax is lost. motensor applies the file's scale 1.0, "
+                    "as vLLM and TensorRT-LLM do; ModelOpt's own fake-quant model used amax / 448, so logits "
+                    "differ from it by about the KV quantization error (re-export with ModelOpt >= 0.43 to "
+                    "keep the calibrated scales)", len(clamped), sum(len(r) for r in scales.values()),
+                    clamped[0], producer_version)
     for attn_name, roles in scales.items():
         try:
             attn = model.get_submodule(attn_name)

@@ -238,7 +238,8 @@ def populate(model: "PreTrainedModel", ckpt: "Checkpoint", *, device: Any, dtype
     _fill_plain(model, loaded, rename, report, experts, target)
     _tie(model, report)
     report.kv_cache_scales = kv_cache.install(model, _kv_scales(ckpt, loaded, rename, target),
-                                              q.kv_cache_quant_algo if q else None)
+                                              q.kv_cache_quant_algo if q else None,
+                                              q.producer_version if q else None)
     _init_non_persistent_buffers(model, target)
     _check_complete(model, ckpt.root)
     if shards is not None:

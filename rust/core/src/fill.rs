@@ -223,8 +223,16 @@ fn fill_piece(ck: &Checkpoint, it: &LoadItem, out_begin: u64, out: &mut [u8]) ->
         Transform::Int4ToKPacked { n, k } => int4_piece(&*read, src_len, &it.tensor, n as usize, k as usize, ob, out)?,
         Transform::Transpose { rows, cols, elem } => {
             let shape = (rows as usize, cols as usize, elem as usize);
-            transpose_piece(&*read, src_len, &it.tensor, shape, ob, out, TRANSPOSE_BLOCK_BYTES)?;
-            check_scales(ck, it, info, out)?;
+            // Scales are checked on each source block as it is read into the (small, cache-hot)
+            // scratch buffer, not on `out` afterwards: a piece's output is a whole matrix, up to
+            // a few MiB, which a second pass would read back from memory (that pass cost about
+            // as much as the check itself; benches/validate_scales.py). A piece covers whole
+            // matrices, so the blocks it reads are exactly its elements.
+            let checked = |at: u64, dst: &mut [u8]| -> Result<()> {
+                read(at, dst)?;
+                check_scales(ck, it, info, dst)
+            };
+            transpose_piece(&checked, src_len, &it.tensor, shape, ob, out, TRANSPOSE_BLOCK_BYTES)?;
         }
     }
     Ok(())
@@ -358,7 +366,7 @@ fn check_scales(ck: &Checkpoint, it: &LoadItem, info: &TensorInfo, bytes: &[u8])
                 .map(|m| m.spec.name.to_string())
                 .or_else(|| ck.quant.as_ref().and_then(|q| q.kv_cache_quant_algo.clone()))
                 .unwrap_or_default();
-            // `i` counts elements of this piece; fine for naming the problem.
+            // `i` counts elements of this piece (of the source block, for a transpose); fine for naming the problem.
             Err(ck.bad_scale(&it.tensor, &module, &algo, rule, i, v))
         }
     }

@@ -43,20 +43,43 @@ fn ok(v: f32, rule: Rule) -> bool {
 }
 
 /// Whether any element breaks the rule, decided on the bit patterns in wide chunks.
+///
+/// Each element maps to a signed integer of its own width whose sign bit is set exactly when it
+/// is bad, using only `and`, `or` and wrapping subtraction, and the results are OR-ed together:
+/// that folds into plain SIMD integer ops at the x86-64 baseline (SSE2). The first version
+/// (bool compares cast to `u8`) did not vectorize: 5.4 GB/s on F32 scales, 12 on BF16, 27 on
+/// E4M3 (2-core AMD EPYC, AVX2 box), so checking the F32 group scales of a W4A16_AWQ load cost
+/// 3-5% of its fill (benches/validate_scales.py); this one runs at 25-37 GB/s on F32.
+///
+/// The sign-bit identities (two's complement, `x` the element's bits as a signed integer):
+/// `x & (x - 1)` is negative iff `x` is negative and not `MIN` (negative, and not -0);
+/// `x | (x - 1)` is negative iff `x <= 0` as an integer (zero or any sign bit: not > 0);
+/// `LIMIT - (x & MAG)` is negative iff the magnitude exceeds `LIMIT` (NaN / Inf patterns).
 fn any_bad(bytes: &[u8], dtype: DType, rule: Rule) -> bool {
     let positive = rule == Rule::Positive;
+    // The sign test: "negative and non-zero" for NonNegative, "not > 0" for Positive.
+    macro_rules! sign {
+        ($x:expr) => {{
+            let x = $x;
+            if positive {
+                x | x.wrapping_sub(1)
+            } else {
+                x & x.wrapping_sub(1)
+            }
+        }};
+    }
     match dtype {
-        // E4M3 (fn): NaN is S.1111.111 (no infinities); negative is a set sign bit on a
-        // non-zero magnitude; zero is a zero magnitude.
-        DType::F8_E4M3 => fold_u8(bytes, |b| {
-            let mag = b & 0x7F;
-            (mag == 0x7F) | (b > 0x80) | (positive & (mag == 0))
+        // E4M3 (fn): NaN is S.1111.111 (no infinities).
+        DType::F8_E4M3 => fold_i8(bytes, |b| (0x7E - (b & 0x7F)) | sign!(b)),
+        // E8M0: unsigned powers of two, 0xFF is NaN; never zero or negative. With x = !b,
+        // `(x - 1) & !x` is negative iff x == 0.
+        DType::F8_E8M0 | DType::U8 => fold_i8(bytes, |b| {
+            let x = !b;
+            x.wrapping_sub(1) & !x
         }),
-        // E8M0: unsigned powers of two, 0xFF is NaN; never zero or negative.
-        DType::F8_E8M0 | DType::U8 => fold_u8(bytes, |b| b == 0xFF),
-        DType::BF16 => fold_u16(bytes, |h| float_bad(h as u32, 0x7F80, 0x7FFF, 0x8000, positive)),
-        DType::F16 => fold_u16(bytes, |h| float_bad(h as u32, 0x7C00, 0x7FFF, 0x8000, positive)),
-        DType::F32 => fold_u32(bytes, |w| float_bad(w, 0x7F80_0000, 0x7FFF_FFFF, 0x8000_0000, positive)),
+        DType::BF16 => fold_i16(bytes, |h| (0x7F7F - (h & 0x7FFF)) | sign!(h)),
+        DType::F16 => fold_i16(bytes, |h| (0x7BFF - (h & 0x7FFF)) | sign!(h)),
+        DType::F32 => fold_i32(bytes, |w| (0x7F7F_FFFF - (w & 0x7FFF_FFFF)) | sign!(w)),
         DType::F64 => bytes
             .chunks_exact(8)
             .any(|c| !ok(f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32, rule)),
@@ -64,36 +87,31 @@ fn any_bad(bytes: &[u8], dtype: DType, rule: Rule) -> bool {
     }
 }
 
-/// A wide float's bits are bad if the exponent is all ones (NaN/Inf), or negative and not zero,
-/// or (for `positive`) zero.
-#[inline(always)]
-fn float_bad(bits: u32, exp: u32, mag: u32, sign: u32, positive: bool) -> bool {
-    let m = bits & mag;
-    ((bits & exp) == exp) | ((bits & sign != 0) & (m != 0)) | (positive & (m == 0))
-}
+/// Elements per early-exit check: a broken file stops within a few KiB of the bad element.
+const CHUNK_BYTES: usize = 4096;
 
 #[inline(always)]
-fn fold_u8(bytes: &[u8], bad: impl Fn(u8) -> bool) -> bool {
+fn fold_i8(bytes: &[u8], bad: impl Fn(i8) -> i8) -> bool {
     bytes
-        .chunks(4096)
-        .any(|c| c.iter().fold(0u8, |acc, &b| acc | bad(b) as u8) != 0)
+        .chunks(CHUNK_BYTES)
+        .any(|c| c.iter().fold(0i8, |acc, &b| acc | bad(b as i8)) < 0)
 }
 
 #[inline(always)]
-fn fold_u16(bytes: &[u8], bad: impl Fn(u16) -> bool) -> bool {
-    bytes.chunks(4096).any(|c| {
+fn fold_i16(bytes: &[u8], bad: impl Fn(i16) -> i16) -> bool {
+    bytes.chunks(CHUNK_BYTES).any(|c| {
         c.chunks_exact(2)
-            .fold(0u8, |acc, p| acc | bad(u16::from_le_bytes([p[0], p[1]])) as u8)
-            != 0
+            .fold(0i16, |acc, p| acc | bad(i16::from_le_bytes([p[0], p[1]])))
+            < 0
     })
 }
 
 #[inline(always)]
-fn fold_u32(bytes: &[u8], bad: impl Fn(u32) -> bool) -> bool {
-    bytes.chunks(4096).any(|c| {
+fn fold_i32(bytes: &[u8], bad: impl Fn(i32) -> i32) -> bool {
+    bytes.chunks(CHUNK_BYTES).any(|c| {
         c.chunks_exact(4)
-            .fold(0u8, |acc, p| acc | bad(u32::from_le_bytes([p[0], p[1], p[2], p[3]])) as u8)
-            != 0
+            .fold(0i32, |acc, p| acc | bad(i32::from_le_bytes([p[0], p[1], p[2], p[3]])))
+            < 0
     })
 }
 
@@ -144,6 +162,49 @@ mod tests {
         }
         let b: Vec<u8> = [bf(1.0), bf(0.0)].concat();
         assert_eq!(first_bad(&b, DType::BF16, Rule::NonNegative), None);
+    }
+
+    /// The vectorized sign-bit rules agree with the plain float rule (`ok`) on every 8- and
+    /// 16-bit pattern and on every f32 exponent/sign with edge and sampled mantissas, alone and
+    /// as the one bad element among good ones (the early-exit chunks included).
+    #[test]
+    fn bit_tricks_equal_the_float_rules_on_every_pattern() {
+        let cases16 = |d: DType| (0..=u16::MAX).map(move |h| (d, h.to_le_bytes().to_vec()));
+        let mut cases: Vec<(DType, Vec<u8>)> = Vec::new();
+        for d in [DType::F8_E4M3, DType::F8_E8M0] {
+            cases.extend((0..=u8::MAX).map(|b| (d, vec![b])));
+        }
+        cases.extend(cases16(DType::BF16));
+        cases.extend(cases16(DType::F16));
+        for sign_exp in 0..=0x1FFu32 {
+            for mant in [0u32, 1, 2, 0x40_0000, 0x12_3456, 0x7F_FFFE, 0x7F_FFFF] {
+                cases.push((DType::F32, ((sign_exp << 23) | mant).to_le_bytes().to_vec()));
+            }
+        }
+        for (n, (d, one)) in cases.into_iter().enumerate() {
+            let v = read_f32(&one, d, 0);
+            for rule in [Rule::Positive, Rule::NonNegative] {
+                let want = if d == DType::F8_E8M0 { one[0] == 0xFF } else { !ok(v, rule) };
+                assert_eq!(any_bad(&one, d, rule), want, "{d:?} {one:02x?} ({v}) {rule:?}");
+                // Among 5000 good elements (1.0), at a chunk boundary and past it (a sample of
+                // the 16-bit patterns: debug builds are slow).
+                if one.len() == 2 && n % 67 != 0 {
+                    continue;
+                }
+                let good: Vec<u8> = match d {
+                    DType::F8_E4M3 => vec![0x38],
+                    DType::F8_E8M0 => vec![127],
+                    DType::BF16 => half::bf16::from_f32(1.0).to_le_bytes().to_vec(),
+                    DType::F16 => half::f16::from_f32(1.0).to_le_bytes().to_vec(),
+                    _ => 1.0f32.to_le_bytes().to_vec(),
+                };
+                for at in [0usize, CHUNK_BYTES / one.len() - 1, 4999] {
+                    let mut buf: Vec<u8> = good.repeat(5000);
+                    buf[at * one.len()..(at + 1) * one.len()].copy_from_slice(&one);
+                    assert_eq!(first_bad(&buf, d, rule).map(|x| x.0), want.then_some(at), "{d:?} {one:02x?} at {at}");
+                }
+            }
+        }
     }
 
     #[test]

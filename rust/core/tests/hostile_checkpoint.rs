@@ -856,3 +856,44 @@ proptest! {
         }
     }
 }
+
+/// Inputs that stopped a cargo-fuzz run of `fuzz/fuzz_targets/checkpoint.rs` (same encoding: a
+/// little-endian u16 `L`, `L` bytes of `hf_quant_config.json`, then `model.safetensors`),
+/// checked against the invariants that target asserts: opened with scale validation, the
+/// checkpoint is refused cleanly, or it loads, or its load stops on a poisoned scale with a
+/// `Format` error naming file and module; opened with the `validate_scales=False` opt-out,
+/// whatever validation accepted is accepted too and loads without any error.
+///
+/// `negative-w8a8-pre-quant-scale.bin` (2026-12-05, 300 s run): a W8A8_SQ_PER_CHANNEL module
+/// whose `pre_quant_scale` holds -11. Channel scales are validated as the fill passes over them,
+/// not at open, so the target (written before validation existed) took the right refusal for a
+/// crash; the target now allows it with validation on and requires the opt-out to load it.
+#[test]
+fn fuzz_regressions_hold_the_fuzz_target_invariants() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz_regressions/checkpoint");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        let l = u16::from_le_bytes([data[0], data[1]]) as usize;
+        let (cfg, st) = data[2..].split_at(l.min(data.len() - 2));
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "hf_quant_config.json", cfg);
+        write(dir.path(), "model.safetensors", st);
+        let name = path.display();
+        let validated = Checkpoint::open(dir.path());
+        if let Ok(ck) = &validated {
+            if let Err(e) = exercise(ck, 4096) {
+                assert_eq!(e.kind(), ErrorKind::Format, "{name}: {e}");
+                assert!(e.to_string().contains("a scale must be"), "{name}: {e}");
+                assert!(e.file().is_some() && e.module().is_some(), "{name}: {e}");
+            }
+        }
+        match open(dir.path()) {
+            Ok(ck) => exercise(&ck, 4096).unwrap_or_else(|e| panic!("{name}: the opt-out fails to load: {e}")),
+            Err(e) => assert!(validated.is_err() && e.file().is_some(), "{name}: {e}"),
+        }
+        seen += 1;
+    }
+    assert!(seen >= 1, "no inputs in {}", root.display());
+}
