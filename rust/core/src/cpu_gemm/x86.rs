@@ -84,6 +84,30 @@ unsafe fn lookup16(t_lo: __m256, t_hi: __m256, idx: __m256i) -> __m256 {
     _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32::<28>(idx)))
 }
 
+/// The 16-entry table of one group: `round(v * scale)` for the 16 nibble values `v`.
+#[inline(always)]
+unsafe fn group_table(op: Operand, v_lo: __m256, v_hi: __m256, scale: f32) -> (__m256, __m256) {
+    let s = _mm256_set1_ps(scale);
+    (round8(op, _mm256_mul_ps(v_lo, s)), round8(op, _mm256_mul_ps(v_hi, s)))
+}
+
+/// 8 packed bytes -> their 8 low-nibble and 8 high-nibble values through the group table.
+#[inline(always)]
+unsafe fn lookup_bytes(t: (__m256, __m256), src: &[u8; 8]) -> (__m256, __m256) {
+    let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(src.as_ptr() as *const __m128i));
+    let lo = lookup16(t.0, t.1, _mm256_and_si256(v, _mm256_set1_epi32(15)));
+    let hi = lookup16(t.0, t.1, _mm256_srli_epi32::<4>(v));
+    (lo, hi)
+}
+
+/// Sum of the 8 lanes, in a fixed order.
+#[inline(always)]
+unsafe fn hsum8(v: __m256) -> f32 {
+    let mut l = [0f32; 8];
+    _mm256_storeu_ps(l.as_mut_ptr(), v);
+    ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))
+}
+
 /// AVX2 version of `W4Weight::decode_row_portable` (same values, bit for bit); `group % 16 == 0`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn w4_decode_row(w: &W4Weight, op: Operand, row: usize, scales: &[f32], natural: bool, out: &mut [f32]) {
@@ -94,11 +118,8 @@ pub(super) unsafe fn w4_decode_row(w: &W4Weight, op: Operand, row: usize, scales
     let vals = w.nibble_values();
     let v_lo = _mm256_loadu_ps(vals[..8].as_ptr());
     let v_hi = _mm256_loadu_ps(vals[8..].as_ptr());
-    let mask = _mm256_set1_epi32(15);
     for (gi, &sc) in scales[..k / g].iter().enumerate() {
-        let s = _mm256_set1_ps(sc);
-        let t_lo = round8(op, _mm256_mul_ps(v_lo, s));
-        let t_hi = round8(op, _mm256_mul_ps(v_hi, s));
+        let t = group_table(op, v_lo, v_hi, sc);
         let j0 = gi * g / 2;
         let mut j = j0;
         while j < j0 + g / 2 {
@@ -106,9 +127,7 @@ pub(super) unsafe fn w4_decode_row(w: &W4Weight, op: Operand, row: usize, scales
                 Ok(a) => a,
                 Err(_) => return,
             };
-            let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(src.as_ptr() as *const __m128i));
-            let lo = lookup16(t_lo, t_hi, _mm256_and_si256(v, mask));
-            let hi = lookup16(t_lo, t_hi, _mm256_srli_epi32::<4>(v));
+            let (lo, hi) = lookup_bytes(t, src);
             if natural {
                 let a = _mm256_unpacklo_ps(lo, hi); // l0 h0 l1 h1 | l4 h4 l5 h5
                 let b = _mm256_unpackhi_ps(lo, hi); // l2 h2 l3 h3 | l6 h6 l7 h7
@@ -141,13 +160,10 @@ pub(super) unsafe fn w4_dot_row<const M: usize>(w: &W4Weight, op: Operand, row: 
     let vals = w.nibble_values();
     let v_lo = _mm256_loadu_ps(vals[..8].as_ptr());
     let v_hi = _mm256_loadu_ps(vals[8..].as_ptr());
-    let mask = _mm256_set1_epi32(15);
     let mut acc_e = [_mm256_setzero_ps(); M];
     let mut acc_o = [_mm256_setzero_ps(); M];
     for (gi, &sc) in scales[..k / g].iter().enumerate() {
-        let s = _mm256_set1_ps(sc);
-        let t_lo = round8(op, _mm256_mul_ps(v_lo, s));
-        let t_hi = round8(op, _mm256_mul_ps(v_hi, s));
+        let t = group_table(op, v_lo, v_hi, sc);
         let j0 = gi * g / 2;
         let mut j = j0;
         while j < j0 + g / 2 {
@@ -155,9 +171,7 @@ pub(super) unsafe fn w4_dot_row<const M: usize>(w: &W4Weight, op: Operand, row: 
                 Ok(a) => a,
                 Err(_) => return [0.0; M],
             };
-            let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(src.as_ptr() as *const __m128i));
-            let lo = lookup16(t_lo, t_hi, _mm256_and_si256(v, mask));
-            let hi = lookup16(t_lo, t_hi, _mm256_srli_epi32::<4>(v));
+            let (lo, hi) = lookup_bytes(t, src);
             for i in 0..M {
                 let (xe, xo) = xs[i];
                 acc_e[i] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(xe[j..j + 8].as_ptr()), acc_e[i]);
@@ -166,13 +180,7 @@ pub(super) unsafe fn w4_dot_row<const M: usize>(w: &W4Weight, op: Operand, row: 
             j += 8;
         }
     }
-    let mut out = [0f32; M];
-    for i in 0..M {
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc_e[i], acc_o[i]));
-        out[i] = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-    }
-    out
+    std::array::from_fn(|i| hsum8(_mm256_add_ps(acc_e[i], acc_o[i])))
 }
 
 /// 8 E4M3FN bytes -> 8 fp32 values, exactly `round::e4m3_decode` (subnormals computed, not
@@ -235,11 +243,5 @@ pub(super) unsafe fn fp8_dot_row<const M: usize>(w: &Fp8Weight, op: Operand, row
         c0 = c1;
         c += 1;
     }
-    let mut out = [0f32; M];
-    for i in 0..M {
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), acc[i]);
-        out[i] = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-    }
-    out
+    std::array::from_fn(|i| hsum8(acc[i]))
 }
