@@ -254,7 +254,7 @@ pub fn gemm(x: &[f32], m: usize, w: &Weight, op: Operand, epi: &Epilogue, out: &
     // buffer (contiguous per task) that is transposed back at the end (free for m = 1).
     let mut out_t = if m == 1 { Vec::new() } else { vec![0f32; n * m] };
     let target: &mut [f32] = if m == 1 { &mut out[..] } else { &mut out_t };
-    let fused = m <= FUSED_MAX_M
+    let fused = m <= FUSED_MAX_M * FUSED_CHUNKS
         && match w {
             Weight::W4(w4) => w4.fused_dot(isa),
             Weight::Fp8(w8) => w8.fused_dot(isa),
@@ -312,6 +312,9 @@ pub fn gemm(x: &[f32], m: usize, w: &Weight, op: Operand, epi: &Epilogue, out: &
 /// Activation rows up to which 4-bit and FP8 weights are multiplied where they are decoded (in
 /// registers, per activation row); above, a decoded block is reused across rows instead.
 const FUSED_MAX_M: usize = 4;
+/// Up to this many chunks of `FUSED_MAX_M` activation rows a weight row is decoded again per
+/// chunk (still cheaper than storing decoded rows up to M = 16, the dispatcher's CPU bound).
+const FUSED_CHUNKS: usize = 4;
 
 /// One weight row against `M` activation rows, decoded in registers.
 fn dot_row<const M: usize>(w: &Weight, isa: Isa, op: Operand, row: usize, scales: &[f32], xs: [&[f32]; M]) -> Option<[f32; M]> {
@@ -336,20 +339,31 @@ fn gemm_fused(xs: &[f32], m: usize, w: &Weight, op: Operand, epi: &Epilogue, tar
         for r in 0..rows {
             let sc = if ng > 0 { &scratch[r * ng..(r + 1) * ng] } else { &[][..] };
             let row = n0 + r;
-            let fused = match m {
-                1 => pad(dot_row::<1>(w, isa, op, row, sc, [x(0)])),
-                2 => pad(dot_row::<2>(w, isa, op, row, sc, [x(0), x(1)])),
-                3 => pad(dot_row::<3>(w, isa, op, row, sc, [x(0), x(1), x(2)])),
-                _ => pad(dot_row::<4>(w, isa, op, row, sc, [x(0), x(1), x(2), x(3)])),
-            };
-            // Not taken when the caller checked `fused_dot`; kept so that no path returns zeros.
-            let acc = fused.unwrap_or_else(|| {
-                row_buf.resize(k, 0.0);
-                w.decode_rows(isa, op, row, 1, false, row_buf, sc);
-                std::array::from_fn(|mi| if mi < m { x(mi).iter().zip(row_buf.iter()).map(|(a, b)| a * b).sum() } else { 0.0 })
-            });
-            for (mi, v) in acc.iter().take(m).enumerate() {
-                chunk[r * m + mi] = epi.apply(*v, mi, row);
+            let mut m0 = 0;
+            while m0 < m {
+                let mc = FUSED_MAX_M.min(m - m0);
+                let fused = match mc {
+                    1 => pad(dot_row::<1>(w, isa, op, row, sc, [x(m0)])),
+                    2 => pad(dot_row::<2>(w, isa, op, row, sc, [x(m0), x(m0 + 1)])),
+                    3 => pad(dot_row::<3>(w, isa, op, row, sc, [x(m0), x(m0 + 1), x(m0 + 2)])),
+                    _ => pad(dot_row::<4>(w, isa, op, row, sc, [x(m0), x(m0 + 1), x(m0 + 2), x(m0 + 3)])),
+                };
+                // Not taken when the caller checked `fused_dot`; kept so that no path returns zeros.
+                let acc = fused.unwrap_or_else(|| {
+                    row_buf.resize(k, 0.0);
+                    w.decode_rows(isa, op, row, 1, false, row_buf, sc);
+                    std::array::from_fn(|i| {
+                        if i < mc {
+                            x(m0 + i).iter().zip(row_buf.iter()).map(|(a, b)| a * b).sum()
+                        } else {
+                            0.0
+                        }
+                    })
+                });
+                for (i, v) in acc.iter().take(mc).enumerate() {
+                    chunk[r * m + m0 + i] = epi.apply(*v, m0 + i, row);
+                }
+                m0 += mc;
             }
         }
     });

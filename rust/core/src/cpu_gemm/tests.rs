@@ -56,7 +56,7 @@ fn check_all(w: &Weight, op: Operand, label: &str, rng: &mut Rng) {
     let (n, k) = (w.n(), w.k());
     let bias = rng.f32s(n, 1.0);
     let cs = rng.f32s(n, 2.0);
-    for m in [1usize, 2, 3, 4, 5] {
+    for m in [1usize, 2, 3, 4, 5, 9, 17] {
         let x = rng.f32s(m * k, 4.0);
         let rs = rng.f32s(m, 2.0);
         for epi in [
