@@ -185,7 +185,7 @@ impl Parts<'_> {
                 }
                 (Element::Int4, Packing::PairsAlongN) => {
                     let b = w[(e * (nn / 2) + n / 2) * kk + j];
-                    int4(if n % 2 == 0 { b & 0xF } else { b >> 4 }) as f32
+                    int4(if n.is_multiple_of(2) { b & 0xF } else { b >> 4 }) as f32
                 }
                 // The table pairs E2M1 with PairsAlongK and INT4 with PairsAlongN only.
                 _ => f32::NAN,

@@ -245,7 +245,7 @@ type Reader<'a> = dyn Fn(u64, &mut [u8]) -> Result<()> + 'a;
 
 fn int4_piece(read: &Reader, src_len: u64, tensor: &str, n: usize, k: usize, ob: usize, out: &mut [u8]) -> Result<()> {
     let half_k = k / 2;
-    if half_k == 0 || n % 2 != 0 || ob % half_k != 0 || out.len() % half_k != 0 {
+    if half_k == 0 || !n.is_multiple_of(2) || !ob.is_multiple_of(half_k) || !out.len().is_multiple_of(half_k) {
         return Err(Error::argument(format!(
             "piece of '{tensor}' does not start and end on output rows of {half_k} bytes"
         )));
@@ -271,7 +271,7 @@ fn int4_piece(read: &Reader, src_len: u64, tensor: &str, n: usize, k: usize, ob:
             let r = row0 + ri;
             let base = (src_row(r) - first) * k;
             let srow = &src[base..base + k];
-            if (r % n) % 2 == 0 {
+            if (r % n).is_multiple_of(2) {
                 int4_row::<0>(srow, orow);
             } else {
                 int4_row::<4>(srow, orow);
@@ -301,7 +301,7 @@ fn transpose_piece(
     if out.is_empty() || row_bytes == 0 || cols == 0 {
         return Ok(());
     }
-    if ob % row_bytes != 0 || out.len() % row_bytes != 0 || !matches!(elem, 1 | 2 | 4) {
+    if !ob.is_multiple_of(row_bytes) || !out.len().is_multiple_of(row_bytes) || !matches!(elem, 1 | 2 | 4) {
         // Any other cut (no plan makes one): read the whole matrices touched, transpose by
         // element.
         let mat = rows * cols * elem;

@@ -405,7 +405,7 @@ fn stale_bmm_scale<'a>(
     let Some(ti) = lookup.info(t) else { return Ok(()) };
     let stale: Vec<u64> = lead.iter().copied().chain([k, n / g.max(1)]).collect();
     let good: Vec<u64> = lead.iter().copied().chain([k / g.max(1), n]).collect();
-    if n % g == 0 && ti.shape == stale && ti.shape != good {
+    if n.is_multiple_of(g) && ti.shape == stale && ti.shape != good {
         return Err((
             t,
             format!(
@@ -444,7 +444,7 @@ fn resolve_group(
             // `[.., N, K/G]`, or `[.., K/G, N]` for in-place expert parameters.
             let at = if bmm { ti.shape.len().checked_sub(2) } else { ti.shape.len().checked_sub(1) };
             let cols = at.and_then(|i| ti.shape.get(i)).copied().unwrap_or(0);
-            if cols == 0 || k % cols != 0 {
+            if cols == 0 || !k.is_multiple_of(cols) {
                 return Err(format!(
                     "weight_scale has {cols} groups, which does not divide K={k} (shape {:?})",
                     ti.shape
@@ -461,7 +461,7 @@ fn resolve_group(
                 return Ok(Some(from_shape as u32));
             }
         }
-        if spec.group_divides_k && k % g != 0 {
+        if spec.group_divides_k && !k.is_multiple_of(g) {
             return Err(format!("K={k} is not a multiple of group size {g}"));
         }
     }

@@ -75,7 +75,7 @@ impl Window {
         let nd = shape.len();
         let end = slice.start.checked_add(slice.len);
         let ok_axis = nd >= 1 && slice.axis < nd && slice.axis + 2 >= nd;
-        if !ok_axis || !end.is_some_and(|e| e <= shape[slice.axis]) || slice.len == 0 {
+        if !ok_axis || end.is_none_or(|e| e > shape[slice.axis]) || slice.len == 0 {
             return Err(Error::argument(format!(
                 "'{tensor}' of shape {shape:?}: cannot take [{}, +{}) of axis {} (a slice must be a non-empty \
                  range of one of the last two axes)",

@@ -99,7 +99,7 @@ impl Shard {
     /// the read an I/O error naming the file.
     pub fn read_into(&self, t: &TensorInfo, at: u64, dst: &mut [u8]) -> Result<()> {
         let len = dst.len() as u64;
-        if at.checked_add(len).map_or(true, |end| end > t.nbytes()) {
+        if at.checked_add(len).is_none_or(|end| end > t.nbytes()) {
             return Err(Error::argument(format!(
                 "read of bytes [{at}, {at}+{len}) of '{}' ({} bytes)",
                 t.name,

@@ -135,7 +135,7 @@ impl ValidFile {
         }
         s.push('}');
         let mut b = s.into_bytes();
-        b.extend(std::iter::repeat(b' ').take(self.pad));
+        b.extend(std::iter::repeat_n(b' ', self.pad));
         b
     }
 
@@ -402,7 +402,7 @@ fn apply(f: &ValidFile, m: &Mutation) -> (Vec<u8>, bool) {
     let render = |pairs: &[(String, String)]| -> Vec<u8> {
         let body: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}:{v}")).collect();
         let mut b = format!("{{{}}}", body.join(",")).into_bytes();
-        b.extend(std::iter::repeat(b' ').take(f.pad));
+        b.extend(std::iter::repeat_n(b' ', f.pad));
         b
     };
     let data: Vec<u8> = (0..f.data_len).map(|i| (i * 7 + 3) as u8).collect();

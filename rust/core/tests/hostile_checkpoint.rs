@@ -747,7 +747,7 @@ fn build_case(c: &Case) -> (Vec<T>, Value, &'static str) {
             .shape
             .iter()
             .try_fold(x.dtype.size() as u64, |a, &d| a.checked_mul(d));
-        if bytes.map_or(true, |b| b > 1 << 16) {
+        if bytes.is_none_or(|b| b > 1 << 16) {
             x.shape.insert(0, 0);
         }
         ts.push(x);

@@ -64,7 +64,7 @@ impl Fp8Weight<'_> {
             Fp8Scales::Block { block, .. } => block % 8 == 0,
             Fp8Scales::E8M0 { group, .. } => group % 8 == 0,
         };
-        cfg!(target_arch = "x86_64") && isa != Isa::Scalar && self.k % 8 == 0 && seg_ok
+        cfg!(target_arch = "x86_64") && isa != Isa::Scalar && self.k.is_multiple_of(8) && seg_ok
     }
 
     /// `out[i] = xs[i] . W[row]` with the row decoded in registers (`None` where

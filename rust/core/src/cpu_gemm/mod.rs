@@ -15,6 +15,8 @@
 //! versions (table permutes). [`Isa::Scalar`] is the portable build (SSE2 on x86-64, NEON on
 //! aarch64, where NEON is the baseline) and is what tests force to compare the paths.
 
+#[cfg(target_arch = "x86_64")]
+mod bf16dot;
 mod dot;
 mod fp8;
 mod int8;
@@ -41,6 +43,9 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 F/BW/VL (+ FMA, F16C); the 4-bit lookups use the AVX2 permutes.
     Avx512,
+    /// AVX-512 with BF16 dot products (`vdpbf16ps`): where the operands are exactly bf16
+    /// values, small-M products run on the bf16 kernels (`bf16dot.rs`); everything else as `Avx512`.
+    Avx512Bf16,
 }
 
 impl Isa {
@@ -51,7 +56,7 @@ impl Isa {
         *ISA.get_or_init(detect_uncached)
     }
 
-    /// `Scalar` when forced (tests, `MOTENSOR_CPU_SIMD=0`), else [`Isa::detect`].
+    /// `Scalar` when forced (tests, `MOTENSOR_CPU_KERNELS=scalar`), else [`Isa::detect`].
     pub fn resolve(force_scalar: bool) -> Isa {
         if force_scalar {
             Isa::Scalar
@@ -65,11 +70,39 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Avx512Bf16 => "avx512_bf16",
         }
+    }
+
+    /// Ordered by capability (each includes the ones before).
+    fn rank(self) -> u8 {
+        match self {
+            Isa::Scalar => 0,
+            Isa::Avx2 => 1,
+            Isa::Avx512 => 2,
+            Isa::Avx512Bf16 => 3,
+        }
+    }
+
+    /// Whether the AVX-512 code paths may run.
+    pub fn has_avx512(self) -> bool {
+        self.rank() >= Isa::Avx512.rank()
     }
 }
 
+/// What the CPU has, capped by `MOTENSOR_CPU_ISA` (`scalar`, `avx2`, `avx512`,
+/// `avx512_bf16`: to compare the paths on one machine; an unknown value is ignored).
 fn detect_uncached() -> Isa {
+    let have = detect_cpu();
+    let want = std::env::var("MOTENSOR_CPU_ISA").unwrap_or_default().trim().to_ascii_lowercase();
+    let cap = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16].into_iter().find(|i| i.name() == want);
+    match cap {
+        Some(c) if c.rank() < have.rank() => c,
+        _ => have,
+    }
+}
+
+fn detect_cpu() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
         let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
@@ -78,6 +111,9 @@ fn detect_uncached() -> Isa {
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vl")
         {
+            if is_x86_feature_detected!("avx512bf16") {
+                return Isa::Avx512Bf16;
+            }
             return Isa::Avx512;
         }
         if avx2 {
@@ -242,6 +278,18 @@ pub fn gemm(x: &[f32], m: usize, w: &Weight, op: Operand, epi: &Epilogue, out: &
         return Ok(());
     }
     crate::fill::num_threads();
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Bf16 && m <= BF16_MAX_M {
+        if let Some(xb) = bf16dot::takes(w, op).and_then(|order| bf16dot::pack_x(x, m, k, order)) {
+            let mut out_t = if m == 1 { Vec::new() } else { vec![0f32; n * m] };
+            let target: &mut [f32] = if m == 1 { &mut out[..] } else { &mut out_t };
+            gemm_bf16(&xb, m, w, epi, target);
+            if m > 1 {
+                transpose_into(&out_t, n, m, out);
+            }
+            return Ok(());
+        }
+    }
     // The activations in the order the decoded rows come in.
     let xp: Vec<f32>;
     let xs: &[f32] = if w.deinterleaved() {
@@ -307,6 +355,34 @@ pub fn gemm(x: &[f32], m: usize, w: &Weight, op: Operand, epi: &Epilogue, out: &
         transpose_into(&out_t, n, m, out);
     }
     Ok(())
+}
+
+/// Activation rows up to which the bf16 kernels run (in calls of `bf16dot::MAX_ROWS` rows, each
+/// decoding the weight again): the dispatcher's CPU fused bound.
+const BF16_MAX_M: usize = 16;
+
+/// The bf16 GEMV / small-M GEMM (`bf16dot.rs`): `xb` packed by `bf16dot::pack_x`, `target` `[n, m]`.
+#[cfg(target_arch = "x86_64")]
+fn gemm_bf16(xb: &[u16], m: usize, w: &Weight, epi: &Epilogue, target: &mut [f32]) {
+    let k = w.k();
+    let ng = w.gathered_per_row();
+    let rows_x: Vec<&[u16]> = xb.chunks_exact(k).collect();
+    target.par_chunks_mut(TASK_ROWS * m).enumerate().for_each_init(Vec::new, |scratch, (t, chunk)| {
+        let n0 = t * TASK_ROWS;
+        let rows = chunk.len() / m;
+        w.gather(n0, rows, scratch);
+        let mut acc = [0f32; bf16dot::MAX_ROWS];
+        for r in 0..rows {
+            let sc = if ng > 0 { &scratch[r * ng..(r + 1) * ng] } else { &[][..] };
+            for (ci, xs) in rows_x.chunks(bf16dot::MAX_ROWS).enumerate() {
+                bf16dot::dot_row(w, n0 + r, sc, xs, &mut acc);
+                for (i, v) in acc.iter().take(xs.len()).enumerate() {
+                    let mi = ci * bf16dot::MAX_ROWS + i;
+                    chunk[r * m + mi] = epi.apply(*v, mi, n0 + r);
+                }
+            }
+        }
+    });
 }
 
 /// Activation rows up to which 4-bit and FP8 weights are multiplied where they are decoded (in

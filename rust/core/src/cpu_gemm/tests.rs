@@ -23,7 +23,10 @@ fn isas() -> Vec<Isa> {
     if Isa::detect() != Isa::Scalar {
         v.push(Isa::detect());
     }
-    if Isa::detect() == Isa::Avx512 {
+    if Isa::detect() == Isa::Avx512Bf16 {
+        v.push(Isa::Avx512);
+    }
+    if Isa::detect().has_avx512() {
         v.push(Isa::Avx2);
     }
     v
@@ -56,8 +59,12 @@ fn check_all(w: &Weight, op: Operand, label: &str, rng: &mut Rng) {
     let (n, k) = (w.n(), w.k());
     let bias = rng.f32s(n, 1.0);
     let cs = rng.f32s(n, 2.0);
-    for m in [1usize, 2, 3, 4, 5, 9, 17] {
-        let x = rng.f32s(m * k, 4.0);
+    // Activations that are bf16 values take the bf16 kernels where the CPU has them.
+    for (m, bf16_x) in [1usize, 2, 3, 4, 5, 9, 17].into_iter().flat_map(|m| [(m, false), (m, true)]) {
+        let mut x = rng.f32s(m * k, 4.0);
+        if bf16_x {
+            x.iter_mut().for_each(|v| *v = half::bf16::from_f32(*v).to_f32());
+        }
         let rs = rng.f32s(m, 2.0);
         for epi in [
             Epilogue::NONE,
@@ -68,7 +75,7 @@ fn check_all(w: &Weight, op: Operand, label: &str, rng: &mut Rng) {
             for isa in isas() {
                 let mut y = vec![0f32; m * n];
                 gemm(&x, m, w, op, &epi, &mut y, isa).unwrap();
-                close(&y, &want, 1e-5, &format!("{label} m={m} {isa:?}"));
+                close(&y, &want, 1e-5, &format!("{label} m={m} bf16 x {bf16_x} {isa:?}"));
             }
         }
     }
@@ -141,16 +148,42 @@ fn w4_decode_matches_definition() {
 #[test]
 fn fp8_all_scales_match_naive() {
     let mut rng = Rng(0xf8);
-    let (n, k) = (33, 200);
-    let wb: Vec<u8> = rng.bytes(n * k).into_iter().map(|b| if b & 0x7F == 0x7F { b & 0xF0 } else { b }).collect();
-    let blocks = rng.f32s(n.div_ceil(8) * k.div_ceil(8), 0.1);
-    let e8: Vec<u8> = rng.bytes(k / 8 * n).into_iter().map(|b| 120 + b % 10).collect();
-    for scales in [Fp8Scales::None, Fp8Scales::Block { scales: &blocks, block: 8 }, Fp8Scales::E8M0 { scales: &e8, group: 8 }] {
-        let w = Weight::Fp8(Fp8Weight { w: &wb, n, k, scales });
-        for op in [Operand::F32, Operand::Bf16, Operand::F16] {
-            check_all(&w, op, &format!("fp8 {op:?}"), &mut rng);
+    // K = 256: the bf16 kernels' multiple of 32; 200: not.
+    for (n, k) in [(33, 200), (21, 256)] {
+        let wb: Vec<u8> = rng.bytes(n * k).into_iter().map(|b| if b & 0x7F == 0x7F { b & 0xF0 } else { b }).collect();
+        let blocks = rng.f32s(n.div_ceil(8) * k.div_ceil(8), 0.1);
+        let e8: Vec<u8> = rng.bytes(k / 8 * n).into_iter().map(|b| 120 + b % 10).collect();
+        for scales in [Fp8Scales::None, Fp8Scales::Block { scales: &blocks, block: 8 }, Fp8Scales::E8M0 { scales: &e8, group: 8 }] {
+            let w = Weight::Fp8(Fp8Weight { w: &wb, n, k, scales });
+            for op in [Operand::F32, Operand::Bf16, Operand::F16] {
+                check_all(&w, op, &format!("fp8 k{k} {op:?}"), &mut rng);
+            }
         }
     }
+}
+
+#[test]
+fn bf16_kernels_take_only_exact_operands() {
+    let mut rng = Rng(0xb16);
+    let (n, k) = (8, 64);
+    let packed = rng.bytes(n * k / 2);
+    let sc: Vec<u8> = rng.bytes(k / 16 * n).into_iter().map(|b| b & 0x77).collect();
+    let w = Weight::W4(W4Weight { packed: &packed, n, k, element: Element4::E2M1, scales: Scales4::E4M3(&sc), group: 16, scale_mul: Some(0.01), scale_div: None });
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(bf16dot::takes(&w, Operand::Bf16).is_some());
+        assert!(bf16dot::takes(&w, Operand::F32).is_none(), "fp32 operands are not bf16 values");
+        assert!(bf16dot::takes(&w, Operand::F16).is_none());
+        let x = rng.f32s(k, 1.0);
+        assert!(bf16dot::pack_x(&x, 1, k, bf16dot::Order::Natural).is_none(), "fp32 activations");
+        let xb: Vec<f32> = x.iter().map(|v| half::bf16::from_f32(*v).to_f32()).collect();
+        let p = bf16dot::pack_x(&xb, 1, k, bf16dot::Order::Nibbles).unwrap();
+        // Per 32: the even elements, then the odd ones.
+        assert_eq!(p[1], half::bf16::from_f32(xb[2]).to_bits());
+        assert_eq!(p[16], half::bf16::from_f32(xb[1]).to_bits());
+        assert_eq!(p[33], half::bf16::from_f32(xb[34]).to_bits());
+    }
+    let _ = w;
 }
 
 #[test]
@@ -194,6 +227,35 @@ fn bad_lengths_are_errors() {
     let b = [0f32; 3];
     let epi = Epilogue { a: Factor::One, b: Factor::One, bias: Some(&b) };
     assert!(gemm(&[0.0; 32], 1, &w, Operand::F32, &epi, &mut y, Isa::Scalar).is_err());
+}
+
+#[test]
+#[ignore]
+fn bench_bf16_gemv() {
+    let mut rng = Rng(1);
+    let (n, k) = (4096, 4096);
+    let packed = rng.bytes(n * k / 2);
+    let sc: Vec<u8> = rng.bytes(k / 16 * n).into_iter().map(|b| b & 0x77).collect();
+    let sf: Vec<f32> = rng.f32s(k / 128 * n, 0.1);
+    let w8 = rng.bytes(n * k);
+    let x: Vec<f32> = rng.f32s(k, 1.0).iter().map(|v| half::bf16::from_f32(*v).to_f32()).collect();
+    let mut y = vec![0f32; n];
+    for (label, w) in [
+        ("nvfp4", Weight::W4(W4Weight { packed: &packed, n, k, element: Element4::E2M1, scales: Scales4::E4M3(&sc), group: 16, scale_mul: Some(0.01), scale_div: None })),
+        ("awq", Weight::W4(W4Weight { packed: &packed, n, k, element: Element4::Int4, scales: Scales4::F32(&sf), group: 128, scale_mul: None, scale_div: None })),
+        ("fp8", Weight::Fp8(Fp8Weight { w: &w8, n, k, scales: Fp8Scales::None })),
+    ] {
+        for isa in [Isa::detect(), Isa::Avx512] {
+            for _ in 0..3 {
+                gemm(&x, 1, &w, Operand::Bf16, &Epilogue::NONE, &mut y, isa).unwrap();
+            }
+            let t = std::time::Instant::now();
+            for _ in 0..20 {
+                gemm(&x, 1, &w, Operand::Bf16, &Epilogue::NONE, &mut y, isa).unwrap();
+            }
+            eprintln!("{label} {isa:?}: {:?} per call, threads {}", t.elapsed() / 20, rayon::current_num_threads());
+        }
+    }
 }
 
 #[test]

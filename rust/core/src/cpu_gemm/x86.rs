@@ -27,7 +27,7 @@ macro_rules! multiversion {
         $(#[$doc])*
         pub(super) unsafe fn $name(isa: Isa, $($arg: $ty),*) -> $ret {
             match isa {
-                Isa::Avx512 => $avx512($($arg),*),
+                Isa::Avx512 | Isa::Avx512Bf16 => $avx512($($arg),*),
                 _ => $avx2($($arg),*),
             }
         }

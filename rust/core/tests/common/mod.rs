@@ -76,7 +76,7 @@ pub fn st_file(tensors: &[T]) -> Vec<u8> {
         );
     }
     let mut text = serde_json::to_vec(&Value::Object(header)).unwrap();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     st_raw(&text, &data)
