@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(not all((DATA / n / "config.json").is_file() for
                                 reason="gpt-oss fixtures missing")
 GU0 = "model.layers.0.mlp.experts.gate_up_proj"
 DN0 = "model.layers.0.mlp.experts.down_proj"
-E, H, I = 4, 128, 96  # the fixture's experts, hidden size, expert intermediate size
+E, H, INTER = 4, 128, 96  # the fixture's experts, hidden size, expert intermediate size
 
 
 def _model(name: str, **kw):
@@ -41,7 +41,7 @@ def test_open_and_inspect_describe_the_in_place_experts_with_biases(name, capsys
     ck = motensor.open(DATA / name)
     gu, dn = ck.modules[GU0], ck.modules[DN0]
     assert gu.bmm and dn.bmm
-    assert (gu.lead, gu.n, gu.k) == ((E,), 2 * I, H) and (dn.lead, dn.n, dn.k) == ((E,), H, I)
+    assert (gu.lead, gu.n, gu.k) == ((E,), 2 * INTER, H) and (dn.lead, dn.n, dn.k) == ((E,), H, INTER)
     assert "bias" in gu.tensors and "bias" in dn.tensors
     assert "model.layers.0.mlp.router" in ck.quant_config.exclude_modules
     assert main(["inspect", str(DATA / name)]) == 0
@@ -56,7 +56,7 @@ def test_dequantize_equals_modelopt_fake_quant_weight():
     meta, ref = reference("gpt_oss-nvfp4")
     want = ref[f"weights.{GU0}"].float()  # [E, K, N] as the parameter
     got = motensor.open(DATA / "gpt_oss-nvfp4").dequantize(GU0).transpose(1, 2)
-    assert got.shape == want.shape == (E, H, 2 * I)
+    assert got.shape == want.shape == (E, H, 2 * INTER)
     assert torch.equal(got.to(torch.bfloat16).float(), want)
     for n in NAMES:
         checks = reference(n)[0]["bmm_dequant_check"]
@@ -76,8 +76,8 @@ def test_experts_module_holds_the_checkpoint(name):
     ex = m.model.layers[0].mlp.experts
     assert isinstance(ex, FusedGateUpQuantExperts)
     assert all(isinstance(x, QuantLinear) for x in list(ex.gate_up) + list(ex.down))
-    assert (ex.gate_up[0].out_features, ex.gate_up[0].in_features) == (2 * I, H)
-    assert (ex.down[0].out_features, ex.down[0].in_features) == (H, I)
+    assert (ex.gate_up[0].out_features, ex.gate_up[0].in_features) == (2 * INTER, H)
+    assert (ex.down[0].out_features, ex.down[0].in_features) == (H, INTER)
     assert torch.equal(ex.gate_up_proj_bias, ck.tensor(GU0 + "_bias"))
     assert torch.equal(ex.down_proj_bias, ck.tensor(DN0 + "_bias"))
     # Expert 1's gate_up weight, as the model computes with it (bf16), is the checkpoint's expert 1:

@@ -84,6 +84,9 @@ class FusedGateUpQuantExperts(QuantExperts):
     :class:`~motensor.errors.ArgumentError` saying why.
     """
 
+    gate_up_proj_bias: Optional[nn.Parameter]
+    down_proj_bias: Optional[nn.Parameter]
+
     def __init__(self, gate_up: Sequence[nn.Module], down: Sequence[nn.Module], gate_fn: Callable, *,
                  gate_up_bias: Optional[torch.Tensor] = None, down_bias: Optional[torch.Tensor] = None,
                  name: str = "", mode: str = "auto"):
