@@ -24,7 +24,9 @@ plain bf16), **interleaved** gate/up columns (``is_concatenated=False``: gate = 
 :class:`FusedGateUpQuantExperts`: one ``gate_up`` ``QuantLinear`` per expert (views of the loaded
 tensors, no copy), the bias added to the product's output as ModelOpt's fake quant does
 (``x @ W + b`` in the activation dtype), then the container's own ``_apply_gate`` on the fused
-``[*, 2I]`` output, which splits gate and up exactly as the model defines them.
+``[*, 2I]`` output, which splits gate and up exactly as the model defines them. Their grouped
+path (NVFP4 and the other grouped formats) is two grouped products, gate_up and down, with the
+biases, the gate and the routing weight applied around them in torch.
 """
 from __future__ import annotations
 
@@ -78,12 +80,15 @@ class FusedGateUpQuantExperts(QuantExperts):
     fused ``[*, 2I]`` output to ``[*, I]`` (the replaced container's ``_apply_gate``). The biases are
     plain tensors (``gate_up_proj_bias [E, 2I]``, ``down_proj_bias [E, H]``, transformers' names),
     added to the quantized product's output in the activation dtype, as ModelOpt's fake-quant
-    ``x @ W + b`` does. Modes: ``"loop"`` (eager) and ``"dense"`` (under ``torch.compile``) as in
-    :class:`QuantExperts`; the grouped kernels take neither biases nor a fused gate/up, so
-    ``"auto"`` never picks ``"grouped"`` here and a forced ``"grouped"`` raises
-    :class:`~motensor.errors.ArgumentError` saying why.
+    ``x @ W + b`` does. Modes as in :class:`QuantExperts`: ``"loop"``, ``"dense"``, and
+    ``"grouped"`` where the format has a grouped kernel (chosen by ``"auto"`` on CUDA through
+    ``dispatch.choose``): two grouped products (the fused ``[2I, H]`` gate_up, then down) over all
+    routed pairs, the pair's expert bias added to each product's output, the gate between them and
+    the routing weight after the down bias in torch (the kernel's epilogue would weight the product
+    before the bias), rounding as the loop does.
     """
 
+    _projections = ("gate_up", "down")
     gate_up_proj_bias: Optional[nn.Parameter]
     down_proj_bias: Optional[nn.Parameter]
 
@@ -116,12 +121,8 @@ class FusedGateUpQuantExperts(QuantExperts):
                 raise FormatError(f"{label}: {bname} is {list(b.shape)}, expected {[self.num_experts, width]}")
             self.register_parameter(bname, None if b is None else nn.Parameter(b, requires_grad=False))
         self._stacks = None
-        self._why_not = ("the experts have biases and one fused gate/up product with the model's own gate "
-                         "(gpt-oss style), which the grouped kernels do not take")
-
-    @property
-    def _grouped_why_not(self) -> Optional[str]:
-        return self._why_not
+        self._checked_versions = (0,) * len(self._projections)
+        self._why_not = self._check_grouped()
 
     def _expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         gu = self.gate_up[e](x)
@@ -131,6 +132,22 @@ class FusedGateUpQuantExperts(QuantExperts):
         if self.down_proj_bias is not None:
             y = y + self.down_proj_bias[e]
         return y
+
+    def _forward_grouped(self, hidden_states, top_k_index, top_k_weights):
+        x, ids, run = self._grouped_setup(hidden_states, top_k_index)
+        flat = ids.reshape(-1)
+        expert = flat.clamp(0, self.num_experts - 1)
+        gu = run("gate_up", x, None)                                            # [T*k, 2I]
+        if self.gate_up_proj_bias is not None:
+            gu = gu + self.gate_up_proj_bias[expert]
+        y = run("down", self.gate_fn(gu).to(x.dtype), None)                    # [T*k, H]
+        if self.down_proj_bias is not None:
+            y = y + self.down_proj_bias[expert]
+        if top_k_weights is not None:
+            y = y * top_k_weights.reshape(-1, 1)
+        # Pairs routed to transformers' "no expert" slot contribute nothing (the loop skips them).
+        y = torch.where(((flat >= 0) & (flat < self.num_experts))[:, None], y, torch.zeros_like(y))
+        return self._sum_slots(y, ids, hidden_states)
 
 
 def split_stacked(lm: "LoadedModule", rows: slice | None = None, skip: tuple[str, ...] = ()) -> list[nn.Module]:
