@@ -366,7 +366,7 @@ def test_architectures_covered():
 
 GROUPED_ALGOS = ("NVFP4", "W4A16_NVFP4", "NVFP4_AWQ", "W4A16_AWQ")  # what the grouped experts path covers
 MOE_DIRS = sorted(p for p in DATA.iterdir() if p.is_dir() and p.name.startswith(("qwen3moe", "deepseekv3", "mixtral",
-                                                                                 "llama4"))) if DATA.is_dir() else []
+                                                                                 "llama4", "gpt_oss"))) if DATA.is_dir() else []
 
 
 def _quant_algo(d: Path) -> str:
@@ -378,7 +378,9 @@ def test_grouped_experts_match_loop_and_modelopt(fixture: Path):
     """The grouped experts path (``moe_mode="grouped"``: every routed pair through one
     ``motensor::moe_w4a16_gemm`` per projection, NVFP4 activations quantized per pair with its
     expert's input_scale) gives the loop's logits on the real MoE exports, and meets ModelOpt's
-    tolerance where a ModelOpt reference exists; formats it does not cover refuse it by name. On a
+    tolerance where a ModelOpt reference exists; formats it does not cover refuse it by name
+    (gpt-oss: FusedGateUpQuantExperts, whose grouped path adds the expert biases around the
+    grouped products). On a
     CPU the op runs the loop reference; the Triton kernel is tested against that reference in
     tests/kernels/test_moe_grouped.py. Measured on the 2-core AVX2 box: grouped == loop == ModelOpt bit
     for bit on all four NVFP4 exports (the down kernel rounds like the loop's ``out * weight`` and the

@@ -14,18 +14,31 @@ checkpoint stores as quantized in-place modules. What the container's forward ta
 wrapper: a routed call ``(hidden, top_k_index, top_k_weights)`` (transformers' fused experts) or
 Llama 4's pre-routed ``(hidden [E*T, H])``, where every expert sees every token scaled by its router
 score (zero for tokens not routed to it).
+
+gpt-oss style containers (transformers' ``GptOssExperts``) differ in three ways the container itself
+declares (transformers' ``use_experts_implementation`` attributes, not the class name): expert
+**biases** (``has_bias``; the checkpoint's ``gate_up_proj_bias [E, 2I]`` / ``down_proj_bias [E, H]``,
+plain bf16), **interleaved** gate/up columns (``is_concatenated=False``: gate = ``[..., ::2]``, up =
+``[..., 1::2]``) and their **own gate** (``_apply_gate``: gpt-oss's clamped SwiGLU,
+``(clamp(up) + 1) * g * sigmoid(1.702 g)``, ``g = clamp(gate, max=7)``). Such experts become
+:class:`FusedGateUpQuantExperts`: one ``gate_up`` ``QuantLinear`` per expert (views of the loaded
+tensors, no copy), the bias added to the product's output as ModelOpt's fake quant does
+(``x @ W + b`` in the activation dtype), then the container's own ``_apply_gate`` on the fused
+``[*, 2I]`` output, which splits gate and up exactly as the model defines them. Their grouped
+path (NVFP4 and the other grouped formats) is two grouped products, gate_up and down, with the
+biases, the gate and the routing weight applied around them in torch.
 """
 from __future__ import annotations
 
 import inspect
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
 
-from motensor.errors import FormatError
-from motensor.models.moe import QuantExperts, experts_act_fn
+from motensor.errors import ArgumentError, FormatError
+from motensor.models.moe import MODES, QuantExperts, _ExpertList, experts_act_fn
 
 if TYPE_CHECKING:  # pragma: no cover
     from motensor.loading import LoadedModule
@@ -58,9 +71,88 @@ class PreRoutedQuantExperts(QuantExperts):
         return out.view(-1, self.hidden_dim)
 
 
-def split_stacked(lm: "LoadedModule", rows: slice | None = None) -> list[nn.Module]:
+class FusedGateUpQuantExperts(QuantExperts):
+    """Routed quantized experts whose gate and up projections stay one product per expert:
+    ``down[e](gate_fn(gate_up[e](x) + gate_up_bias[e])) + down_bias[e]`` (gpt-oss: interleaved
+    gate/up columns, a clamped SwiGLU, expert biases; see the module docstring).
+
+    ``gate_up[e]`` maps ``[*, H] -> [*, 2I]``, ``down[e]`` ``[*, I] -> [*, H]``; ``gate_fn`` maps the
+    fused ``[*, 2I]`` output to ``[*, I]`` (the replaced container's ``_apply_gate``). The biases are
+    plain tensors (``gate_up_proj_bias [E, 2I]``, ``down_proj_bias [E, H]``, transformers' names),
+    added to the quantized product's output in the activation dtype, as ModelOpt's fake-quant
+    ``x @ W + b`` does. Modes as in :class:`QuantExperts`: ``"loop"``, ``"dense"``, and
+    ``"grouped"`` where the format has a grouped kernel (chosen by ``"auto"`` on CUDA through
+    ``dispatch.choose``): two grouped products (the fused ``[2I, H]`` gate_up, then down) over all
+    routed pairs, the pair's expert bias added to each product's output, the gate between them and
+    the routing weight after the down bias in torch (the kernel's epilogue would weight the product
+    before the bias), rounding as the loop does.
+    """
+
+    _projections = ("gate_up", "down")
+    gate_up_proj_bias: Optional[nn.Parameter]
+    down_proj_bias: Optional[nn.Parameter]
+
+    def __init__(self, gate_up: Sequence[nn.Module], down: Sequence[nn.Module], gate_fn: Callable, *,
+                 gate_up_bias: Optional[torch.Tensor] = None, down_bias: Optional[torch.Tensor] = None,
+                 name: str = "", mode: str = "auto"):
+        nn.Module.__init__(self)  # not QuantExperts.__init__: no separate gate / up projections
+        label = name or "FusedGateUpQuantExperts"
+        if len(gate_up) != len(down) or not down:
+            raise FormatError(f"{label}: {len(gate_up)} gate_up and {len(down)} down projections")
+        if mode not in MODES:
+            raise ArgumentError(f"mode must be one of {MODES}, got {mode!r}")
+        self.gate_up = _ExpertList(gate_up)
+        self.down = _ExpertList(down)
+        self.gate_fn = gate_fn
+        self.name = name
+        self.mode = mode
+        self.num_experts = len(down)
+        first: Any = down[0]
+        self.hidden_dim = int(first.out_features)
+        self.intermediate_dim = int(first.in_features)
+        h, i = self.hidden_dim, self.intermediate_dim
+        for e in range(self.num_experts):
+            shapes = [(p[e].out_features, p[e].in_features) for p in (self.gate_up, self.down)]
+            if shapes != [(2 * i, h), (h, i)]:
+                raise FormatError(f"{label}: expert {e} has gate_up/down [N, K] = {shapes}; expected "
+                                  f"{[(2 * i, h), (h, i)]}")
+        for bname, b, width in (("gate_up_proj_bias", gate_up_bias, 2 * i), ("down_proj_bias", down_bias, h)):
+            if b is not None and tuple(b.shape) != (self.num_experts, width):
+                raise FormatError(f"{label}: {bname} is {list(b.shape)}, expected {[self.num_experts, width]}")
+            self.register_parameter(bname, None if b is None else nn.Parameter(b, requires_grad=False))
+        self._stacks = None
+        self._checked_versions = (0,) * len(self._projections)
+        self._why_not = self._check_grouped()
+
+    def _expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        gu = self.gate_up[e](x)
+        if self.gate_up_proj_bias is not None:
+            gu = gu + self.gate_up_proj_bias[e]
+        y = self.down[e](self.gate_fn(gu))
+        if self.down_proj_bias is not None:
+            y = y + self.down_proj_bias[e]
+        return y
+
+    def _forward_grouped(self, hidden_states, top_k_index, top_k_weights):
+        x, ids, run = self._grouped_setup(hidden_states, top_k_index)
+        flat = ids.reshape(-1)
+        expert = flat.clamp(0, self.num_experts - 1)
+        gu = run("gate_up", x, None)                                            # [T*k, 2I]
+        if self.gate_up_proj_bias is not None:
+            gu = gu + self.gate_up_proj_bias[expert]
+        y = run("down", self.gate_fn(gu).to(x.dtype), None)                    # [T*k, H]
+        if self.down_proj_bias is not None:
+            y = y + self.down_proj_bias[expert]
+        if top_k_weights is not None:
+            y = y * top_k_weights.reshape(-1, 1)
+        # Pairs routed to transformers' "no expert" slot contribute nothing (the loop skips them).
+        y = torch.where(((flat >= 0) & (flat < self.num_experts))[:, None], y, torch.zeros_like(y))
+        return self._sum_slots(y, ids, hidden_states)
+
+
+def split_stacked(lm: "LoadedModule", rows: slice | None = None, skip: tuple[str, ...] = ()) -> list[nn.Module]:
     """One ``QuantLinear`` per expert of a stacked loaded module (kernel layout ``[E, N, ...]``),
-    optionally only output rows ``rows`` of each."""
+    optionally only output rows ``rows`` of each; tensors of the roles in ``skip`` are left out."""
     from motensor.nn import QuantLinear
 
     info = lm.info
@@ -71,6 +163,8 @@ def split_stacked(lm: "LoadedModule", rows: slice | None = None) -> list[nn.Modu
     for e in range(info.lead[0]):
         tensors: dict[str, torch.Tensor] = {}
         for role, t in lm.tensors.items():
+            if role in skip:
+                continue
             if t.dim() == 0:
                 tensors[role] = t  # per-tensor: shared by every expert
                 continue
@@ -94,6 +188,52 @@ def _takes_routing(container: nn.Module) -> bool:
     except (TypeError, ValueError):  # pragma: no cover
         return True
     return len([p for p in params if p != "self"]) >= 3
+
+
+def _default_gate() -> Optional[Callable]:
+    """transformers' default ``_apply_gate`` (``act_fn(gate) * up`` over concatenated halves)."""
+    try:
+        from transformers.integrations.moe import _default_apply_gate
+    except ImportError:  # pragma: no cover - transformers without the experts interface
+        return None
+    return _default_apply_gate
+
+
+def _fused_gate_up_reason(container: nn.Module, gu: "LoadedModule", dn: "LoadedModule") -> Optional[str]:
+    """Why these experts need one fused gate/up product (None if gate and up split into two
+    Linears): biases (in the checkpoint or declared by the container), interleaved gate/up columns
+    (``is_concatenated=False``) or a gate of the model's own (``_apply_gate`` other than
+    transformers' default)."""
+    why = []
+    if "bias" in gu.tensors or "bias" in dn.tensors or getattr(container, "has_bias", False):
+        why.append("biases")
+    if not getattr(container, "is_concatenated", True):
+        why.append("interleaved gate/up columns")
+    own = getattr(type(container), "_apply_gate", None)
+    if own is not None and own is not _default_gate():
+        why.append("their own gate function")
+    return " and ".join(why) or None
+
+
+def _gate_fn(container: nn.Module) -> Callable:
+    """The container's ``_apply_gate`` ([*, 2I] -> [*, I]); else ``act_fn(gate) * up`` over the
+    concatenated (or, with ``is_concatenated=False``, interleaved) halves."""
+    own = getattr(container, "_apply_gate", None)
+    if own is not None:
+        return own
+    act = experts_act_fn(container)
+    if getattr(container, "is_concatenated", True):
+        return lambda gu: act(gu[..., : gu.shape[-1] // 2]) * gu[..., gu.shape[-1] // 2:]
+    return lambda gu: act(gu[..., ::2]) * gu[..., 1::2]
+
+
+def _bias(lm: "LoadedModule", container: nn.Module, attr: str, cname: str) -> Optional[torch.Tensor]:
+    """The checkpoint's expert bias ``[E, N]`` of a stacked module (None if it has none); a container
+    that declares biases the checkpoint lacks is an error naming it."""
+    b = lm.tensors.get("bias")
+    if b is None and isinstance(getattr(container, attr, None), torch.Tensor):
+        raise FormatError(f"{cname}: the model has {attr} but the checkpoint stores no bias for {lm.info.name}")
+    return b
 
 
 def install(model: nn.Module, loaded, rename, report, mode: str, set_submodule) -> dict[str, nn.Module]:
@@ -121,8 +261,6 @@ def install(model: nn.Module, loaded, rename, report, mode: str, set_submodule) 
         missing = [p for p in _PARAMS if p not in parts]
         if missing:
             raise FormatError(f"{cname}: the checkpoint quantizes {sorted(parts)} in place but not {missing}")
-        if getattr(container, "has_bias", False) or hasattr(container, "gate_up_proj_bias"):
-            raise FormatError(f"{cname}: in-place quantized experts with biases (gpt-oss style) are not supported yet")
         gu, dn = parts["gate_up_proj"], parts["down_proj"]
         E, I2, H = gu.info.lead[0], gu.info.n, gu.info.k
         if I2 % 2 or dn.info.k != I2 // 2 or dn.info.n != H or dn.info.lead != gu.info.lead:
@@ -131,14 +269,23 @@ def install(model: nn.Module, loaded, rename, report, mode: str, set_submodule) 
         cur = getattr(container, "gate_up_proj", None)
         if isinstance(cur, torch.Tensor) and cur.shape[0] != E:
             raise FormatError(f"{cname}: checkpoint has {E} experts, the model {cur.shape[0]}")
-        inter = I2 // 2
-        gate = split_stacked(gu, slice(0, inter))
-        up = split_stacked(gu, slice(inter, I2))
-        down = split_stacked(dn)
-        cls = QuantExperts if _takes_routing(container) else PreRoutedQuantExperts
-        q = cls(gate, up, down, experts_act_fn(container), name=cname, mode=mode)
+        fused = _fused_gate_up_reason(container, gu, dn)
+        if fused is not None:
+            if not _takes_routing(container):
+                raise FormatError(f"{cname}: pre-routed experts with {fused} are not supported")
+            q: QuantExperts = FusedGateUpQuantExperts(
+                split_stacked(gu, skip=("bias",)), split_stacked(dn, skip=("bias",)), _gate_fn(container),
+                gate_up_bias=_bias(gu, container, "gate_up_proj_bias", cname),
+                down_bias=_bias(dn, container, "down_proj_bias", cname), name=cname, mode=mode)
+        else:
+            inter = I2 // 2
+            gate = split_stacked(gu, slice(0, inter))
+            up = split_stacked(gu, slice(inter, I2))
+            down = split_stacked(dn)
+            cls = QuantExperts if _takes_routing(container) else PreRoutedQuantExperts
+            q = cls(gate, up, down, experts_act_fn(container), name=cname, mode=mode)
         set_submodule(model, cname, q)
         out[cname] = q
         report.quantized_experts.append(cname)
-        log.debug("%s: %d in-place quantized experts -> %s", cname, E, cls.__name__)
+        log.debug("%s: %d in-place quantized experts -> %s", cname, E, type(q).__name__)
     return out

@@ -68,6 +68,9 @@ class QuantExperts(nn.Module):
     left unquantized). Expert ``e`` computes ``down(act_fn(gate(x)) * up(x))``.
     """
 
+    #: The per-expert projection lists the grouped path stacks (``FusedGateUpQuantExperts``: gate_up, down).
+    _projections: tuple[str, ...] = _PROJECTIONS
+
     def __init__(self, gate: Sequence[nn.Module], up: Sequence[nn.Module], down: Sequence[nn.Module],
                  act_fn: Callable, *, name: str = "", mode: str = "auto"):
         super().__init__()
@@ -93,14 +96,14 @@ class QuantExperts(nn.Module):
                 raise FormatError(f"{label}: expert {e} has gate/up/down [N, K] = {shapes}; expected "
                                  f"{[(i, h), (i, h), (h, i)]}")
         self._stacks: Optional[dict[str, dict[str, Any]]] = None
-        self._checked_versions: tuple[int, ...] = (0, 0, 0)
+        self._checked_versions: tuple[int, ...] = (0,) * len(self._projections)
         self._why_not: Optional[str] = self._check_grouped()
 
     @property
     def _grouped_why_not(self) -> Optional[str]:
         """Why the grouped path cannot run (None if it can), re-checked whenever an expert module is
         replaced (e.g. PEFT wrapping one in a LoRA layer, whose adapter the grouped kernels would skip)."""
-        versions = (self.gate.version, self.up.version, self.down.version)
+        versions = tuple(getattr(self, proj).version for proj in self._projections)
         if versions != self._checked_versions:
             self._why_not = self._check_grouped()
             self._checked_versions = versions
@@ -146,7 +149,7 @@ class QuantExperts(nn.Module):
         from motensor.formats import Activation
         from motensor.nn import QuantLinear
 
-        for proj in _PROJECTIONS:
+        for proj in self._projections:
             mods = list(getattr(self, proj))
             if not all(isinstance(m, QuantLinear) for m in mods):
                 return (f"some {proj} projections are not plain QuantLinears (left unquantized, or wrapped, "
@@ -201,7 +204,7 @@ class QuantExperts(nn.Module):
 
         stacks: dict[str, dict[str, Any]] = {}
         copies: list[str] = []
-        for proj in _PROJECTIONS:
+        for proj in self._projections:
             mods: list[Any] = list(getattr(self, proj))
             first = mods[0]
             kernel = recipe_for(first.format).kernel
@@ -228,6 +231,18 @@ class QuantExperts(nn.Module):
         return stacks
 
     def _forward_grouped(self, hidden_states, top_k_index, top_k_weights):
+        x, ids, run = self._grouped_setup(hidden_states, top_k_index)
+        h = self.act_fn(run("gate", x, None)) * run("up", x, None)            # [T*k, I]
+        weights = None if top_k_weights is None else top_k_weights.reshape(ids.shape)
+        y = run("down", h.to(x.dtype), weights)                                 # [T*k, H], routing applied
+        return self._sum_slots(y, ids, hidden_states)
+
+    def _grouped_setup(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, Callable[..., torch.Tensor]]:
+        """For a grouped forward: the input rows ``x [T, H]`` (autocast applied), the routing ids
+        ``[T, k]`` and ``run(proj, inp, weights) -> [T*k, N]``, one grouped product of projection
+        ``proj`` over every routed pair (``inp``: one row per token or per pair; "no expert" pairs
+        come out zero; ``weights``: routing weights applied to the product in its epilogue)."""
         from motensor import ops
         from motensor.formats import Activation
 
@@ -238,7 +253,6 @@ class QuantExperts(nn.Module):
         x = hidden_states
         if torch.is_autocast_enabled(x.device.type):
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        lead = x.shape[:-1]
         x = x.reshape(-1, self.hidden_dim).contiguous()
         ids = top_k_index.reshape(x.shape[0], -1)
         st = self.grouped_tensors()
@@ -266,19 +280,19 @@ class QuantExperts(nn.Module):
             return ops.moe_w4a16_gemm(inp, ids, weights, a["qweight"], a["scales"], a["global_scale"], pqs,
                                       a["element"], a["scale_kind"], a["group_size"])
 
-        h = self.act_fn(run("gate", x, None)) * run("up", x, None)            # [T*k, I]
-        weights = None if top_k_weights is None else top_k_weights.reshape(ids.shape)
-        y = run("down", h.to(x.dtype), weights)                                 # [T*k, H], routing applied
-        # Sum the top-k slots as the loop's index_add_ does: in the output dtype, one rounding per
-        # add, experts in ascending id order (so grouped and loop give the same bits where the
-        # products agree).
-        y = y.view(x.shape[0], ids.shape[1], self.hidden_dim).to(hidden_states.dtype)
+        return x, ids, run
+
+    def _sum_slots(self, y: torch.Tensor, ids: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+        """``[T*k, H]`` per-pair outputs (routing applied) -> ``[*, H]``: the top-k slots summed as
+        the loop's ``index_add_`` does: in the output dtype, one rounding per add, experts in
+        ascending id order (so grouped and loop give the same bits where the products agree)."""
+        y = y.view(ids.shape[0], ids.shape[1], self.hidden_dim).to(hidden_states.dtype)
         order = ids.argsort(dim=1, stable=True)
         y = torch.gather(y, 1, order[:, :, None].expand_as(y))
         out = y[:, 0]
         for j in range(1, ids.shape[1]):
             out = out + y[:, j]
-        return out.reshape(*lead, self.hidden_dim)
+        return out.reshape(*hidden_states.shape[:-1], self.hidden_dim)
 
     def _forward_dense(self, hidden_states, top_k_index, top_k_weights):
         T = hidden_states.shape[0]
@@ -322,7 +336,7 @@ def stack_views(ts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, bool]:
 
 
 def _stacks_current(stacks: dict[str, dict[str, Any]], experts: "QuantExperts") -> bool:
-    for proj in _PROJECTIONS:
+    for proj in experts._projections:
         mods: Any = getattr(experts, proj)
         if stacks[proj]["_ptrs"] != (mods[0].weight.data_ptr(), mods[-1].weight.data_ptr()):
             return False

@@ -54,6 +54,7 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "Qwen2MoeForCausalLM": "Qwen2-MoE / Qwen1.5-MoE",
     "Glm4MoeForCausalLM": "GLM-4.5 / 4.6 MoE",
     "Llama4ForCausalLM": "Llama 4 text (in-place quantized 3-D experts)",
+    "GptOssForCausalLM": "gpt-oss (in-place quantized experts with biases, interleaved gate/up, attention sinks)",
 }
 
 _KV_ROLES = ("k_scale", "v_scale")
