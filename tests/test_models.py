@@ -70,7 +70,9 @@ LOGIT_TOL = {
     # modelopt_attention); the logit gap is the weight codes' gap, which the E4M3 rounding of K/V
     # amplifies (an input nudged across a rounding midpoint moves by a whole E4M3 step). ModelOpt
     # < 0.43 clamps exported KV scales to >= 1: 6.12% (test_fp8_kv_scales_clamped_by_old_modelopt).
-    "FP8": 0.10,  # 4.18%; 5.19% with the FP8 KV cache; 3.45% Qwen3-MoE
+    # 9.17% Llama 4 (random N(0, 0.08) weights, both layers MoE with top-1 routing: a code one step
+    # off can flip a routing decision).
+    "FP8": 0.18,  # 4.18%; 5.19% with the FP8 KV cache; 3.45% Qwen3-MoE; 9.17% Llama 4
     "W4A8_AWQ": 0.10,  # 4.90%
     "MIXED_PRECISION": 0.20,  # 10.66%: FP8 attention + NVFP4 MLP
     "W4A8_NVFP4_FP8": 0.22,  # 11.16%: most block scales differ from the fake quant's
