@@ -34,7 +34,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-# name -> (hidden H, expert intermediate I, experts E, top-k)
+# name -> (hidden H, expert intermediate inter, experts E, top-k)
 SHAPES = {
     "qwen3-30b-a3b": (2048, 768, 128, 8),
     "deepseek-v3": (7168, 2048, 256, 8),
@@ -46,7 +46,7 @@ QUICK_EXPERTS = {"deepseek-v3": 64}  # fewer experts in --quick: setup time (the
 INPUT_AMAX = 4.0
 
 
-def quant_experts(algo: str, H: int, I: int, E: int, device: torch.device, dtype: torch.dtype):
+def quant_experts(algo: str, H: int, inter: int, E: int, device: torch.device, dtype: torch.dtype):
     """A QuantExperts of ``E`` experts: one quantized random Linear per projection, copied per expert
     (each expert has its own memory, as in a checkpoint)."""
     import torch.nn.functional as F
@@ -63,14 +63,14 @@ def quant_experts(algo: str, H: int, I: int, E: int, device: torch.device, dtype
             lin.weight.copy_(torch.randn(n, k, generator=g) * 0.02)
         return motensor.QuantLinear.from_float(lin.to(device=device, dtype=dtype), algo, **kw)
 
-    protos = {"gate": one(I, H), "up": one(I, H), "down": one(H, I)}
+    protos = {"gate": one(inter, H), "up": one(inter, H), "down": one(H, inter)}
     # Deep copies that keep the format/recipe singletons (the grouped path checks them by identity).
     keep = lambda q: {id(v): v for v in vars(q).values() if not isinstance(v, (torch.Tensor, nn.Module, dict))}
     parts = {p: [copy.deepcopy(q, keep(q)) for _ in range(E)] for p, q in protos.items()}
     return QuantExperts(parts["gate"], parts["up"], parts["down"], F.silu, name=f"bench.{algo}", mode="loop")
 
 
-def bf16_experts(H: int, I: int, E: int, k: int, device: torch.device, dtype: torch.dtype) -> tuple[nn.Module, str]:
+def bf16_experts(H: int, inter: int, E: int, k: int, device: torch.device, dtype: torch.dtype) -> tuple[nn.Module, str]:
     """transformers' own fused experts module at this shape (bf16 3-D parameters), with the experts
     implementation a loaded model gets by default (``grouped_mm`` where torch has it, else
     ``eager``). Returns the module and that implementation's name."""
@@ -78,7 +78,7 @@ def bf16_experts(H: int, I: int, E: int, k: int, device: torch.device, dtype: to
     from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeExperts
 
     for impl in ("grouped_mm", "eager"):
-        cfg = Qwen3MoeConfig(hidden_size=H, moe_intermediate_size=I, num_experts=E, num_experts_per_tok=k,
+        cfg = Qwen3MoeConfig(hidden_size=H, moe_intermediate_size=inter, num_experts=E, num_experts_per_tok=k,
                              hidden_act="silu", experts_implementation=impl)
         with torch.device(device):
             m = Qwen3MoeExperts(cfg).to(dtype)
@@ -161,14 +161,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         return args.max_seconds is not None and time.monotonic() - t0 > args.max_seconds
 
     for shape in shapes:
-        H, I, E, k = SHAPES[shape]
+        H, inter, E, k = SHAPES[shape]
         E = args.experts or experts_override.get(shape, E)
-        peer, peer_impl = bf16_experts(H, I, E, k, device, dtype)
+        peer, peer_impl = bf16_experts(H, inter, E, k, device, dtype)
         peer_us: dict[int, float] = {}
         for T in tokens:
             x = torch.randn(T, H, generator=torch.Generator().manual_seed(T)).to(device=device, dtype=dtype)
             ids, w = routing(T, E, k, device, dtype)
-            peer_us[T] = time_us(lambda: peer(x, ids, w), device, args.reps)
+            peer_us[T] = time_us(lambda x=x, ids=ids, w=w, peer=peer: peer(x, ids, w), device, args.reps)
             rows.append({"case": f"{shape}-E{E}-b{T}", "impl": "hf_bf16_experts", "metric": "us", "value": peer_us[T],
                          "note": f"experts_implementation={peer_impl}"})
         del peer
@@ -176,7 +176,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             if out_of_time():
                 stopped = f"stopped before {shape} {algo}: --max-seconds {args.max_seconds:g}"
                 break
-            layer = quant_experts(algo, H, I, E, device, dtype)
+            layer = quant_experts(algo, H, inter, E, device, dtype)
             grouped_ok = layer._grouped_why_not is None
             for T in tokens:
                 case = f"{shape}-E{E}-b{T}"
@@ -185,7 +185,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 layer.mode = "loop"
                 with torch.no_grad():
                     y_loop = layer(x, ids, w).float()
-                loop_us = time_us(lambda: layer(x, ids, w), device, args.reps)
+                loop_us = time_us(lambda x=x, ids=ids, w=w, layer=layer: layer(x, ids, w), device, args.reps)
                 rows.append({"case": case, "impl": f"motensor_{algo}_loop", "metric": "us", "value": loop_us})
                 if not grouped_ok:
                     unavailable[f"{case} {algo}"] = str(layer._grouped_why_not)
@@ -194,7 +194,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 with torch.no_grad():
                     y = layer(x, ids, w).float()  # (compiles the Triton kernels on first use)
                 diff = ((y - y_loop).abs().max() / y_loop.abs().max().clamp_min(1e-30)).item()
-                g_us = time_us(lambda: layer(x, ids, w), device, args.reps)
+                g_us = time_us(lambda x=x, ids=ids, w=w, layer=layer: layer(x, ids, w), device, args.reps)
                 rows += [
                     {"case": case, "impl": f"motensor_{algo}_grouped", "metric": "us", "value": g_us},
                     {"case": case, "impl": f"motensor_{algo}_grouped", "metric": "grouped_vs_loop", "value": loop_us / g_us},

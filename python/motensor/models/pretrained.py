@@ -582,7 +582,8 @@ def _init_non_persistent_buffers(model, device: torch.device) -> None:
     for _, module, attr in recreated:
         _buffer(module, attr)._is_hf_initialized = False  # type: ignore[attr-defined]
     for module, owner in owners.values():
-        owner._init_weights(module)
+        init: Any = owner._init_weights  # a PreTrainedModel method (nn.Module's __getattr__ types it as a Tensor)
+        init(module)
     bad = [name for name, module, attr in recreated if _still_unset(_buffer(module, attr))]
     if bad:
         raise MotensorError(f"{type(model).__name__}: could not re-create non-persistent buffer(s) {bad}")
