@@ -436,3 +436,36 @@ def test_grouped_ops_backward_matches_autograd_through_dense_experts(family):
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(tw.grad, tw2.grad, rtol=1e-5, atol=1e-5)
     assert x.grad.abs().sum() > 0 and tw.grad[3, 1] == 0     # the "no expert" slot: no gradient
+
+
+@pytest.mark.parametrize("algo", ["NVFP4", "FP8_PB_WO"])
+def test_quant_experts_sorts_the_pairs_once_per_forward(algo, monkeypatch):
+    """One ``moe_align`` per forward, its result passed to the gate, up and down calls alike (the
+    same tensors), and the output unchanged: the sort is shared, not redone per projection."""
+    from motensor import ops
+    from motensor.models.moe import QuantExperts
+    from motensor.nn import QuantLinear
+
+    monkeypatch.setenv("MOTENSOR_CPU_KERNELS", "reference")
+    torch.manual_seed(9)
+    E, H, inter, T, top_k = 4, 256, 128, 5, 2
+    mk = lambda n, k: QuantLinear.from_float(torch.nn.Linear(k, n, bias=False), algo,
+                                             input_amax=4.0 if algo == "NVFP4" else None)
+    q = QuantExperts([mk(inter, H) for _ in range(E)], [mk(inter, H) for _ in range(E)],
+                     [mk(H, inter) for _ in range(E)], torch.nn.functional.silu, name="experts", mode="grouped")
+    ids = _routing("uneven", T, top_k, E, seed=10)
+    x = torch.randn(T, H).to(torch.bfloat16)
+    tw = torch.rand(T, top_k).to(torch.bfloat16)
+    with torch.no_grad():
+        want = q(x, ids, tw)
+    aligns, seen = [], []
+    monkeypatch.setattr(ops, "moe_align", lambda i, n, fam: aligns.append(fam) or R.moe_align_block_size(i, n, 16))
+    name = "moe_w8a16_gemm" if algo == "FP8_PB_WO" else "moe_w4a16_gemm"
+    real = getattr(ops, name)
+    monkeypatch.setattr(ops, name, lambda *a: seen.append((a[-2], a[-1])) or real(*a))
+    with torch.no_grad():
+        got = q(x, ids, tw)
+    assert aligns == ["w8a16" if algo == "FP8_PB_WO" else "w4a16"]
+    assert len(seen) == 3 and all(s is seen[0][0] and e is seen[0][1] for s, e in seen)
+    assert seen[0][0] is not None
+    assert torch.equal(got, want)
