@@ -1,10 +1,10 @@
 """Multimodal ``ForConditionalGeneration`` exports: the text side quantized, the vision side plain.
 
-``gemma3mm-nvfp4`` (Gemma3ForConditionalGeneration, SigLIP tower), ``mistral3-nvfp4``
-(Mistral3ForConditionalGeneration, Pixtral tower + patch merger) and ``llama4mm-nvfp4``
-(Llama4ForConditionalGeneration, in-place quantized text experts) were written by nvidia-modelopt
-0.47.0 (tests/data/make_fixtures_mm.py): ``NVFP4_DEFAULT_CFG`` leaves the vision tower and the
-projector unquantized, and the export stores them under their transformers 4 names
+``gemma3mm-{nvfp4,w4a16_awq}`` (Gemma3ForConditionalGeneration, SigLIP tower),
+``mistral3-{nvfp4,w4a16_awq}`` (Mistral3ForConditionalGeneration, Pixtral tower + patch merger) and
+``llama4mm-nvfp4`` (Llama4ForConditionalGeneration, in-place quantized text experts) were written by
+nvidia-modelopt 0.47.0 (tests/data/make_fixtures_mm.py): the stock configs leave the vision tower
+and the projector unquantized, and the export stores them under their transformers 4 names
 (``vision_tower.*``, ``multi_modal_projector.*``, text under ``language_model.model.*``). Their text
 logits and greedy tokens are checked against ModelOpt's fake-quant model in tests/test_models.py;
 here: the vision side equals the file, the AutoModel classes transformers routes these configs to,
@@ -18,7 +18,8 @@ import torch
 import motensor
 from helpers.fixtures import DATA
 
-MM = {"gemma3mm-nvfp4": "Gemma3ForConditionalGeneration", "mistral3-nvfp4": "Mistral3ForConditionalGeneration",
+MM = {"gemma3mm-nvfp4": "Gemma3ForConditionalGeneration", "gemma3mm-w4a16_awq": "Gemma3ForConditionalGeneration",
+      "mistral3-nvfp4": "Mistral3ForConditionalGeneration", "mistral3-w4a16_awq": "Mistral3ForConditionalGeneration",
       "llama4mm-nvfp4": "Llama4ForConditionalGeneration"}
 VISION = ("vision_tower.", "vision_model.", "multi_modal_projector.")
 pytestmark = pytest.mark.skipif(not all((DATA / f).is_dir() for f in MM), reason="fixtures missing")

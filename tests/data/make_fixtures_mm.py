@@ -73,7 +73,7 @@ def specs():
     }
 
 
-STEPS = ["gemma3mm-nvfp4", "mistral3-nvfp4", "llama4mm-nvfp4"]
+STEPS = ["gemma3mm-nvfp4", "mistral3-nvfp4", "llama4mm-nvfp4", "gemma3mm-w4a16_awq", "mistral3-w4a16_awq"]
 
 
 def build(arch: str):
