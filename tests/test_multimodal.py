@@ -132,3 +132,20 @@ def test_automodel_causal_lm_llama4mm_is_the_text_model():
         assert torch.equal(text(ids).logits, full(ids).logits)
         out = text.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None)
     assert out.shape == (1, 14)
+
+
+@pytest.mark.parametrize("name", sorted(MM))
+def test_inspect(name, capsys):
+    """``motensor inspect`` lists the text side's quantized modules and counts the plain vision
+    tensors with the other unquantized ones."""
+    from motensor.cli import main
+
+    assert main(["inspect", str(DATA / name)]) == 0
+    out = capsys.readouterr().out
+    ck = motensor.open(DATA / name)
+    assert f"{len(ck.modules)} quantized modules" in out
+    assert all(n.startswith("language_model.") for n in ck.modules)
+    plain = {t.rsplit(".", 1)[0] for t in ck.tensor_names() if t.startswith(VISION) and t.count(".") > 1}
+    assert plain and not [m for m in plain if f"{m} " in out]  # no vision module listed as quantized
+    if name.startswith("llama4mm"):
+        assert "(in-place experts)" in out
