@@ -6,7 +6,7 @@ cupy, matplotlib, pytest, no network): run from the repository root with that ma
 `python3`, the abi3 extension built elsewhere and carried (`python/motensor/_core.abi3.so`), and
 `PYTHONPATH=python` (set here). Nothing is installed.
 
-    python3 scripts/gpu_check.py [--out DIR] [--budget SECONDS] [--steps pytest,load,gemm,e2e,lora]
+    python3 scripts/gpu_check.py [--out DIR] [--budget SECONDS] [--steps pytest,load,gemm,moe,e2e,lora]
     python3 scripts/gpu_check.py --smoke --out DIR     # the same steps on the CPU, tiny sizes
 
 Steps (each in its own process, each with a hard time cap; the whole run fits `--budget`, 450 s
@@ -18,12 +18,14 @@ by default, Triton compilation included):
              changes when a GPU is present (tests/kernels, the bench harnesses), junit XML
   load       benches/load.py --quick     motensor vs safetensors vs the pinned H2D limit
   gemm       benches/gemm.py --quick     8B shapes, M = 1, 16, 4096, vs cuBLAS / _scaled_mm / tinygemm / roofline
+  moe        benches/moe.py --quick      one MoE experts layer (Qwen3-30B-A3B, DeepSeek-V3 with 64 experts),
+                                         1 and 64 tokens, NVFP4 / W4A16_AWQ: grouped kernel vs loop vs bf16
   e2e        benches/e2e.py --quick      batch-1 decode, NVFP4 and W4A16_AWQ with CUDA graphs vs bf16
   lora       benches/lora.py --quick     LoRA training steps, 8B shape NVFP4 vs bf16: tokens/s, peak memory
                                          (needs peft; skipped without it)
 
 Output: at most 8 files in one folder ($OUT when set, else ./gpu-check-out): gpu-check.log,
-pytest-gpu.xml, load/gemm/e2e/lora-<gpu>-<date>.json, and their PNG plots while there is room
+pytest-gpu.xml, load/gemm/moe/e2e/lora-<gpu>-<date>.json, and their PNG plots while there is room
 (the others are redrawn from the JSON with benches/plot.py). A step that overruns
 is stopped (SIGTERM, then SIGKILL); the benchmarks write what they measured before their cap.
 Without a CUDA GPU (and without --smoke) it stops at once with exit code 2.
@@ -51,7 +53,7 @@ MAX_FILES = 8
 MAX_FILE_BYTES = 16 << 20          # what the device tool brings back per file
 LOG_NAME = "gpu-check.log"
 JUNIT_NAME = "pytest-gpu.xml"
-BENCHES = ("load", "gemm", "e2e", "lora")
+BENCHES = ("load", "gemm", "moe", "e2e", "lora")
 NO_GPU_EXIT = 2
 
 
@@ -215,9 +217,12 @@ def plan(smoke: bool, py: str, out: Path, cache: Path) -> list[Step]:
         Step("pytest", cap=170, floor=60, argv=pytest_argv),
         Step("load", cap=90, floor=40, argv=[py, "benches/load.py", "--quick", "--out-dir", str(out),
                                               "--cache-dir", str(cache)] + (["--dry-run"] if smoke else [])),
-        Step("gemm", cap=150, floor=60, argv=[py, "benches/gemm.py", "--quick", "--out-dir", str(out)] + size,
+        Step("gemm", cap=135, floor=60, argv=[py, "benches/gemm.py", "--quick", "--out-dir", str(out)] + size,
              soft_flag="--max-seconds"),
-        Step("e2e", cap=170, floor=60, argv=[py, "benches/e2e.py", "--quick", "--out", str(out),
+        # --quick: <= 60 s with Triton compilation (H100); its soft stop starts no new format after cap - 25 s.
+        Step("moe", cap=75, floor=40, argv=[py, "benches/moe.py", "--out", str(out)]
+             + (["--smoke"] if smoke else ["--quick"]), soft_flag="--max-seconds"),
+        Step("e2e", cap=160, floor=60, argv=[py, "benches/e2e.py", "--quick", "--out", str(out),
                                              "--cache-dir", str(cache)] + size + (["--no-compiled"] if smoke else []),
              soft_flag="--max-seconds"),
         # Needs peft (carried as a wheel: benches/README.md); skipped with a note without it.
@@ -344,7 +349,7 @@ def main(argv: Optional[list] = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--out", type=Path, default=None, help="result folder (default $OUT, else ./gpu-check-out)")
     p.add_argument("--budget", type=float, default=450.0, help="seconds for the whole run (default 450)")
-    p.add_argument("--steps", default="pytest,load,gemm,e2e,lora", help="comma-separated subset, in order")
+    p.add_argument("--steps", default="pytest,load,gemm,moe,e2e,lora", help="comma-separated subset, in order")
     p.add_argument("--smoke", action="store_true", help="run every step on the CPU at tiny sizes (tests the plumbing)")
     p.add_argument("--no-background", action="store_true", help="no checkpoint writer / AOT sweep in the background")
     p.add_argument("--cache-dir", type=Path, default=None,

@@ -3,10 +3,10 @@
 ``llama4-nvfp4``, ``llama4-fp8`` and ``deepseekv3-nvfp4`` were written by nvidia-modelopt 0.47.0
 (tests/data/make_fixtures_035.py run in the 0.47 venv); ``refused/llama4-nvfp4-modelopt035`` by 0.35.1,
 whose BMM export writes a stale ``weight_scale`` (see ``test_modelopt035_stale_bmm_scale``).
-These fixtures have no logit references yet: ModelOpt's own fake-quant model of them differs from
-the transformers model built from the exported config.json even with activation quantizers off
-(13% of the logit range for Llama 4 with bit-identical weights), which is not understood yet, so
-here the weights are checked against ModelOpt's fake-quant weights, and the models are built and run.
+Their logit references (``references/<fixture>.json``) are checked in tests/test_models.py like
+every other export: ModelOpt's fake-quant model re-balanced as the export does
+(``prepare_like_export``), which motensor matches bit for bit for NVFP4 (Llama 4, DeepSeek-V3).
+Here: the expert weights against ModelOpt's fake-quant weights, and the models built and run.
 """
 from __future__ import annotations
 

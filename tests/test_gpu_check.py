@@ -54,17 +54,17 @@ def test_smoke_run_writes_at_most_8_small_files(tmp_path):
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert len(files) <= 8 and all((out / f).is_file() and (out / f).stat().st_size <= 16 << 20 for f in files)
     assert {"gpu-check.log", "pytest-gpu.xml"} <= set(files)
-    for bench in ("load", "gemm", "e2e", "lora"):
+    for bench in ("load", "gemm", "moe", "e2e", "lora"):
         (name,) = [f for f in files if f.startswith(f"{bench}-cpu-") and f.endswith(".json")]
         doc = json.loads((out / name).read_text())
         assert doc["bench"] == bench and doc["rows"] and doc["machine"]["gpu"] is None
-        if bench != "lora":  # lora's smoke size is its own (the CPU dry run of --quick)
+        if bench not in ("lora", "moe"):  # their smoke sizes are their own (the CPU dry runs of --quick)
             assert doc.get("quick") is True, bench
     e2e = json.loads((out / [f for f in files if f.startswith("e2e-")][0]).read_text())
     impls = {r["impl"] for r in e2e["rows"]}
     assert {"motensor_NVFP4", "motensor_W4A16_AWQ", "hf_bf16_eager"} <= impls
     assert e2e["skipped"]["motensor_NVFP4_cudagraph"] == "needs CUDA"
     log = (out / "gpu-check.log").read_text()
-    for step in ("preflight", "pytest", "load", "gemm", "e2e", "lora"):
+    for step in ("preflight", "pytest", "load", "gemm", "moe", "e2e", "lora"):
         assert f"== {step}: ok" in log, step
     assert "== summary" in log

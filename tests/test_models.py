@@ -62,7 +62,7 @@ LOGIT_TOL = {
     "FP8_PB_WO": 0.01,  # 0.00%
     "MXFP8": 0.01,  # 0.00%
     "W8A16": 0.015,  # 0.67% (INT8 tie flips in the export)
-    "W4A16_AWQ": 0.03,  # 0.54-0.94%; 1.60% Gemma 3 (INT4 tie flips)
+    "W4A16_AWQ": 0.03,  # 0.54-0.94%; 1.60% Gemma 3, 2.07% Gemma 3 multimodal (INT4 tie flips)
     "W8A8_SQ_PER_CHANNEL": 0.03,  # 1.64%
     "FP8_PER_CHANNEL_PER_TOKEN": 0.08,  # 4.06%
     "W4A8_MXFP4_FP8": 0.08,  # 3.97%
@@ -70,7 +70,9 @@ LOGIT_TOL = {
     # modelopt_attention); the logit gap is the weight codes' gap, which the E4M3 rounding of K/V
     # amplifies (an input nudged across a rounding midpoint moves by a whole E4M3 step). ModelOpt
     # < 0.43 clamps exported KV scales to >= 1: 6.12% (test_fp8_kv_scales_clamped_by_old_modelopt).
-    "FP8": 0.10,  # 4.18%; 5.19% with the FP8 KV cache; 3.45% Qwen3-MoE
+    # 9.17% Llama 4 (random N(0, 0.08) weights, both layers MoE with top-1 routing: a code one step
+    # off can flip a routing decision).
+    "FP8": 0.18,  # 4.18%; 5.19% with the FP8 KV cache; 3.45% Qwen3-MoE; 9.17% Llama 4
     "W4A8_AWQ": 0.10,  # 4.90%
     "MIXED_PRECISION": 0.20,  # 10.66%: FP8 attention + NVFP4 MLP
     "W4A8_NVFP4_FP8": 0.22,  # 11.16%: most block scales differ from the fake quant's
@@ -222,28 +224,39 @@ def _excluded(name: str, patterns) -> bool:
 @pytest.mark.parametrize("fixture", FIXTURES, ids=ids_of(FIXTURES))
 def test_quantized_and_excluded_modules(fixture: Path):
     from motensor.models import QuantExperts
+    from motensor.models.naming import rename_module, renamer
     from motensor.nn import QuantLinear
 
     m = model(fixture.name)
     ckpt = motensor.open(fixture)
     mods = dict(m.named_modules())
+    # Checkpoint names -> the model's (multimodal exports use transformers 4 names, e.g.
+    # language_model.model.layers.0... for model.language_model.layers.0...), and back.
+    rename = renamer(m)
+    to_model = {n: rename_module(rename, n) for n in ckpt.modules}
+    stored_as = {rename(t): t for t in ckpt.tensor_names()}
     expert_containers = {n for n, mod in mods.items() if isinstance(mod, QuantExperts)}
     for name, info in ckpt.modules.items():
         if ".experts." in name:
-            container = name.split(".experts.")[0].replace(".block_sparse_moe", ".mlp") + ".experts"
+            container = to_model[name].split(".experts.")[0].replace(".block_sparse_moe", ".mlp") + ".experts"
             assert container in expert_containers, f"{name}: its experts container is not a QuantExperts"
         else:
-            assert isinstance(mods.get(name), QuantLinear), f"{name} is quantized in the checkpoint but not in the model"
-            assert mods[name].format.name == info.format.name
+            target = mods.get(to_model[name])
+            assert isinstance(target, QuantLinear), f"{name} is quantized in the checkpoint but not in the model"
+            assert target.format.name == info.format.name
     q = ckpt.quant_config
+    quantized_model_names = set(to_model.values())
     plain = [(n, mod) for n, mod in mods.items() if type(mod) is torch.nn.Linear]
     for name, lin in plain:
-        assert name not in ckpt.modules
+        assert name not in quantized_model_names
+        stored = stored_as.get(f"{name}.weight")
         if q is not None and q.scheme == "single":
-            assert _excluded(name, q.exclude_modules), f"{name} is neither quantized nor in exclude_modules"
-        stored = f"{name}.weight" if f"{name}.weight" in ckpt else None
-        if stored is None and getattr(m.config, "tie_word_embeddings", False) and lin is m.get_output_embeddings():
-            stored = "model.embed_tokens.weight"
+            ck_name = stored.rsplit(".", 1)[0] if stored else name
+            assert _excluded(ck_name, q.exclude_modules), f"{name} is neither quantized nor in exclude_modules"
+        if stored is None and getattr(m.config.get_text_config(), "tie_word_embeddings", False) \
+                and lin is m.get_output_embeddings():
+            emb = next(n for n, mod in mods.items() if mod is m.get_input_embeddings())
+            stored = stored_as[f"{emb}.weight"]
         want = ckpt.tensor(stored)
         assert lin.weight.dtype == torch.bfloat16 and torch.equal(lin.weight, want.to(torch.bfloat16)), name
     if q is not None and q.exclude_modules:
@@ -392,7 +405,7 @@ def test_grouped_experts_match_loop_and_modelopt(fixture: Path):
     m = motensor.from_pretrained(fixture, device="cpu", dtype=torch.bfloat16, moe_mode="loop")
     experts = [mod for mod in m.modules() if isinstance(mod, QuantExperts)]
     assert experts
-    ids = torch.tensor([[1, 5, 9, 33, 70, 2, 17, 101]]) % m.config.vocab_size
+    ids = torch.tensor([[1, 5, 9, 33, 70, 2, 17, 101]]) % m.config.get_text_config().vocab_size
     if algo not in GROUPED_ALGOS:
         assert algo in str(experts[0]._grouped_why_not)
         experts[0].mode = "grouped"

@@ -19,7 +19,7 @@ from helpers.fixtures import DATA, fixture_dirs
 from motensor.errors import ArgumentError, ConfigError, ShardError
 
 transformers = pytest.importorskip("transformers")
-from transformers import AutoModelForCausalLM  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText  # noqa: E402
 
 from motensor.integrations.hf_quantizer import ModelOptConfig, ModelOptHfQuantizer  # noqa: E402
 
@@ -54,7 +54,11 @@ def test_import_registers_the_modelopt_quantizer():
 @pytest.mark.parametrize("path", QUANTIZED, ids=lambda p: p.name)
 def test_automodel_equals_motensor(path: Path):
     ours = motensor.from_pretrained(path, device="cpu", progress=False)
-    auto = AutoModelForCausalLM.from_pretrained(path, device_map="cpu")
+    # Multimodal exports: the image-text class (AutoModelForCausalLM maps some of these configs to a
+    # text-only class or to none; tests/test_multimodal.py covers that routing).
+    multimodal = json.loads((path / "config.json").read_text())["architectures"][0].endswith("ForConditionalGeneration")
+    auto_cls = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
+    auto = auto_cls.from_pretrained(path, device_map="cpu")
     assert auto.is_quantized and ours.is_quantized
     assert isinstance(auto.hf_quantizer, ModelOptHfQuantizer) and isinstance(ours.hf_quantizer, ModelOptHfQuantizer)
     assert isinstance(auto.config.quantization_config, ModelOptConfig)

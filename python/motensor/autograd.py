@@ -260,10 +260,10 @@ def _moe_backward(ctx, grad: Tensor, recompute) -> tuple[Optional[Tensor], Optio
 
 
 def _moe_w4a16_setup(ctx, inputs, output):
-    x, ids, tw, qweight, scales, gs, pqs, element, scale_kind, group_size = inputs
+    x, ids, tw, qweight, scales, gs, pqs, element, scale_kind, group_size, sorted_ids, expert_ids = inputs
     ctx.num_experts = qweight.shape[0]
     ctx.recompute = lambda: ops.moe_w4a16_gemm(x.detach(), ids, None, qweight, scales, gs, pqs, element, scale_kind,
-                                               group_size)
+                                               group_size, sorted_ids, expert_ids)
     weight_of = lambda e, dt=x.dtype: ops.dequant_w4(qweight[e], scales[e], None if gs is None else gs.reshape(-1)[e],
                                                      element, scale_kind, group_size, dt)
     _moe_setup(ctx, x, ids, tw, dict(weight=qweight, weight_scale=scales, weight_scale_2=gs), weight_of, pqs,
@@ -272,20 +272,21 @@ def _moe_w4a16_setup(ctx, inputs, output):
 
 def _moe_w4a16_backward(ctx, grad):
     dx, dw = _moe_backward(ctx, grad, ctx.recompute)
-    return dx, None, dw, None, None, None, None, None, None, None
+    return dx, None, dw, None, None, None, None, None, None, None, None, None
 
 
 def _moe_w8a16_setup(ctx, inputs, output):
-    x, ids, tw, qweight, scales, scale_kind, block_size = inputs
+    x, ids, tw, qweight, scales, scale_kind, block_size, sorted_ids, expert_ids = inputs
     ctx.num_experts = qweight.shape[0]
-    ctx.recompute = lambda: ops.moe_w8a16_gemm(x.detach(), ids, None, qweight, scales, scale_kind, block_size)
+    ctx.recompute = lambda: ops.moe_w8a16_gemm(x.detach(), ids, None, qweight, scales, scale_kind, block_size,
+                                               sorted_ids, expert_ids)
     weight_of = lambda e: ref.dequant_w8(qweight[e], scales[e], scale_kind=scale_kind, block_size=block_size)
     _moe_setup(ctx, x, ids, tw, dict(weight=qweight, weight_scale=scales), weight_of, None, "moe_w8a16_gemm")
 
 
 def _moe_w8a16_backward(ctx, grad):
     dx, dw = _moe_backward(ctx, grad, ctx.recompute)
-    return dx, None, dw, None, None, None, None
+    return dx, None, dw, None, None, None, None, None, None
 
 
 def _register() -> None:

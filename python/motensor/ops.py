@@ -346,7 +346,7 @@ def _(x, weight, weight_scale, input_scale, bias):
 @torch.library.custom_op("motensor::moe_w4a16_gemm", mutates_args=(), device_types="cpu")
 def moe_w4a16_gemm(x: Tensor, topk_ids: Tensor, topk_weights: Optional[Tensor], qweight: Tensor, scales: Tensor,
                    global_scale: Optional[Tensor], pre_quant_scale: Optional[Tensor], element: str, scale_kind: str,
-                   group_size: int) -> Tensor:
+                   group_size: int, sorted_ids: Optional[Tensor] = None, expert_ids: Optional[Tensor] = None) -> Tensor:
     """Routed experts' 4-bit GEMMs in one op: ``y[p] = (x[row(p)] * pre_quant_scale[e]) @ W[e]^T
     (* topk_weights[p])`` for each pair ``p = t * top_k + j`` routed to ``e = topk_ids[t, j]``.
 
@@ -354,14 +354,17 @@ def moe_w4a16_gemm(x: Tensor, topk_ids: Tensor, topk_weights: Optional[Tensor], 
     [E, K//G, N], global_scale fp32 [E] (E4M3 scales) or None, pre_quant_scale [E, K] or None;
     out [T*top_k, N] in x.dtype, zero rows for pairs routed outside [0, E). CPU: the loop over
     experts (``reference.moe_w4a16_gemm``); CUDA: ``dispatch.choose("moe_w4a16")``, the grouped
-    Triton kernel (kernels/moe_w4a16.py) or that reference.
+    Triton kernel (kernels/moe_w4a16.py) or that reference. ``sorted_ids`` / ``expert_ids``: the
+    pairs already sorted by expert (``moe_align`` of the same ``topk_ids``; one sort per MoE forward
+    for all projections), used by the grouped kernel when they fit its launch config, else recomputed.
     """
     return ref.moe_w4a16_gemm(x, topk_ids, topk_weights, qweight, scales, global_scale, element=element,
                               scale_kind=scale_kind, group_size=group_size, pre_quant_scale=pre_quant_scale)
 
 
 @moe_w4a16_gemm.register_kernel("cuda")
-def _(x, topk_ids, topk_weights, qweight, scales, global_scale, pre_quant_scale, element, scale_kind, group_size):
+def _(x, topk_ids, topk_weights, qweight, scales, global_scale, pre_quant_scale, element, scale_kind, group_size,
+      sorted_ids=None, expert_ids=None):
     choice = dispatch.choose("moe_w4a16", device=x.device, dtype=x.dtype, M=topk_ids.numel(),
                              N=qweight.shape[1], K=x.shape[-1])
     if choice.is_reference:
@@ -369,18 +372,21 @@ def _(x, topk_ids, topk_weights, qweight, scales, global_scale, pre_quant_scale,
                                   scale_kind=scale_kind, group_size=group_size, pre_quant_scale=pre_quant_scale)
     from motensor.kernels import moe_w4a16
     return moe_w4a16.moe_w4a16_gemm(x, topk_ids, topk_weights, qweight, scales, global_scale, element=element,
-                                    scale_kind=scale_kind, group_size=group_size, pre_quant_scale=pre_quant_scale)
+                                    scale_kind=scale_kind, group_size=group_size, pre_quant_scale=pre_quant_scale,
+                                    alignment=_alignment(sorted_ids, expert_ids))
 
 
 @moe_w4a16_gemm.register_fake
-def _(x, topk_ids, topk_weights, qweight, scales, global_scale, pre_quant_scale, element, scale_kind, group_size):
+def _(x, topk_ids, topk_weights, qweight, scales, global_scale, pre_quant_scale, element, scale_kind, group_size,
+      sorted_ids=None, expert_ids=None):
     torch._check(x.shape[-1] == qweight.shape[2] * 2, lambda: "x K must equal 2 * qweight.shape[2]")
     return x.new_empty((topk_ids.shape[0] * topk_ids.shape[1], qweight.shape[1]))
 
 
 @torch.library.custom_op("motensor::moe_w8a16_gemm", mutates_args=(), device_types="cpu")
 def moe_w8a16_gemm(x: Tensor, topk_ids: Tensor, topk_weights: Optional[Tensor], qweight: Tensor, scales: Tensor,
-                   scale_kind: str, block_size: int) -> Tensor:
+                   scale_kind: str, block_size: int, sorted_ids: Optional[Tensor] = None,
+                   expert_ids: Optional[Tensor] = None) -> Tensor:
     """``moe_w4a16_gemm`` for FP8 E4M3 experts: qweight float8_e4m3fn [E, N, K], scales "F32"
     (FP8_PB_WO 2-D blocks [E, ceil(N/B), ceil(K/B)]) or "E8M0" (MXFP8, uint8 [E, K//G, N])."""
     return ref.moe_w8a16_gemm(x, topk_ids, topk_weights, qweight, scales, scale_kind=scale_kind,
@@ -388,7 +394,7 @@ def moe_w8a16_gemm(x: Tensor, topk_ids: Tensor, topk_weights: Optional[Tensor], 
 
 
 @moe_w8a16_gemm.register_kernel("cuda")
-def _(x, topk_ids, topk_weights, qweight, scales, scale_kind, block_size):
+def _(x, topk_ids, topk_weights, qweight, scales, scale_kind, block_size, sorted_ids=None, expert_ids=None):
     choice = dispatch.choose("moe_w8a16", device=x.device, dtype=x.dtype, M=topk_ids.numel(),
                              N=qweight.shape[1], K=x.shape[-1])
     if choice.is_reference:
@@ -396,16 +402,35 @@ def _(x, topk_ids, topk_weights, qweight, scales, scale_kind, block_size):
                                   block_size=block_size)
     from motensor.kernels import moe_w8a16
     return moe_w8a16.moe_w8a16_gemm(x, topk_ids, topk_weights, qweight, scales, scale_kind=scale_kind,
-                                    block_size=block_size)
+                                    block_size=block_size, alignment=_alignment(sorted_ids, expert_ids))
 
 
 @moe_w8a16_gemm.register_fake
-def _(x, topk_ids, topk_weights, qweight, scales, scale_kind, block_size):
+def _(x, topk_ids, topk_weights, qweight, scales, scale_kind, block_size, sorted_ids=None, expert_ids=None):
     torch._check(x.shape[-1] == qweight.shape[2], lambda: "x K must equal qweight.shape[2]")
     return x.new_empty((topk_ids.shape[0] * topk_ids.shape[1], qweight.shape[1]))
 
 
-__all__ += ["mxfp4_fake_quant", "fp8_fake_quant", "fp8_linear", "int8_linear", "moe_w4a16_gemm", "moe_w8a16_gemm"]
+def _alignment(sorted_ids: Optional[Tensor], expert_ids: Optional[Tensor]) -> Optional[tuple[Tensor, Tensor]]:
+    return None if sorted_ids is None or expert_ids is None else (sorted_ids, expert_ids)
+
+
+def moe_align(topk_ids: Tensor, num_experts: int, family: str) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """The routed pairs sorted by expert and padded to the grouped kernel's block (``family``
+    ``"w4a16"`` or ``"w8a16"``), to compute once per MoE forward and pass to each projection's
+    ``moe_*_gemm`` (``sorted_ids``, ``expert_ids``). ``(None, None)`` where no grouped kernel runs
+    (not CUDA, or no Triton): the ops then need none."""
+    if topk_ids.device.type != "cuda" or not dispatch.triton_available():
+        return None, None
+    if family == "w8a16":
+        from motensor.kernels import moe_w8a16 as mod
+    else:
+        from motensor.kernels import moe_w4a16 as mod  # type: ignore[no-redef]
+    return mod.align(topk_ids, num_experts)
+
+
+__all__ += ["mxfp4_fake_quant", "fp8_fake_quant", "fp8_linear", "int8_linear", "moe_w4a16_gemm", "moe_w8a16_gemm",
+            "moe_align"]
 
 # Backward formulas (input/bias gradients, straight-through activation quantizers) for the ops above.
 from motensor import autograd as _autograd  # noqa: E402,F401

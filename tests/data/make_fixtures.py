@@ -632,6 +632,8 @@ def quantized_weights(model) -> dict[str, torch.Tensor]:
 
 def exported_name_candidates(name: str) -> list[str]:
     c = [name]
+    if name.startswith("model.language_model."):  # multimodal: ModelOpt exports the transformers 4 names
+        c.append("language_model.model." + name[len("model.language_model."):])
     m = re.match(r"(.*)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)$", name)
     if m:
         leg = {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}[m.group(3)]

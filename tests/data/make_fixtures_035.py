@@ -9,14 +9,14 @@ CPU (FIXTURES.md). This script writes them into tests/data/ with references in t
 ``model.logits``, ``model.greedy``, ``model.top2_margin``), so tests/test_models.py checks them
 like every other export.
 
-The references are ModelOpt's own fake-quant model (a deep copy of the calibrated model, run
-forward): ModelOpt 0.35's FP8 and NVFP4 fake-quant ops need CUDA, so two pure-torch stand-ins
-replace exactly those ops (``standin_dynamic_block_quantize`` from make_fixtures.py for the NVFP4
-blocks, :func:`standin_scaled_e4m3` for FP8, the unfused CUDA path's math). The copy is not
-re-balanced the way 0.47's export does (0.35 has no ``requantize_resmooth_fused_llm_layers`` call
-that could be run on the copy for these models), so where the export unifies scales across q/k/v
-or gate/up the reference differs by that (FIXTURES.md trap 3); the per-format tolerances of
-tests/test_models.py absorb it for FP8 and NVFP4.
+The references are ModelOpt's own fake-quant model: a deep copy of the calibrated model on which
+``make_fixtures.prepare_like_export`` ran (what the export does before packing weights: q_a/kv_a and
+gate/up amax unified, MoE inputs prepared), run forward. ModelOpt's FP8 (before 0.39) and NVFP4
+fake-quant ops need CUDA, so pure-torch stand-ins replace exactly those ops
+(``standin_dynamic_block_quantize`` from make_fixtures.py for the NVFP4 blocks,
+:func:`standin_scaled_e4m3` for FP8, the unfused CUDA path's math). The fixtures in tests/data were
+written with nvidia-modelopt 0.47.0; the un-rebalanced copy of earlier versions of this script was
+40% of the logit range off the export (DeepSeek-V3).
 
 Environment (a private venv OUTSIDE the repo, CPU only):
 
@@ -46,7 +46,7 @@ import torch
 DATA = Path(__file__).resolve().parent
 REFS = DATA / "references"
 sys.path.insert(0, str(DATA))
-from make_fixtures import N_NEW, N_PROMPT, SEED, standin_dynamic_block_quantize  # noqa: E402
+from make_fixtures import N_NEW, N_PROMPT, SEED, prepare_like_export, standin_dynamic_block_quantize  # noqa: E402
 
 warnings.filterwarnings("ignore")
 torch.set_num_threads(int(os.environ.get("MOTENSOR_FIXTURE_THREADS", "2")))
@@ -112,6 +112,7 @@ def specs():
 
 FORMATS = {"nvfp4": ("NVFP4_DEFAULT_CFG", "NVFP4"), "fp8": ("FP8_DEFAULT_CFG", "FP8")}
 STEPS = ["llama4-nvfp4", "llama4-fp8", "deepseekv3-nvfp4"]
+GU0 = "model.layers.0.feed_forward.experts.gate_up_proj"
 
 
 def build(arch: str):
@@ -170,7 +171,18 @@ def step(name: str):
     qcfg = copy.deepcopy(getattr(mtq, cfg_name))
     model = mtq.quantize(model, qcfg, loop)
     ref = copy.deepcopy(model)
+    # What the export does before packing (gate/up and q_a/kv_a amax unified, MoE inputs...), on the
+    # copy: without it the reference is not the model the checkpoint encodes (FIXTURES.md trap 3),
+    # 40% of the logit range apart for these random-weight models.
+    prepare_like_export(ref)
     logits, seq, margins = references(ref, ids)
+    bmm = {}
+    if name == "llama4-nvfp4":  # layer 0's in-place experts, as ModelOpt's forward quantizes them
+        from modelopt.torch.quantization.plugins.huggingface import _transposed_quantize
+
+        ex = ref.model.layers[0].feed_forward.experts
+        with torch.no_grad():
+            bmm[GU0] = _transposed_quantize(ex.gate_up_proj, ex.gate_up_proj_weight_quantizer).detach().contiguous()
     name = name + os.environ.get("MOTENSOR_FIXTURE_SUFFIX", "")
     out = DATA / name
     shutil.rmtree(out, ignore_errors=True)
@@ -180,6 +192,9 @@ def step(name: str):
     hq = json.loads((out / "hf_quant_config.json").read_text())
     assert hq["quantization"]["quant_algo"].upper() == algo, hq
     REFS.mkdir(exist_ok=True)
+    if bmm:
+        save_file(bmm, str(REFS / f"{name}-bmm-weights.safetensors"), metadata={"format": "pt"})
+        os.chmod(REFS / f"{name}-bmm-weights.safetensors", 0o644)
     save_file({"model.input_ids": ids, "model.logits": logits, "model.greedy": seq, "model.top2_margin": margins},
               str(REFS / f"{name}.safetensors"), metadata={"format": "pt"})
     os.chmod(REFS / f"{name}.safetensors", 0o644)
@@ -191,8 +206,9 @@ def step(name: str):
         "versions": {"nvidia-modelopt": modelopt.__version__, "torch": torch.__version__,
                      "transformers": transformers.__version__, "python": sys.version.split()[0]},
         "architecture": type(model).__name__,
-        "reference": "ModelOpt 0.35.1 fake-quant model (not re-balanced like the export), forward on CPU with "
-                     "pure-torch stand-ins for its CUDA-only FP8 and NVFP4 fake-quant ops",
+        "reference": f"ModelOpt {modelopt.__version__} fake-quant model, re-balanced as the export does "
+                     "(make_fixtures.prepare_like_export on a deep copy), forward on CPU with pure-torch "
+                     "stand-ins for its CUDA-only fake-quant ops",
         "standin_op_calls": dict(STANDIN_CALLS),
         "init": {"random_seed": SEED, "how": "M(config) in fp32, saved, reloaded in bf16, 2-D+ weights "
                                              "redrawn N(0, 0.08) (seed + 3)"},

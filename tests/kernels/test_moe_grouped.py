@@ -85,6 +85,38 @@ def test_grouped_kernel_matches_loop_reference(case):
     assert_rel(y.cpu(), ref, tol(dtype))
 
 
+@pytest.mark.parametrize("family", ["w4a16", "w8a16"])
+def test_alignment_computed_once_is_reused_and_a_stale_one_replaced(family, monkeypatch):
+    """``align`` sorts the pairs once for every projection of a forward: a kernel given that
+    alignment does not sort again and gives the bits it gives without it; one built for another
+    block size is not used (recomputed). (It must be built from the same ``topk_ids``: the op
+    cannot check that without a host sync.)"""
+    from motensor.kernels import moe_w4a16, moe_w8a16
+
+    mod = moe_w4a16 if family == "w4a16" else moe_w8a16
+    E, n, k, T, top_k = 4, 40, 64, 9, 2
+    ids = _routing("uneven", T, top_k, E, 5).to(DEVICE)
+    x = make_x((T, k), F16, 6)
+    if family == "w4a16":
+        qw, sc, gs = _stacked(E, n, k, "E2M1", "E4M3", 16, 7)
+        run = lambda **kw: mod.moe_w4a16_gemm(x, ids, None, qw, sc, gs, element="E2M1", scale_kind="E4M3",
+                                              group_size=16, config=CFG(), **kw)
+    else:
+        qw = (torch.randn(E, n, k, generator=gen(7)) * 0.5).to(torch.float8_e4m3fn).to(DEVICE)
+        sc = (torch.rand(E, 1, 1, generator=gen(8)) + 0.5).to(DEVICE)
+        run = lambda **kw: mod.moe_w8a16_gemm(x, ids, None, qw, sc, scale_kind="F32", block_size=128,
+                                              config=CFG(), **kw)
+    want = run()
+    calls = []
+    real = R.moe_align_block_size
+    monkeypatch.setattr(R, "moe_align_block_size", lambda *a: calls.append(a[2]) or real(*a))
+    al = R.moe_align_block_size(ids, E, CFG()["BLOCK_M"])
+    calls.clear()
+    assert torch.equal(run(alignment=al), want) and calls == []        # reused, no second sort
+    assert torch.equal(run(alignment=real(ids, E, 32)), want) and calls == [16]  # other BLOCK_M: recomputed
+    assert mod.block_m(T * top_k, E, ids.device) > 0
+
+
 def test_loop_reference_is_the_per_expert_w4a16_gemm():
     """The reference itself: row p of the output is the plain W4A16 product of its token's row with
     its expert's weight (times its routing weight), independently of the expert loop."""
@@ -142,7 +174,8 @@ def test_op_cpu_is_the_reference_and_opcheck():
                                            group_size=32, pre_quant_scale=pqs))
     assert str(ops.moe_w4a16_gemm.default._schema) == (
         "motensor::moe_w4a16_gemm(Tensor x, Tensor topk_ids, Tensor? topk_weights, Tensor qweight, Tensor scales, "
-        "Tensor? global_scale, Tensor? pre_quant_scale, str element, str scale_kind, SymInt group_size) -> Tensor")
+        "Tensor? global_scale, Tensor? pre_quant_scale, str element, str scale_kind, SymInt group_size, "
+        "Tensor? sorted_ids=None, Tensor? expert_ids=None) -> Tensor")
     torch.library.opcheck(ops.moe_w4a16_gemm.default, args,
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor",
                                       "test_aot_dispatch_dynamic"))
@@ -403,3 +436,36 @@ def test_grouped_ops_backward_matches_autograd_through_dense_experts(family):
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(tw.grad, tw2.grad, rtol=1e-5, atol=1e-5)
     assert x.grad.abs().sum() > 0 and tw.grad[3, 1] == 0     # the "no expert" slot: no gradient
+
+
+@pytest.mark.parametrize("algo", ["NVFP4", "FP8_PB_WO"])
+def test_quant_experts_sorts_the_pairs_once_per_forward(algo, monkeypatch):
+    """One ``moe_align`` per forward, its result passed to the gate, up and down calls alike (the
+    same tensors), and the output unchanged: the sort is shared, not redone per projection."""
+    from motensor import ops
+    from motensor.models.moe import QuantExperts
+    from motensor.nn import QuantLinear
+
+    monkeypatch.setenv("MOTENSOR_CPU_KERNELS", "reference")
+    torch.manual_seed(9)
+    E, H, inter, T, top_k = 4, 256, 128, 5, 2
+    mk = lambda n, k: QuantLinear.from_float(torch.nn.Linear(k, n, bias=False), algo,
+                                             input_amax=4.0 if algo == "NVFP4" else None)
+    q = QuantExperts([mk(inter, H) for _ in range(E)], [mk(inter, H) for _ in range(E)],
+                     [mk(H, inter) for _ in range(E)], torch.nn.functional.silu, name="experts", mode="grouped")
+    ids = _routing("uneven", T, top_k, E, seed=10)
+    x = torch.randn(T, H).to(torch.bfloat16)
+    tw = torch.rand(T, top_k).to(torch.bfloat16)
+    with torch.no_grad():
+        want = q(x, ids, tw)
+    aligns, seen = [], []
+    monkeypatch.setattr(ops, "moe_align", lambda i, n, fam: aligns.append(fam) or R.moe_align_block_size(i, n, 16))
+    name = "moe_w8a16_gemm" if algo == "FP8_PB_WO" else "moe_w4a16_gemm"
+    real = getattr(ops, name)
+    monkeypatch.setattr(ops, name, lambda *a: seen.append((a[-2], a[-1])) or real(*a))
+    with torch.no_grad():
+        got = q(x, ids, tw)
+    assert aligns == ["w8a16" if algo == "FP8_PB_WO" else "w4a16"]
+    assert len(seen) == 3 and all(s is seen[0][0] and e is seen[0][1] for s, e in seen)
+    assert seen[0][0] is not None
+    assert torch.equal(got, want)

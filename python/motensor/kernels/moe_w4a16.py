@@ -127,7 +127,8 @@ def moe_w4a16_gemm(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: Option
                    qweight: torch.Tensor, scales: torch.Tensor, global_scale: Optional[torch.Tensor] = None, *,
                    element: Union[Element, str], scale_kind: Union[ScaleEncoding, str], group_size: int,
                    pre_quant_scale: Optional[torch.Tensor] = None,
-                   config: Optional[dict] = None) -> torch.Tensor:
+                   config: Optional[dict] = None,
+                   alignment: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
     """Grouped routed-experts GEMM (see the module docstring); same contract as
     ``reference.moe_w4a16_gemm``. Output [T*top_k, N] in x.dtype.
 
@@ -152,7 +153,7 @@ def moe_w4a16_gemm(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: Option
     else:
         cfg = default_config(pairs, num_experts, torch.cuda.get_device_capability(x.device))
         meta, warps, stages = dict(cfg.kwargs), cfg.num_warps, cfg.num_stages
-    sorted_ids, expert_ids = ref.moe_align_block_size(topk_ids, num_experts, meta["BLOCK_M"])
+    sorted_ids, expert_ids = aligned(topk_ids, num_experts, meta["BLOCK_M"], alignment)
     em = sorted_ids.numel()
     qw = qweight if qweight.stride(-1) == 1 else qweight.contiguous()
     s_arg = scales.view(torch.uint8) if sk is ScaleEncoding.E4M3 else scales
@@ -171,3 +172,31 @@ def moe_w4a16_gemm(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: Option
         ROW_DIV=row_div, ELEMENT=el.value, SCALE_KIND=sk.value, GROUP=group_size, HAS_GS=gs is not None,
         HAS_PQS=pqs is not None, MUL_ROUTED=tw is not None, num_warps=warps, num_stages=stages, **meta)
     return c
+
+
+def block_m(pairs: int, num_experts: int, device: torch.device) -> int:
+    """The BLOCK_M this module's kernel launches with for ``pairs`` routed pairs."""
+    if _util.interpreting():
+        return int(INTERP_CONFIG["BLOCK_M"])
+    return int(default_config(pairs, num_experts, torch.cuda.get_device_capability(device)).kwargs["BLOCK_M"])
+
+
+def align(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pairs of ``topk_ids`` sorted by expert and padded as the kernel's launch config needs
+    (``reference.moe_align_block_size``): computed once per MoE forward and passed as
+    ``alignment=`` to every projection's call (gate, up and down route the same pairs)."""
+    return ref.moe_align_block_size(topk_ids, num_experts, block_m(topk_ids.numel(), num_experts, topk_ids.device))
+
+
+def aligned(topk_ids: torch.Tensor, num_experts: int, bm: int,
+            alignment: Optional[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``alignment`` when its shapes fit block size ``bm`` for these pairs, else a new one. It must
+    have been built from the same ``topk_ids`` (``align``): checking the contents would cost a host
+    sync."""
+    if alignment is not None:
+        sorted_ids, expert_ids = alignment
+        p = topk_ids.numel()
+        em = -(-(p + (num_experts + 1) * (bm - 1)) // bm) * bm
+        if sorted_ids.numel() == em and expert_ids.numel() * bm == em and sorted_ids.device == topk_ids.device:
+            return sorted_ids, expert_ids
+    return ref.moe_align_block_size(topk_ids, num_experts, bm)

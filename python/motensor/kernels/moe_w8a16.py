@@ -95,7 +95,8 @@ def check_stacked(qweight: torch.Tensor, scales: torch.Tensor, scale_kind: Scale
 
 def moe_w8a16_gemm(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: Optional[torch.Tensor],
                    qweight: torch.Tensor, scales: torch.Tensor, *, scale_kind: Union[ScaleEncoding, str],
-                   block_size: int, config: Optional[dict] = None) -> torch.Tensor:
+                   block_size: int, config: Optional[dict] = None,
+                   alignment: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
     """Grouped routed-experts FP8-weight GEMM; same contract as ``reference.moe_w8a16_gemm``.
     Output [T*top_k, N] in x.dtype; config: fixed meta-parameters (tests, interpreter)."""
     sk = as_enum(ScaleEncoding, scale_kind, "scale_kind")
@@ -115,7 +116,7 @@ def moe_w8a16_gemm(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: Option
         meta, warps, stages = dict(cfg.kwargs), cfg.num_warps, cfg.num_stages
     if sk is ScaleEncoding.F32 and block_size % meta["BLOCK_K"]:
         raise ValueError(f"BLOCK_K={meta['BLOCK_K']} must divide block_size={block_size}")
-    sorted_ids, expert_ids = ref.moe_align_block_size(topk_ids, num_experts, meta["BLOCK_M"])
+    sorted_ids, expert_ids = aligned(topk_ids, num_experts, meta["BLOCK_M"], alignment)
     em = sorted_ids.numel()
     qw = qweight.view(torch.uint8)
     if qw.stride(-1) != 1:
@@ -130,3 +131,31 @@ def moe_w8a16_gemm(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: Option
         ROW_DIV=row_div, SCALE_KIND=sk.value, SBLOCK=block_size, MUL_ROUTED=tw is not None,
         num_warps=warps, num_stages=stages, **meta)
     return c
+
+
+def block_m(pairs: int, num_experts: int, device: torch.device) -> int:
+    """The BLOCK_M this module's kernel launches with for ``pairs`` routed pairs."""
+    if _util.interpreting():
+        return int(INTERP_CONFIG["BLOCK_M"])
+    return int(_config(pairs, num_experts).kwargs["BLOCK_M"])
+
+
+def align(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pairs of ``topk_ids`` sorted by expert and padded as the kernel's launch config needs
+    (``reference.moe_align_block_size``): computed once per MoE forward and passed as
+    ``alignment=`` to every projection's call (gate, up and down route the same pairs)."""
+    return ref.moe_align_block_size(topk_ids, num_experts, block_m(topk_ids.numel(), num_experts, topk_ids.device))
+
+
+def aligned(topk_ids: torch.Tensor, num_experts: int, bm: int,
+            alignment: Optional[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``alignment`` when its shapes fit block size ``bm`` for these pairs, else a new one. It must
+    have been built from the same ``topk_ids`` (``align``): checking the contents would cost a host
+    sync."""
+    if alignment is not None:
+        sorted_ids, expert_ids = alignment
+        p = topk_ids.numel()
+        em = -(-(p + (num_experts + 1) * (bm - 1)) // bm) * bm
+        if sorted_ids.numel() == em and expert_ids.numel() * bm == em and sorted_ids.device == topk_ids.device:
+            return sorted_ids, expert_ids
+    return ref.moe_align_block_size(topk_ids, num_experts, bm)

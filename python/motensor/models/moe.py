@@ -259,6 +259,8 @@ class QuantExperts(nn.Module):
 
         pairs = ids.numel()
         expert_of_pair = ids.reshape(-1).clamp(0, self.num_experts - 1)  # "no expert" rows come out zero
+        # The pairs sorted by expert once for gate, up and down (they route the same pairs).
+        sorted_ids, expert_ids = ops.moe_align(ids, self.num_experts, st["gate"]["_family"])
 
         def run(proj: str, inp: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
             a = st[proj]
@@ -266,7 +268,7 @@ class QuantExperts(nn.Module):
                 if a["_activation"] is Activation.MXFP8:
                     inp = ops.mxfp8_fake_quant(inp)  # per 32-block of a row: the same for every expert
                 return ops.moe_w8a16_gemm(inp, ids, weights, a["qweight"], a["scales"], a["scale_kind"],
-                                          a["group_size"])
+                                          a["group_size"], sorted_ids, expert_ids)
             pqs, in_s = a["pre_quant_scale"], a["_input_scale"]
             if in_s is not None:
                 # NVFP4 activations: each pair's row quantized with its expert's input_scale (after
@@ -278,7 +280,7 @@ class QuantExperts(nn.Module):
                     pqs = None
                 inp = ops.nvfp4_fake_quant(inp, in_s[expert_of_pair])
             return ops.moe_w4a16_gemm(inp, ids, weights, a["qweight"], a["scales"], a["global_scale"], pqs,
-                                      a["element"], a["scale_kind"], a["group_size"])
+                                      a["element"], a["scale_kind"], a["group_size"], sorted_ids, expert_ids)
 
         return x, ids, run
 

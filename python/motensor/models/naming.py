@@ -38,9 +38,26 @@ def renamer(model: nn.Module) -> Callable[[str], str]:
     """A function mapping a checkpoint tensor/module name to the model's naming.
 
     Applies the ``WeightRenaming`` entries of transformers' checkpoint conversion mapping for
-    ``model`` (the merges, ``WeightConverter``, are left to the expert containers). Names that
-    no renaming matches come back unchanged.
+    ``model`` (the merges, ``WeightConverter``, are left to the expert containers), then, as
+    transformers' loader does, drops the model's ``base_model_prefix`` where the model has no
+    module of that name (a text-only class such as ``Llama4ForCausalLM``, prefix
+    ``language_model``, reading the ``language_model.model.*`` / ``language_model.lm_head.*``
+    tensors of a multimodal checkpoint). Names that nothing matches come back unchanged.
     """
+    base = _renamer(model)
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    if not prefix or prefix in dict(model.named_children()):
+        return base
+    head = prefix + "."
+
+    def rename(name: str) -> str:
+        out = base(name)
+        return out[len(head):] if out.startswith(head) else out
+
+    return rename
+
+
+def _renamer(model: nn.Module) -> Callable[[str], str]:
     renamings = _transformers_renamings(model)
     if renamings is not None:
         from transformers.core_model_loading import apply_renamings

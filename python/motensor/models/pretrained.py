@@ -55,6 +55,10 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "Glm4MoeForCausalLM": "GLM-4.5 / 4.6 MoE",
     "Llama4ForCausalLM": "Llama 4 text (in-place quantized 3-D experts)",
     "GptOssForCausalLM": "gpt-oss (in-place quantized experts with biases, interleaved gate/up, attention sinks)",
+    # Multimodal: the text side quantized, the vision tower and projector plain (as ModelOpt exports them).
+    "Gemma3ForConditionalGeneration": "Gemma 3 multimodal (SigLIP vision tower plain)",
+    "Mistral3ForConditionalGeneration": "Mistral 3 / Mistral Small 3.1 multimodal (Pixtral vision tower plain)",
+    "Llama4ForConditionalGeneration": "Llama 4 multimodal (vision model plain, text experts in place)",
 }
 
 _KV_ROLES = ("k_scale", "v_scale")
@@ -555,19 +559,22 @@ def _kv_scales(ckpt, loaded, rename, device) -> dict[str, dict[str, torch.Tensor
 
 def _init_non_persistent_buffers(model, device: torch.device) -> None:
     """Re-creates every non-persistent buffer (left on meta) on ``device`` with the value the
-    model's ``_init_weights`` gives it (rotary ``inv_freq``, Gemma's ``embed_scale``...)."""
-    owners: dict[int, nn.Module] = {}
+    model's ``_init_weights`` gives it (rotary ``inv_freq``, Gemma's ``embed_scale``, a vision
+    tower's ``position_ids``...). Each module is initialised by the ``_init_weights`` of the
+    innermost transformers model that contains it, as transformers does (a multimodal model's
+    vision tower is its own ``PreTrainedModel``, e.g. SigLIP inside Gemma 3)."""
+    owners: dict[int, tuple[nn.Module, nn.Module]] = {}
     recreated: list[tuple[str, nn.Module, str]] = []
+    initializer = _innermost_pretrained(model)
     for module_name, module in model.named_modules():
         for attr in list(module._non_persistent_buffers_set):
             buf = module._buffers.get(attr)
             if buf is None or buf.device.type != "meta":
                 continue
             new = torch.empty(buf.shape, dtype=buf.dtype, device=device)
-            if new.is_floating_point():
-                new.fill_(float("nan"))
+            new.fill_(_unset(new))
             module._buffers[attr] = new
-            owners[id(module)] = module
+            owners[id(module)] = (module, initializer[module_name])
             recreated.append((f"{module_name}.{attr}" if module_name else attr, module, attr))
     if not recreated:
         return
@@ -575,12 +582,43 @@ def _init_non_persistent_buffers(model, device: torch.device) -> None:
         t._is_hf_initialized = True  # transformers' init functions skip tensors flagged like this
     for _, module, attr in recreated:
         _buffer(module, attr)._is_hf_initialized = False  # type: ignore[attr-defined]
-    for module in owners.values():
-        model._init_weights(module)
-    bad = [name for name, module, attr in recreated
-           if _buffer(module, attr).is_floating_point() and torch.isnan(_buffer(module, attr)).any()]
+    for module, owner in owners.values():
+        init: Any = owner._init_weights  # a PreTrainedModel method (nn.Module's __getattr__ types it as a Tensor)
+        init(module)
+    bad = [name for name, module, attr in recreated if _still_unset(_buffer(module, attr))]
     if bad:
         raise MotensorError(f"{type(model).__name__}: could not re-create non-persistent buffer(s) {bad}")
+
+
+def _innermost_pretrained(model: nn.Module) -> dict[str, nn.Module]:
+    """Module name -> the innermost module with ``_init_weights`` (a transformers
+    ``PreTrainedModel``) that contains it (``model`` itself at the top)."""
+    out: dict[str, nn.Module] = {"": model}
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        parent = out[name.rpartition(".")[0]]
+        out[name] = parent
+        if hasattr(module, "_init_weights") and callable(module._init_weights):
+            out[name] = module
+    return out
+
+
+def _unset(t: torch.Tensor) -> float | int | bool:
+    """The placeholder a re-created buffer is filled with until ``_init_weights`` sets it."""
+    if t.is_floating_point() or t.is_complex():
+        return float("nan")
+    if t.dtype == torch.bool:
+        return False
+    return int(torch.iinfo(t.dtype).min)
+
+
+def _still_unset(t: torch.Tensor) -> bool:
+    if t.is_floating_point() or t.is_complex():
+        return bool(torch.isnan(t).any())
+    if t.dtype == torch.bool or t.numel() == 0:
+        return False
+    return bool((t == torch.iinfo(t.dtype).min).any())
 
 
 def _buffer(module: nn.Module, attr: str) -> torch.Tensor:
