@@ -28,7 +28,7 @@ def _close(y: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> None:
 
 def _variants():
     for fs in (True, False):
-        for path in ("fused", "dequant_blas"):
+        for path in ("fused", "dequant_blas", "dequant_bf16_blas"):
             yield dict(force_scalar=fs, path=path)
 
 

@@ -104,8 +104,9 @@ class LoadPlan:
         ...
 
 
-def cpu_dequant(out: torch.Tensor, kind: str, n: int, k: int, qweight: torch.Tensor, scales: Optional[torch.Tensor], element: str, scale_kind: str, group: int, scale_mul: Optional[float], scale_div: Optional[float], operand_dtype: str, force_scalar: bool) -> None:
-    """The whole weight dequantized into `out` ([N, K] float32, or bfloat16 with bf16 rounding)."""
+def cpu_dequant(out: torch.Tensor, kind: str, n: int, k: int, qweight: torch.Tensor, scales: Optional[torch.Tensor], element: str, scale_kind: str, group: int, scale_mul: Optional[float], scale_div: Optional[float], operand_dtype: str, force_scalar: bool, row0: int = 0) -> None:
+    """The weight dequantized into `out`: all of it ([N, K] float32), or, for a bfloat16 `out`
+    (bf16 rounding), rows `row0 .. row0 + out.numel() / K` (a block of the dequantize + bf16 BLAS path)."""
     ...
 
 
@@ -120,7 +121,7 @@ def cpu_gemm_i8(xq: torch.Tensor, out: torch.Tensor, m: int, n: int, k: int, qwe
 
 
 def cpu_isa() -> str:
-    """The instruction set the fused kernels use on this CPU ("avx512", "avx2" or "scalar"; other architectures run the portable build)."""
+    """The instruction set the fused kernels use on this CPU ("avx512_bf16", "avx512", "avx2" or "scalar"; other architectures run the portable build; `MOTENSOR_CPU_ISA` caps it)."""
     ...
 
 

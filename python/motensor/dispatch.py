@@ -39,6 +39,7 @@ INT_MM_ALIGN = 8             # torch._int_mm: K and N multiples of 8
 INT_MM_MIN_M = 17            # cuBLASLt's int8 GEMM wants more than 16 rows (smaller M is padded)
 CPU_FUSED_MAX_M = 16         # CPU: fused Rust dequant+GEMM up to here; above, Rust dequantize + torch BLAS
                              # (benches/cpu_gemm.py on a 2-core AVX2 box: fused wins at M = 8, BLAS at 64)
+CPU_BF16_ISA = "avx512_bf16"  # CPUs whose bf16 dot products make torch's bf16 GEMM the fast one
 CPU_KERNEL_MODES = ("rust", "scalar", "reference")  # MOTENSOR_CPU_KERNELS
 
 GEMM_FAMILIES = ("w4a16", "w8a16", "w4a8")
@@ -50,7 +51,12 @@ MOE_FAMILIES = ("moe_w4a16", "moe_w8a16")
 FAMILIES = GEMM_FAMILIES + QUANT_FAMILIES + ("dequant_w4",) + NATIVE_FAMILIES + MOE_FAMILIES
 # Families with a Rust CPU kernel (motensor.kernels.cpu); the rest run the reference on the CPU.
 CPU_FAMILIES = GEMM_FAMILIES + NATIVE_FAMILIES
-_CPU_PATHS = ("fused", "dequant_blas")
+_CPU_PATHS = ("fused", "dequant_blas", "dequant_bf16_blas")
+# Families whose weight operand is exactly bf16 with bf16 activations and whose scales are all in
+# the operand: above CPU_FUSED_MAX_M on a bf16 CPU they dequantize to bf16 blocks for torch's bf16
+# GEMM, whose one rounding is then the reference's. (fp8_linear's scales come after the sums: torch's
+# CPU bf16 GEMM rounds before them, a second rounding that MoE routing can amplify; it keeps fp32.)
+CPU_BF16_BLAS_FAMILIES = ("w4a16", "w8a16")
 
 _PATHS = {
     "w4a16": ("gemv", "splitk", "tiled", "dequant_cublas"),
@@ -160,7 +166,9 @@ def cpu_kernel_mode() -> str:
 
 
 def cpu_isa() -> str:
-    """The instruction set the Rust CPU kernels use here: ``avx512``, ``avx2`` or ``scalar`` (no NEON path yet: ARM runs the portable build)."""
+    """The instruction set the Rust CPU kernels use here: ``avx512_bf16``, ``avx512``, ``avx2`` or
+    ``scalar`` (no NEON path yet: ARM runs the portable build). ``MOTENSOR_CPU_ISA`` caps it (read
+    once per process)."""
     if cpu_kernel_mode() == "scalar":
         return "scalar"
     from motensor import _core
@@ -186,9 +194,15 @@ def _cpu(family: str, dtype: torch.dtype, M: int, path: Optional[str]) -> Kernel
         reason = "path forced by caller"
     elif M <= CPU_FUSED_MAX_M:
         path, reason = "fused", f"M={M} <= {CPU_FUSED_MAX_M}: fused dequant+GEMM, packed weight read once"
+        if dtype is torch.bfloat16 and cpu_isa() == CPU_BF16_ISA:
+            reason += " (bf16 dot products where weight and activations are exact bf16 values)"
+    elif dtype is torch.bfloat16 and family in CPU_BF16_BLAS_FAMILIES and cpu_isa() == CPU_BF16_ISA:
+        path, reason = "dequant_bf16_blas", (f"M={M} > {CPU_FUSED_MAX_M}, bf16 on a CPU with bf16 dot products: "
+                                             "Rust dequantize to bf16 block by block + torch bf16 GEMM")
     else:
-        path, reason = "dequant_blas", f"M={M} > {CPU_FUSED_MAX_M}: Rust dequantize once + torch BLAS"
-    return KernelChoice(f"{family}_cpu_{path}", family, "rust", path, "fp32", f"{reason} ({cpu_isa()})")
+        path, reason = "dequant_blas", f"M={M} > {CPU_FUSED_MAX_M}: Rust dequantize once + torch fp32 BLAS"
+    operand = "bf16" if path == "dequant_bf16_blas" else "fp32"
+    return KernelChoice(f"{family}_cpu_{path}", family, "rust", path, operand, f"{reason} ({cpu_isa()})")
 
 
 def _aligned(N: Optional[int], K: Optional[int], align: int) -> bool:

@@ -12,8 +12,14 @@ Per call, ``motensor.dispatch.choose`` (the one dispatcher) picks the path:
 - ``M <= dispatch.CPU_FUSED_MAX_M``: the fused kernel. Memory-bound decode: the packed weight is read once,
   decoded into L1 a few rows at a time and multiplied with every activation row (rayon + AVX2 /
   AVX-512 / NEON chosen at run time, GIL released).
+  On a CPU with AVX-512 BF16 the products whose operands are all exactly bf16 values (4-bit
+  weights rounded to bf16 for bf16 activations, FP8 weights) use ``vdpbf16ps``: exact products,
+  fp32 sums, as the fp32 kernels.
 - larger ``M``: the weight is dequantized once (Rust, all cores) into an fp32 ``[N, K]`` matrix
-  and multiplied by torch's BLAS, which is compute-bound-efficient where the fused kernel is not.
+  and multiplied by torch's BLAS, which is compute-bound-efficient where the fused kernel is not;
+  with bf16 operands on a bf16 CPU, dequantized to bf16 a block of rows at a time into a buffer
+  that stays in cache, each block multiplied by torch's bf16 GEMM (fp32 accumulation; the bf16
+  product is rounded before the fp32 epilogue, one more rounding than the reference).
 
 ``MOTENSOR_CPU_KERNELS`` overrides it: ``rust`` (default), ``scalar`` (the Rust kernels forced to
 their portable, non-SIMD build), ``reference`` (the pure-torch reference only).
@@ -21,6 +27,7 @@ A dispatch choice whose backend is the reference makes these functions return ``
 """
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 import torch
@@ -35,26 +42,44 @@ mode = dispatch.cpu_kernel_mode
 isa = dispatch.cpu_isa
 
 
-def path_for(M: int, family: str = "w4a16") -> str:
-    """``"fused"`` or ``"dequant_blas"`` for a product with ``M`` activation rows (dispatch's choice)."""
-    return dispatch.choose(family, device="cpu", dtype=torch.float32, M=M).path or "reference"
+def path_for(M: int, family: str = "w4a16", dtype: torch.dtype = torch.bfloat16) -> str:
+    """``"fused"``, ``"dequant_blas"`` or ``"dequant_bf16_blas"`` for a product with ``M`` activation
+    rows of ``dtype`` (dispatch's choice), ``"reference"`` where the torch reference runs."""
+    return dispatch.choose(family, device="cpu", dtype=dtype, M=M).path or "reference"
 
 
-def describe(M: int, family: str = "w4a16") -> str:
-    """The CPU kernel a forward with ``M`` rows runs, and why (dispatch's choice)."""
-    return dispatch.choose(family, device="cpu", dtype=torch.float32, M=M).describe()
+def describe(M: int, family: str = "w4a16", dtype: torch.dtype = torch.bfloat16) -> str:
+    """The CPU kernel a forward with ``M`` rows of ``dtype`` runs, and why (dispatch's choice)."""
+    return dispatch.choose(family, device="cpu", dtype=dtype, M=M).describe()
 
 
 def _rows(x: Tensor) -> int:
     return x.numel() // max(x.shape[-1], 1) if x.dim() else 1
 
 
-def _usable(family: str, x: Tensor, *tensors: Optional[Tensor]) -> bool:
+def _path(family: str, x: Tensor, *tensors: Optional[Tensor]) -> Optional[str]:
+    """The dispatcher's CPU path for this call (one ``choose``), or None where the reference runs."""
     if x.device.type != "cpu" or x.dtype not in _OPERAND:
-        return False
-    if dispatch.choose(family, device="cpu", dtype=x.dtype, M=_rows(x)).is_reference:
-        return False
-    return all(t is None or t.device.type == "cpu" for t in tensors)
+        return None
+    if not all(t is None or t.device.type == "cpu" for t in tensors):
+        return None
+    choice = dispatch.choose(family, device="cpu", dtype=x.dtype, M=_rows(x))
+    return None if choice.is_reference else choice.path
+
+
+# Bytes of bf16 weight rows per block of the bf16 BLAS path: decoded by all cores, then multiplied
+# while still in cache.
+_BF16_BLOCK_BYTES = 2 << 20
+_buffers = threading.local()
+
+
+def _bf16_block(rows: int, k: int) -> Tensor:
+    """A reused per-thread bf16 buffer of ``rows x k`` (a fresh one per call would page-fault)."""
+    buf = getattr(_buffers, "bf16", None)
+    if buf is None or buf.numel() < rows * k:
+        buf = torch.empty(rows * k, dtype=torch.bfloat16)
+        _buffers.bf16 = buf
+    return buf[: rows * k].view(rows, k)
 
 
 def _scalar(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -73,8 +98,10 @@ def _force_scalar(force_scalar: Optional[bool]) -> bool:
 def _gemm(family: str, x: Tensor, out_dtype: torch.dtype, kind: str, n: int, k: int, qweight: Tensor, scales: Optional[Tensor],
           element: str, scale_kind: str, group: int, operand: str, *, scale_mul: Optional[float] = None,
           scale_div: Optional[float] = None, a: Optional[Tensor] = None, b: Optional[Tensor] = None,
-          bias: Optional[Tensor] = None, force_scalar: Optional[bool] = None, path: Optional[str] = None) -> Tensor:
-    """``epilogue(x @ W^T)`` in fp32 -> ``out_dtype``; ``x`` [..., K] (any float dtype)."""
+          bias: Optional[Tensor] = None, force_scalar: Optional[bool] = None, path: Optional[str] = None,
+          bf16_exact: bool = False) -> Tensor:
+    """``epilogue(x @ W^T)`` in fp32 -> ``out_dtype``; ``x`` [..., K] (any float dtype). ``bf16_exact``:
+    every activation and weight operand value is a bf16 value (the bf16 BLAS path may run)."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k).float().contiguous()
     m = x2.shape[0]
@@ -82,11 +109,34 @@ def _gemm(family: str, x: Tensor, out_dtype: torch.dtype, kind: str, n: int, k: 
     qweight = qweight.contiguous()
     scales = None if scales is None else scales.contiguous()
     bias = _vec(bias)
-    if (path or dispatch.choose(family, device="cpu", dtype=torch.float32, M=m).path) == "dequant_blas":
-        w = torch.empty((n, k), dtype=torch.float32)
-        _core.cpu_dequant(w, kind, n, k, qweight, scales, element, scale_kind, group, scale_mul, scale_div,
-                          operand, fs)
-        y = x2 @ w.t()
+    path = path or dispatch.choose(family, device="cpu", dtype=torch.float32, M=m).path
+    bias_bf16 = None
+    if path == "dequant_bf16_blas" and bias is not None:
+        # The bias goes into the bf16 GEMM (torch adds it to the fp32 sums before the one rounding):
+        # added after a rounded product it would lose what it cancels. It must be a bf16 value, and
+        # then there must be no scale epilogue in between (fp8_linear's takes the fp32 path).
+        bias_bf16 = bias.to(torch.bfloat16)
+        if a is not None or b is not None or not torch.equal(bias_bf16.float(), bias):
+            bf16_exact = False
+    if path == "dequant_bf16_blas" and not bf16_exact:
+        path = "dequant_blas"
+    if path in ("dequant_blas", "dequant_bf16_blas"):
+        if path == "dequant_bf16_blas":
+            xb = x2.to(torch.bfloat16)
+            y = torch.empty((m, n), dtype=torch.float32)
+            nb = max(32, (_BF16_BLOCK_BYTES // (2 * max(k, 1))) // 32 * 32)
+            for n0 in range(0, n, nb):
+                wb = _bf16_block(min(nb, n - n0), k)
+                n1 = n0 + wb.shape[0]
+                _core.cpu_dequant(wb, kind, n, k, qweight, scales, element, scale_kind, group, scale_mul, scale_div,
+                                  "bfloat16", fs, n0)
+                y[:, n0:n1] = xb @ wb.t() if bias_bf16 is None else torch.addmm(bias_bf16[n0:n1], xb, wb.t())
+            bias = None
+        else:
+            w = torch.empty((n, k), dtype=torch.float32)
+            _core.cpu_dequant(w, kind, n, k, qweight, scales, element, scale_kind, group, scale_mul, scale_div,
+                              operand, fs)
+            y = x2 @ w.t()
         if a is not None and b is not None:
             y = y * (a.reshape(-1, 1) * b.reshape(1, -1) if a.numel() > 1 else a * b)
         elif a is not None:
@@ -106,7 +156,8 @@ def _gemm(family: str, x: Tensor, out_dtype: torch.dtype, kind: str, n: int, k: 
 def w4a16_gemm(x, qweight, scales, global_scale, bias, element: str, scale_kind: str, group_size: int,
                force_scalar: Optional[bool] = None, path: Optional[str] = None) -> Optional[Tensor]:
     """``ref.w4a16_gemm`` (E2M1/INT4 with E4M3/E8M0/F32 group scales), or None."""
-    if not _usable("w4a16", x, qweight, scales, global_scale, bias) or qweight.dtype != torch.uint8:
+    chosen = _path("w4a16", x, qweight, scales, global_scale, bias)
+    if chosen is None or qweight.dtype != torch.uint8:
         return None
     if scale_kind == "F32":
         scales = scales.float()
@@ -115,13 +166,15 @@ def w4a16_gemm(x, qweight, scales, global_scale, bias, element: str, scale_kind:
     gs = None if global_scale is None else float(ref.scalar(global_scale))
     n, k = qweight.shape[0], qweight.shape[1] * 2
     return _gemm("w4a16", x, x.dtype, "w4", n, k, qweight, scales, element, scale_kind, group_size, _OPERAND[x.dtype],
-                 scale_mul=gs, bias=bias, force_scalar=force_scalar, path=path)
+                 scale_mul=gs, bias=bias, force_scalar=force_scalar, path=path or chosen,
+                 bf16_exact=x.dtype is torch.bfloat16)
 
 
 def w4a8_gemm(x, qweight, scales, weight_scale_2, input_scale, bias, element: str, scale_kind: str,
               group_size: int, force_scalar: Optional[bool] = None, path: Optional[str] = None) -> Optional[Tensor]:
     """``ref.w4a8_gemm``: FP8 activations x the 4-bit weight rounded to E4M3, or None."""
-    if not _usable("w4a8", x, qweight, scales, weight_scale_2, input_scale, bias) or qweight.dtype != torch.uint8:
+    chosen = _path("w4a8", x, qweight, scales, weight_scale_2, input_scale, bias)
+    if chosen is None or qweight.dtype != torch.uint8:
         return None
     if (element, scale_kind) == ("INT4", "F32"):
         scales, div = scales.float(), float(ref.scalar(weight_scale_2))
@@ -133,13 +186,14 @@ def w4a8_gemm(x, qweight, scales, weight_scale_2, input_scale, bias, element: st
     post = _scalar(ref.scalar(input_scale) * ref.scalar(weight_scale_2))
     n, k = qweight.shape[0], qweight.shape[1] * 2
     return _gemm("w4a8", xq, x.dtype, "w4", n, k, qweight, scales, element, scale_kind, group_size, "e4m3",
-                 scale_div=div, b=post, bias=bias, force_scalar=force_scalar, path=path)
+                 scale_div=div, b=post, bias=bias, force_scalar=force_scalar, path=path or chosen)
 
 
 def w8a16_gemm(x, qweight, scales, bias, scale_kind: str, block_size: int,
                force_scalar: Optional[bool] = None, path: Optional[str] = None) -> Optional[Tensor]:
     """``ref.w8a16_gemm`` (FP8 weight with 2-D fp32 block or E8M0 group scales), or None."""
-    if not _usable("w8a16", x, qweight, scales, bias) or qweight.dtype != torch.float8_e4m3fn:
+    chosen = _path("w8a16", x, qweight, scales, bias)
+    if chosen is None or qweight.dtype != torch.float8_e4m3fn:
         return None
     n, k = qweight.shape
     if scale_kind == "F32":  # ScaleEncoding.F32 here: 2-D fp32 blocks (the binding calls them F32_BLOCK)
@@ -150,13 +204,14 @@ def w8a16_gemm(x, qweight, scales, bias, scale_kind: str, block_size: int,
     elif scale_kind != "E8M0" or scales.dtype != torch.uint8:
         return None
     return _gemm("w8a16", x, x.dtype, "fp8", n, k, qweight, scales, "", scale_kind, block_size, _OPERAND[x.dtype],
-                 bias=bias, force_scalar=force_scalar, path=path)
+                 bias=bias, force_scalar=force_scalar, path=path or chosen, bf16_exact=x.dtype is torch.bfloat16)
 
 
 def fp8_linear(x, weight, weight_scale, input_scale, bias, force_scalar: Optional[bool] = None,
                path: Optional[str] = None) -> Optional[Tensor]:
     """``ref.fp8_linear`` (per-tensor static or per-token dynamic activations), or None."""
-    if not _usable("fp8_linear", x, weight, weight_scale, input_scale, bias) or weight.dtype != torch.float8_e4m3fn:
+    chosen = _path("fp8_linear", x, weight, weight_scale, input_scale, bias)
+    if chosen is None or weight.dtype != torch.float8_e4m3fn:
         return None
     n, k = weight.shape
     if input_scale is not None:
@@ -164,15 +219,17 @@ def fp8_linear(x, weight, weight_scale, input_scale, bias, force_scalar: Optiona
     else:
         xq, sx = ref.fp8_quant_per_token(x)
         xq, a = xq.float(), _vec(sx)
+    # Activations and weight are E4M3 values: exact in bf16.
     return _gemm("fp8_linear", xq, x.dtype, "fp8", n, k, weight, None, "", "NONE", 0, "float32", a=a, b=_vec(weight_scale),
-                 bias=bias, force_scalar=force_scalar, path=path)
+                 bias=bias, force_scalar=force_scalar, path=path or chosen, bf16_exact=True)
 
 
 def int8_linear(x, weight, weight_scale, input_scale, bias, force_scalar: Optional[bool] = None,
                 path: Optional[str] = None) -> Optional[Tensor]:
     """``ref.int8_linear``: weight-only (scale in the operand) or W8A8 (exact int32 sums), or None."""
     family = "int8_linear" if input_scale is not None else "int8_weight_only"
-    if not _usable(family, x, weight, weight_scale, input_scale, bias) or weight.dtype != torch.int8:
+    chosen = _path(family, x, weight, weight_scale, input_scale, bias)
+    if chosen is None or weight.dtype != torch.int8:
         return None
     n, k = weight.shape
     sw = _vec(weight_scale)
@@ -180,7 +237,7 @@ def int8_linear(x, weight, weight_scale, input_scale, bias, force_scalar: Option
         return None
     if input_scale is None:
         return _gemm(family, x, x.dtype, "int8", n, k, weight, sw, "", "F32", 0, _OPERAND[x.dtype], bias=bias,
-                     force_scalar=force_scalar, path=path)
+                     force_scalar=force_scalar, path=path or chosen)
     lead = x.shape[:-1]
     xq = ref.int8_quant_static(x, input_scale).reshape(-1, k).contiguous()
     y = torch.empty((xq.shape[0], n), dtype=torch.float32)

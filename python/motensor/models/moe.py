@@ -260,7 +260,7 @@ class QuantExperts(nn.Module):
         pairs = ids.numel()
         expert_of_pair = ids.reshape(-1).clamp(0, self.num_experts - 1)  # "no expert" rows come out zero
         # The pairs sorted by expert once for gate, up and down (they route the same pairs).
-        sorted_ids, expert_ids = ops.moe_align(ids, self.num_experts, st["gate"]["_family"])
+        sorted_ids, expert_ids = ops.moe_align(ids, self.num_experts, st[self._projections[0]]["_family"])
 
         def run(proj: str, inp: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
             a = st[proj]

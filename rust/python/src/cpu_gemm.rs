@@ -281,19 +281,20 @@ pub fn cpu_gemm_i8(
     })
 }
 
-/// The whole weight dequantized into `out` ([N, K] float32, or bfloat16 with bf16 rounding).
+/// The weight dequantized into `out`: all of it ([N, K] float32), or, for a bfloat16 `out`
+/// (bf16 rounding), rows `row0 .. row0 + out.numel() / K` (a block of the dequantize + bf16 BLAS path).
 ///
 /// :rtype: None
 #[pyfunction]
 #[pyo3(
-    signature = (out, kind, n, k, qweight, scales, element, scale_kind, group, scale_mul, scale_div, operand_dtype, force_scalar),
-    text_signature = "(out: torch.Tensor, kind: str, n: int, k: int, qweight: torch.Tensor, scales: Optional[torch.Tensor], element: str, scale_kind: str, group: int, scale_mul: Optional[float], scale_div: Optional[float], operand_dtype: str, force_scalar: bool)"
+    signature = (out, kind, n, k, qweight, scales, element, scale_kind, group, scale_mul, scale_div, operand_dtype, force_scalar, row0 = 0),
+    text_signature = "(out: torch.Tensor, kind: str, n: int, k: int, qweight: torch.Tensor, scales: Optional[torch.Tensor], element: str, scale_kind: str, group: int, scale_mul: Optional[float], scale_div: Optional[float], operand_dtype: str, force_scalar: bool, row0: int = 0)"
 )]
 #[allow(clippy::too_many_arguments)]
 pub fn cpu_dequant(
     py: Python<'_>, out: &Bound<'_, PyAny>, kind: &str, n: usize, k: usize, qweight: &Bound<'_, PyAny>,
     scales: Option<&Bound<'_, PyAny>>, element: &str, scale_kind: &str, group: usize, scale_mul: Option<f32>,
-    scale_div: Option<f32>, operand_dtype: &str, force_scalar: bool,
+    scale_div: Option<f32>, operand_dtype: &str, force_scalar: bool, row0: usize,
 ) -> PyResult<()> {
     let w = WeightViews::new(kind, n, k, qweight, scales, element, scale_kind, group, scale_mul, scale_div)?;
     let op = operand(operand_dtype)?;
@@ -303,6 +304,9 @@ pub fn cpu_dequant(
     if bf16 && op != Operand::Bf16 {
         return Err(argument_error("a bfloat16 output needs bfloat16 operand rounding"));
     }
+    if !bf16 && row0 != 0 {
+        return Err(argument_error("row0 needs a bfloat16 output (row blocks are a bf16 path)"));
+    }
     let ov = if bf16 { View::new(out, "torch.bfloat16", 2, "out")? } else { View::new(out, "torch.float32", 4, "out")? };
     let [q, s] = w.inputs();
     disjoint(&ov, &[q, s])?;
@@ -311,7 +315,7 @@ pub fn cpu_dequant(
         // SAFETY: as in `cpu_gemm`; `out` is u16 (bfloat16) or f32 as checked above.
         let weight = unsafe { w.weight() }?;
         if bf16 {
-            core_gemm::dequant_bf16(&weight, unsafe { ov.slice_mut::<u16>() }, isa)
+            core_gemm::dequant_bf16_rows(&weight, row0, unsafe { ov.slice_mut::<u16>() }, isa)
         } else {
             core_gemm::dequant(&weight, op, unsafe { ov.slice_mut::<f32>() }, isa)
         }
@@ -319,7 +323,7 @@ pub fn cpu_dequant(
     })
 }
 
-/// The instruction set the fused kernels use on this CPU ("avx512", "avx2" or "scalar"; other architectures run the portable build).
+/// The instruction set the fused kernels use on this CPU ("avx512_bf16", "avx512", "avx2" or "scalar"; other architectures run the portable build; `MOTENSOR_CPU_ISA` caps it).
 ///
 /// :rtype: str
 #[pyfunction]

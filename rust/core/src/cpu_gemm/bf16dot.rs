@@ -185,17 +185,7 @@ pub(super) unsafe fn fp8_row<const M: usize>(
 ) -> [f32; M] {
     let k = w.k;
     let src = &w.w[row * k..(row + 1) * k];
-    // E4M3 subnormals m * 2^-9 (m = 0..8) as bf16 bits, looked up by the magnitude.
-    let mut sub = [0u16; 32];
-    for (m, s) in sub.iter_mut().take(8).enumerate() {
-        *s = ((m as f32 / 512.0).to_bits() >> 16) as u16;
-    }
-    let sub = _mm512_loadu_si512(sub.as_ptr() as *const _);
-    let m7f = _mm512_set1_epi16(0x7F);
-    let bias = _mm512_set1_epi16(120 << 7);
-    let eight = _mm512_set1_epi16(8);
-    let sign = _mm512_set1_epi16(0x8000u16 as i16);
-    let nan = _mm512_set1_epi16(0x7FC0);
+    let dec = Fp8Bf16::new();
     let mut acc0 = [_mm512_setzero_ps(); M];
     let mut acc1 = [_mm512_setzero_ps(); M];
     for c in 0..k / CHUNK {
@@ -204,19 +194,7 @@ pub(super) unsafe fn fp8_row<const M: usize>(
             Ok(a) => a,
             Err(_) => return [0.0; M],
         };
-        let v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(b.as_ptr() as *const __m256i));
-        let mag = _mm512_and_si512(v, m7f);
-        // Normal: exponent e (bias 7) -> bf16 exponent e + 120, the 3 mantissa bits on top.
-        let normal = _mm512_add_epi16(_mm512_slli_epi16::<4>(mag), bias);
-        let val =
-            _mm512_mask_permutexvar_epi16(normal, _mm512_cmplt_epu16_mask(mag, eight), mag, sub);
-        let val = _mm512_mask_mov_epi16(val, _mm512_cmpeq_epi16_mask(mag, m7f), nan);
-        // val | (v << 8 & 0x8000): the sign bit.
-        let wv = bh(_mm512_ternarylogic_epi32::<0xF8>(
-            val,
-            _mm512_slli_epi16::<8>(v),
-            sign,
-        ));
+        let wv = bh(dec.decode(b));
         for i in 0..M {
             let xv = bh(_mm512_loadu_si512(
                 xs[i][e0..e0 + CHUNK].as_ptr() as *const _
@@ -260,5 +238,131 @@ pub(super) fn dot_row(w: &Weight, row: usize, scales: &[f32], xs: &[&[u16]], out
         6 => call!(6),
         7 => call!(7),
         _ => call!(8),
+    }
+}
+
+/// Row `row` of a 4-bit weight (operand bf16) as bf16 bits in natural order: `out[j] =
+/// round_bf16(v(nibble j) * s)`, the values `W4Weight::decode_row_portable` rounds to, bit for bit
+/// (except subnormal products, flushed: see the module notes). Only where [`takes`] said yes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+pub(super) unsafe fn w4_decode_bf16(w: &W4Weight, row: usize, scales: &[f32], out: &mut [u16]) {
+    let (k, g) = (w.k, w.group);
+    let h = k / 2;
+    let bytes = &w.packed[row * h..(row + 1) * h];
+    let vals = _mm512_loadu_ps(w.nibble_values().as_ptr());
+    // Dword i of a chunk = byte i: word 2i its low nibble, word 2i + 1 its high nibble.
+    let nib = _mm512_set1_epi32(0x000F_000F);
+    let upper = if g == 16 {
+        _mm512_set_epi64(
+            0x0010_0010_0010_0010,
+            0x0010_0010_0010_0010,
+            0x0010_0010_0010_0010,
+            0x0010_0010_0010_0010,
+            0,
+            0,
+            0,
+            0,
+        )
+    } else {
+        _mm512_setzero_si512()
+    };
+    let mut table = _mm512_setzero_si512();
+    for c in 0..k / CHUNK {
+        let e0 = c * CHUNK;
+        if g == 16 {
+            table = table2(vals, scales[e0 / 16], scales[e0 / 16 + 1]);
+        } else if e0.is_multiple_of(g) {
+            let s = scales[e0 / g];
+            table = table2(vals, s, s);
+        }
+        let src: &[u8; 16] = match bytes[c * 16..c * 16 + 16].try_into() {
+            Ok(a) => a,
+            Err(_) => return,
+        };
+        let d = _mm512_cvtepu8_epi32(_mm_loadu_si128(src.as_ptr() as *const __m128i));
+        // (d | d << 12) & 0x000F000F, then the second group's table half.
+        let idx = _mm512_ternarylogic_epi32::<0xA8>(d, _mm512_slli_epi32::<12>(d), nib);
+        let idx = _mm512_or_si512(idx, upper);
+        let v = _mm512_permutexvar_epi16(idx, table);
+        let dst: &mut [u16; 32] = match (&mut out[e0..e0 + CHUNK]).try_into() {
+            Ok(a) => a,
+            Err(_) => return,
+        };
+        _mm512_storeu_si512(dst.as_mut_ptr() as *mut _, v);
+    }
+}
+
+/// Row `row` of an FP8 weight without operand scale as bf16 bits (every E4M3 value is one).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+pub(super) unsafe fn fp8_decode_bf16(w: &Fp8Weight, row: usize, out: &mut [u16]) {
+    let k = w.k;
+    let src = &w.w[row * k..(row + 1) * k];
+    let dec = Fp8Bf16::new();
+    for c in 0..k / CHUNK {
+        let e0 = c * CHUNK;
+        let b: &[u8; 32] = match src[e0..e0 + CHUNK].try_into() {
+            Ok(a) => a,
+            Err(_) => return,
+        };
+        let v = dec.decode(b);
+        let dst: &mut [u16; 32] = match (&mut out[e0..e0 + CHUNK]).try_into() {
+            Ok(a) => a,
+            Err(_) => return,
+        };
+        _mm512_storeu_si512(dst.as_mut_ptr() as *mut _, v);
+    }
+}
+
+/// E4M3 bytes -> bf16 bits, 32 at a time (NaN stays NaN).
+struct Fp8Bf16 {
+    sub: __m512i,
+    m7f: __m512i,
+    bias: __m512i,
+    eight: __m512i,
+    sign: __m512i,
+    nan: __m512i,
+}
+
+impl Fp8Bf16 {
+    #[inline(always)]
+    unsafe fn new() -> Fp8Bf16 {
+        // E4M3 subnormals m * 2^-9 (m = 0..8) as bf16 bits, looked up by the magnitude.
+        let mut sub = [0u16; 32];
+        for (m, s) in sub.iter_mut().take(8).enumerate() {
+            *s = ((m as f32 / 512.0).to_bits() >> 16) as u16;
+        }
+        Fp8Bf16 {
+            sub: _mm512_loadu_si512(sub.as_ptr() as *const _),
+            m7f: _mm512_set1_epi16(0x7F),
+            bias: _mm512_set1_epi16(120 << 7),
+            eight: _mm512_set1_epi16(8),
+            sign: _mm512_set1_epi16(0x8000u16 as i16),
+            nan: _mm512_set1_epi16(0x7FC0),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn decode(&self, b: &[u8; 32]) -> __m512i {
+        let v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(b.as_ptr() as *const __m256i));
+        let mag = _mm512_and_si512(v, self.m7f);
+        // Normal: exponent e (bias 7) -> bf16 exponent e + 120, the 3 mantissa bits on top.
+        let normal = _mm512_add_epi16(_mm512_slli_epi16::<4>(mag), self.bias);
+        let val = _mm512_mask_permutexvar_epi16(normal, _mm512_cmplt_epu16_mask(mag, self.eight), mag, self.sub);
+        let val = _mm512_mask_mov_epi16(val, _mm512_cmpeq_epi16_mask(mag, self.m7f), self.nan);
+        // val | (v << 8 & 0x8000): the sign bit.
+        _mm512_ternarylogic_epi32::<0xF8>(val, _mm512_slli_epi16::<8>(v), self.sign)
+    }
+}
+
+/// One row as bf16 bits, natural order (only where [`takes`] said yes for operand bf16).
+pub(super) fn decode_row(w: &Weight, row: usize, scales: &[f32], out: &mut [u16]) {
+    // SAFETY: callers hold `Isa::Avx512Bf16`, which `Isa::detect` produces only after checking
+    // avx512f/bw/vl/bf16 on this CPU.
+    unsafe {
+        match w {
+            Weight::W4(w4) => w4_decode_bf16(w4, row, scales, out),
+            Weight::Fp8(w8) => fp8_decode_bf16(w8, row, out),
+            Weight::Int8(_) => {}
+        }
     }
 }

@@ -502,20 +502,41 @@ pub fn dequant(w: &Weight, op: Operand, out: &mut [f32], isa: Isa) -> Result<()>
 
 /// Like [`dequant`] but to bf16 bits (`op` must round to bf16 or finer: the values are exact).
 pub fn dequant_bf16(w: &Weight, out: &mut [u16], isa: Isa) -> Result<()> {
+    dequant_bf16_rows(w, 0, out, isa)
+}
+
+/// Rows `n0..n0 + out.len() / k` of the weight as bf16 bits (natural order), as [`dequant_bf16`]
+/// computes them: the dequantize + bf16 BLAS path decodes a weight block by block into a buffer
+/// that stays in cache.
+pub fn dequant_bf16_rows(w: &Weight, n0: usize, out: &mut [u16], isa: Isa) -> Result<()> {
     w.validate()?;
     let (n, k) = (w.n(), w.k());
-    if out.len() != n * k {
-        return Err(arg(format!("output has {} values, expected {n} x {k}", out.len())));
+    if k == 0 || !out.len().is_multiple_of(k) || n0.checked_add(out.len() / k).is_none_or(|end| end > n) {
+        return Err(arg(format!("rows {n0}.. ({} values) outside the {n} x {k} weight", out.len())));
     }
-    if n == 0 || k == 0 {
+    if out.is_empty() {
         return Ok(());
     }
     crate::fill::num_threads();
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Bf16 && bf16dot::takes(w, Operand::Bf16).is_some() {
+        let ng = w.gathered_per_row();
+        out.par_chunks_mut(TASK_ROWS * k).enumerate().for_each_init(Vec::new, |scratch, (t, dst)| {
+            let r0 = n0 + t * TASK_ROWS;
+            let rows = dst.len() / k;
+            w.gather(r0, rows, scratch);
+            for (r, d) in dst.chunks_exact_mut(k).enumerate() {
+                let sc = if ng > 0 { &scratch[r * ng..(r + 1) * ng] } else { &[][..] };
+                bf16dot::decode_row(w, r0 + r, sc, d);
+            }
+        });
+        return Ok(());
+    }
     out.par_chunks_mut(TASK_ROWS * k).enumerate().for_each_init(
         || (vec![0f32; TASK_ROWS * k], Vec::new()),
         |(buf, scratch), (t, dst)| {
             let buf = &mut buf[..dst.len()];
-            w.decode_block(isa, Operand::Bf16, t * TASK_ROWS, dst.len() / k, true, buf, scratch);
+            w.decode_block(isa, Operand::Bf16, n0 + t * TASK_ROWS, dst.len() / k, true, buf, scratch);
             // Already rounded to bf16: the upper half of the fp32 bits is the bf16 value.
             for (d, s) in dst.iter_mut().zip(buf.iter()) {
                 *d = (s.to_bits() >> 16) as u16;

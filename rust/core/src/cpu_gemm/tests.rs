@@ -281,3 +281,38 @@ fn bench_w4_gemv() {
     gemm(&x, 1, &w, Operand::Bf16, &Epilogue::NONE, &mut y, isa).unwrap();
     eprintln!("gemm: {:?} threads {}", t.elapsed(), rayon::current_num_threads());
 }
+
+#[test]
+fn bf16_dequant_rows_equal_the_portable_decode() {
+    let mut rng = Rng(0xde);
+    let (n, k) = (70, 256);
+    let packed = rng.bytes(n * k / 2);
+    let e4m3: Vec<u8> = rng.bytes(k / 16 * n).into_iter().map(|b| b & 0x77).collect();
+    let f32s = rng.f32s(k / 64 * n, 0.1);
+    let e8m0: Vec<u8> = rng.bytes(k / 32 * n).into_iter().map(|b| 120 + b % 12).collect();
+    // No NaN bytes: the portable decode reads them as +-480 (see `round::e4m3_decode`).
+    let w8: Vec<u8> = rng.bytes(n * k).into_iter().map(|b| if b & 0x7F == 0x7F { b & 0xF0 } else { b }).collect();
+    let weights = [
+        Weight::W4(W4Weight { packed: &packed, n, k, element: Element4::E2M1, scales: Scales4::E4M3(&e4m3), group: 16, scale_mul: Some(0.013), scale_div: None }),
+        Weight::W4(W4Weight { packed: &packed, n, k, element: Element4::Int4, scales: Scales4::F32(&f32s), group: 64, scale_mul: None, scale_div: None }),
+        Weight::W4(W4Weight { packed: &packed, n, k, element: Element4::E2M1, scales: Scales4::E8M0(&e8m0), group: 32, scale_mul: None, scale_div: None }),
+        Weight::Fp8(Fp8Weight { w: &w8, n, k, scales: Fp8Scales::None }),
+    ];
+    for w in &weights {
+        let mut want = vec![0f32; n * k];
+        dequant(w, Operand::Bf16, &mut want, Isa::Scalar).unwrap();
+        for isa in isas() {
+            for (n0, rows) in [(0, n), (3, 40), (69, 1)] {
+                let mut got = vec![0u16; rows * k];
+                dequant_bf16_rows(w, n0, &mut got, isa).unwrap();
+                for (i, g) in got.iter().enumerate() {
+                    let e = want[n0 * k + i];
+                    assert!((e.to_bits() >> 16) as u16 == *g, "{isa:?} rows {n0}+{rows} [{i}]: {g:#06x} vs {e}");
+                }
+            }
+        }
+        let mut bad = vec![0u16; 2 * k];
+        assert!(dequant_bf16_rows(w, n - 1, &mut bad, Isa::Scalar).is_err());
+        assert!(dequant_bf16_rows(w, 0, &mut bad[..k - 1], Isa::Scalar).is_err());
+    }
+}
