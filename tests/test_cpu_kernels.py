@@ -153,3 +153,24 @@ def test_bad_buffers_raise():
     with pytest.raises(ArgumentError):  # output aliasing an input
         _core.cpu_gemm(x, x[:, :8], 1, "w4", 8, 32, q, s, "E2M1", "E4M3", 16, None, None,
                        "float32", None, None, None, False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("per_row", [False, True])
+def test_nvfp4_fake_quant_is_the_reference_bit_for_bit(dtype, per_row):
+    gen = torch.Generator().manual_seed(21)
+    x = (torch.randn(5, 3, 64, generator=gen) * torch.logspace(-3, 3, 64)).to(dtype)
+    x[0, 0, :16] = 0                                     # an all-zero block: scale 0 -> zeros
+    x[0, 1, :16] = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -0.25] * 2).to(dtype)  # E2M1 ties
+    x[1, 2, 3] = float("nan")                            # NaN propagates through its block's scale
+    gs = torch.rand(5, 3, generator=gen) * 0.1 if per_row else torch.tensor(0.0137)
+    want = ref.nvfp4_fake_quant(x, gs)
+    got = cpu.nvfp4_fake_quant(x, gs)
+    assert got is not None and got.dtype == want.dtype
+    same = (got == want) | (got.isnan() & want.isnan())
+    assert bool(same.all()), (got - want).abs().nan_to_num().max()
+    assert torch.equal(got.signbit(), want.signbit())
+    assert torch.equal(ops.nvfp4_fake_quant(x, gs).nan_to_num(), want.nan_to_num())
+    zero = torch.zeros((), dtype=torch.float32)
+    got0, want0 = cpu.nvfp4_fake_quant(x, zero), ref.nvfp4_fake_quant(x, zero)  # input_scale 0
+    assert torch.equal(got0.isnan(), want0.isnan()) and torch.equal(got0.nan_to_num(), want0.nan_to_num())

@@ -125,6 +125,12 @@ def cpu_isa() -> str:
     ...
 
 
+def cpu_nvfp4_fake_quant(x: torch.Tensor, out: torch.Tensor, k: int, gs: torch.Tensor) -> None:
+    """NVFP4 activation fake-quant: `out = fake_quant(x)` (float32 `[rows, K]`), `gs` float32 with one
+    global input scale or one per row (the reference's `nvfp4_fake_quant`, bit for bit)."""
+    ...
+
+
 def format_table() -> list[dict[str, Any]]:
     """The format table (one dict per quant_algo), the single source of format facts. Enum-valued
     fields hold the stable names of `vocabulary()`."""

@@ -52,6 +52,8 @@ FAMILIES = GEMM_FAMILIES + QUANT_FAMILIES + ("dequant_w4",) + NATIVE_FAMILIES + 
 # Families with a Rust CPU kernel (motensor.kernels.cpu); the rest run the reference on the CPU.
 CPU_FAMILIES = GEMM_FAMILIES + NATIVE_FAMILIES
 _CPU_PATHS = ("fused", "dequant_blas", "dequant_bf16_blas")
+# Activation quantizers with a Rust CPU implementation (the rest run the reference on the CPU).
+CPU_QUANT_FAMILIES = ("nvfp4_fake_quant",)
 # Families whose weight operand is exactly bf16 with bf16 activations and whose scales are all in
 # the operand: above CPU_FUSED_MAX_M on a bf16 CPU they dequantize to bf16 blocks for torch's bf16
 # GEMM, whose one rounding is then the reference's. (fp8_linear's scales come after the sums: torch's
@@ -178,10 +180,13 @@ def cpu_isa() -> str:
 
 def _cpu(family: str, dtype: torch.dtype, M: int, path: Optional[str]) -> KernelChoice:
     mode = cpu_kernel_mode()
-    if family not in CPU_FAMILIES:
+    if family not in CPU_FAMILIES + CPU_QUANT_FAMILIES:
         return _reference(family, "cpu device: exact pure-torch reference")
     if mode == "reference":
         return _reference(family, "MOTENSOR_CPU_KERNELS=reference")
+    if family in CPU_QUANT_FAMILIES:
+        return KernelChoice(f"{family}_cpu", family, "rust", "fused", None,
+                            "Rust, one pass per row, the reference's arithmetic bit for bit")
     if dtype not in _DTYPE_NAMES:
         return _reference(family, f"{dtype} activations: exact pure-torch reference")
     if family == "int8_linear":

@@ -55,7 +55,8 @@ def test_fallbacks_to_the_reference(monkeypatch):
     assert (cpu.name, cpu.backend) == ("w4a16_torch_reference", "torch")
     monkeypatch.delenv("MOTENSOR_CPU_KERNELS")
     # Families without a Rust CPU kernel run the reference on the CPU.
-    assert dispatch.choose("nvfp4_fake_quant", device="cpu", dtype=BF16, M=1).backend == "torch"
+    assert dispatch.choose("mxfp8_fake_quant", device="cpu", dtype=BF16, M=1).backend == "torch"
+    assert dispatch.choose("nvfp4_fake_quant", device="cpu", dtype=BF16, M=1).backend == "rust"
     assert dispatch.choose("w4a16", device="cuda", dtype=BF16, M=1, capability=(7, 5)).backend == "torch"
     assert dispatch.choose("w4a16", device="cuda", dtype=F16, M=1, capability=(7, 5)).backend == "triton"
     assert dispatch.choose("fp8_quant_static", device="cuda", dtype=F16, M=1, capability=(6, 1)).backend == "torch"

@@ -244,3 +244,26 @@ def int8_linear(x, weight, weight_scale, input_scale, bias, force_scalar: Option
     _core.cpu_gemm_i8(xq, y, xq.shape[0], n, k, weight.contiguous(), _scalar(input_scale), sw, _vec(bias),
                       _force_scalar(force_scalar))
     return y.reshape(*lead, n).to(x.dtype)
+
+
+def nvfp4_fake_quant(x: Tensor, input_scale: Tensor, out_dtype: Optional[torch.dtype] = None) -> Optional[Tensor]:
+    """``ref.nvfp4_fake_quant`` in one Rust pass (bit for bit), or None (then the reference runs)."""
+    if x.device.type != "cpu" or x.dtype not in _OPERAND or input_scale.device.type != "cpu":
+        return None
+    k = x.shape[-1] if x.dim() else 0
+    if k == 0 or k % 16:
+        return None
+    if dispatch.choose("nvfp4_fake_quant", device="cpu", dtype=x.dtype, M=_rows(x)).is_reference:
+        return None
+    rows = x.numel() // k
+    if input_scale.numel() == 1:
+        gs = input_scale.float().reshape(1).contiguous()
+    elif tuple(input_scale.shape) == tuple(x.shape[:-1]):
+        gs = input_scale.float().reshape(rows).contiguous()
+    else:
+        return None  # the reference raises the shape error
+    xf = x.float().contiguous()
+    out = torch.empty_like(xf)
+    _core.cpu_nvfp4_fake_quant(xf, out, k, gs)
+    return out.to(out_dtype or x.dtype)
+

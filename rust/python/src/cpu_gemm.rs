@@ -323,6 +323,25 @@ pub fn cpu_dequant(
     })
 }
 
+/// NVFP4 activation fake-quant: `out = fake_quant(x)` (float32 `[rows, K]`), `gs` float32 with one
+/// global input scale or one per row (the reference's `nvfp4_fake_quant`, bit for bit).
+///
+/// :rtype: None
+#[pyfunction]
+#[pyo3(signature = (x, out, k, gs), text_signature = "(x: torch.Tensor, out: torch.Tensor, k: int, gs: torch.Tensor)")]
+pub fn cpu_nvfp4_fake_quant(py: Python<'_>, x: &Bound<'_, PyAny>, out: &Bound<'_, PyAny>, k: usize, gs: &Bound<'_, PyAny>) -> PyResult<()> {
+    let xv = View::new(x, "torch.float32", 4, "x")?;
+    let ov = View::new(out, "torch.float32", 4, "out")?;
+    let gv = View::new(gs, "torch.float32", 4, "input_scale")?;
+    disjoint(&ov, &[Some(&xv), Some(&gv)])?;
+    py.detach(|| {
+        // SAFETY: all three views were checked (CPU, float32, contiguous, aligned), are kept alive
+        // by the views, and the output overlaps neither input.
+        let (xs, gs, os) = unsafe { (xv.slice::<f32>(), gv.slice::<f32>(), ov.slice_mut::<f32>()) };
+        core_gemm::nvfp4_fake_quant(xs, k, gs, os).map_err(to_py)
+    })
+}
+
 /// The instruction set the fused kernels use on this CPU ("avx512_bf16", "avx512", "avx2" or "scalar"; other architectures run the portable build; `MOTENSOR_CPU_ISA` caps it).
 ///
 /// :rtype: str
@@ -336,5 +355,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cpu_gemm_i8, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_dequant, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_isa, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_nvfp4_fake_quant, m)?)?;
     Ok(())
 }

@@ -15,6 +15,7 @@
 //! versions (table permutes). [`Isa::Scalar`] is the portable build (SSE2 on x86-64, NEON on
 //! aarch64, where NEON is the baseline) and is what tests force to compare the paths.
 
+mod actq;
 #[cfg(target_arch = "x86_64")]
 mod bf16dot;
 mod dot;
@@ -29,6 +30,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
+pub use actq::nvfp4_fake_quant;
 pub use fp8::{Fp8Scales, Fp8Weight};
 pub use int8::Int8Weight;
 pub use round::Operand;
