@@ -137,7 +137,11 @@ def _(x, qweight, scales, weight_scale_2, input_scale, bias, element, scale_kind
 @torch.library.custom_op("motensor::nvfp4_fake_quant", mutates_args=(), device_types="cpu")
 def nvfp4_fake_quant(x: Tensor, input_scale: Tensor, out_dtype: Optional[torch.dtype] = None) -> Tensor:
     """NVFP4 dynamic per-16-block fake-quant with global input_scale (a scalar, or one per row of
-    x: the Triton kernel takes a scalar, per-row scales run the torch reference); dequantized values."""
+    x: the Triton kernel takes a scalar, per-row scales run the torch reference); dequantized values.
+    On the CPU: the Rust pass of ``kernels/cpu.py`` (the reference bit for bit), else the reference."""
+    y = cpu_kernels.nvfp4_fake_quant(x, input_scale, out_dtype)
+    if y is not None:
+        return y
     return ref.nvfp4_fake_quant(x, input_scale, out_dtype)
 
 
