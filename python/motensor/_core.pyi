@@ -80,6 +80,25 @@ class Checkpoint:
         ...
 
 
+class CpuLinear:
+    """A prepared CPU linear layer: a `QuantLinear`'s tensors checked once, then `forward(x, out)`
+    runs the format's activation quantizer, the fused product and the rounding to the activation
+    dtype in one call (`motensor_core::cpu_gemm::linear`), the numbers of the op path.
+
+    `act`: "none", "nvfp4" (`act_scale` = input_scale), "fp8_static" (`act_scale` = input_scale),
+    "fp8_per_token"; `operand_dtype`: the weight operand rounding, or None for the activation
+    dtype's; `a` / `b`: fp32 epilogue factors (per row / per column, or one value); `bias` and
+    `pre_quant_scale` fp32."""
+    def __init__(self, kind: str, n: int, k: int, qweight: torch.Tensor, scales: Optional[torch.Tensor], element: str, scale_kind: str, group: int, scale_mul: Optional[float], scale_div: Optional[float], act: str, act_scale: Optional[float], operand_dtype: Optional[str], a: Optional[torch.Tensor], b: Optional[torch.Tensor], bias: Optional[torch.Tensor], pre_quant_scale: Optional[torch.Tensor]) -> None: ...
+    def __repr__(self, /) -> str:
+        """Return repr(self)."""
+        ...
+    def forward(self, x: torch.Tensor, out: torch.Tensor, force_scalar: bool = False) -> None:
+        """`out[M, N] = linear(x[M, K])`; `x` and `out` contiguous CPU tensors of one dtype
+        (float32, bfloat16 or float16)."""
+        ...
+
+
 class LoadPlan:
     """Where every tensor goes in one destination arena, and how to fill it."""
     def __len__(self, /) -> int:

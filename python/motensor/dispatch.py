@@ -210,6 +210,18 @@ def _cpu(family: str, dtype: torch.dtype, M: int, path: Optional[str]) -> Kernel
     return KernelChoice(f"{family}_cpu_{path}", family, "rust", path, operand, f"{reason} ({cpu_isa()})")
 
 
+@functools.lru_cache(maxsize=1024)
+def _cpu_logged(family: str, dtype: torch.dtype, M: int, mode: str) -> KernelChoice:
+    return _logged(_cpu(family, dtype, M, None), None, dtype)
+
+
+def cpu_path(family: str, dtype: torch.dtype, M: int) -> Optional[str]:
+    """The ``path`` of ``choose(family, device="cpu", dtype=dtype, M=M)``, or None where the
+    reference runs: the same decision, memoised (a decode step asks once per layer)."""
+    choice = _cpu_logged(family, dtype, M, cpu_kernel_mode())
+    return None if choice.is_reference else choice.path
+
+
 def _aligned(N: Optional[int], K: Optional[int], align: int) -> bool:
     return all(d is None or d % align == 0 for d in (N, K))
 

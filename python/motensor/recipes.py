@@ -8,7 +8,9 @@ tensors are stored; its :class:`Recipe` says what Python does with them, in one 
 * ``forward``: what ``QuantLinear`` computes (through the ``motensor::`` ops);
 * ``kernel``: the element and scale the GEMM kernels are told to decode (4-bit and FP8 weights);
 * ``family``: the ``motensor.dispatch`` op family the main product runs on (``kernel_for``);
-* ``fuse``: how the weights and scales of parts sharing one input fuse (``motensor.nn.fuse``).
+* ``fuse``: how the weights and scales of parts sharing one input fuse (``motensor.nn.fuse``);
+* ``cpu_linear``: the arguments of the prepared CPU layer (``motensor.kernels.cpu.linear_plan``)
+  that computes ``forward`` in one Rust call where the op path would run the fused kernel (decode).
 
 Formats that differ only in what the table already says (``pre_quant_scale``, a default group
 size, whether ``input_scale`` is required) share a recipe. Adding a format is a Rust row plus at
@@ -53,6 +55,8 @@ Dequantizer = Callable[[QuantTensors], torch.Tensor]
 Forward = Callable[["QuantLinear", torch.Tensor], torch.Tensor]
 #: (parts, fused module name) -> fused ``weight``, ``weight_scale`` (and ``weight_scale_2``).
 Fuser = Callable[[Sequence["QuantLinear"], str], "dict[str, torch.Tensor]"]
+#: module -> ``linear_plan`` keyword arguments, or None where the op path must run.
+CpuLinearArgs = Callable[["QuantLinear"], "Optional[dict]"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,7 @@ class Recipe:
     forward: Forward
     family: str
     quantize_override: Optional[Quantizer] = None
+    cpu_linear: Optional[CpuLinearArgs] = None
 
     @property
     def key(self) -> tuple[Element, ScaleEncoding, ShapeRule, Activation]:
@@ -366,6 +371,85 @@ def _int8_weight_only(m: "QuantLinear", x: torch.Tensor) -> torch.Tensor:
     return ops.int8_linear(x, m.weight, m.weight_scale, None, m.bias)
 
 
+# ============================================================================ the CPU layer
+# Each builder gives the arguments with which the prepared CPU layer computes exactly what the
+# forward above computes through the ops' CPU implementations (motensor/kernels/cpu.py): the same
+# tensors converted the same way, the same quantizer and epilogue. None where the ops would not
+# run the fused Rust kernel (an unexpected dtype or shape: the op path decides, or raises).
+def _f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if t is None else t.float().reshape(-1).contiguous()
+
+
+def _value(t: Optional[torch.Tensor]) -> Optional[float]:
+    return None if t is None or t.numel() != 1 else float(ref.scalar(t))
+
+
+def _w4_cpu(m: "QuantLinear", act: str = "none", act_scale: Optional[float] = None, operand: Optional[str] = None,
+            scale_div: Optional[float] = None, b: Optional[torch.Tensor] = None) -> Optional[dict]:
+    kernel = recipe_for(m.format).kernel
+    scales = m.weight_scale
+    if kernel.scale is ScaleEncoding.F32:
+        scales = scales.float()
+    elif scales.dtype != {ScaleEncoding.E4M3: torch.float8_e4m3fn, ScaleEncoding.E8M0: torch.uint8}.get(kernel.scale):
+        return None
+    if m.weight.dtype != torch.uint8 or m.group_size is None:
+        return None
+    return dict(kind="w4", qweight=m.weight, scales=scales, element=kernel.element.name, scale_kind=kernel.scale.name,
+                group=m.group_size, scale_mul=_value(_global(m)), scale_div=scale_div, act=act, act_scale=act_scale,
+                operand=operand, b=b, bias=_f32(m.bias))
+
+
+def _w4a16_cpu(m: "QuantLinear") -> Optional[dict]:
+    gs = _global(m)
+    if gs is not None and gs.numel() != 1:
+        return None
+    return _w4_cpu(m)
+
+
+def _w4a4_nvfp4_cpu(m: "QuantLinear") -> Optional[dict]:
+    # The Rust quantizer takes K % 16 == 0 and one input scale (the op falls back otherwise).
+    if m.input_scale is None or m.input_scale.numel() != 1 or m.in_features % 16:
+        return None
+    return _w4a16_cpu(m) and _w4_cpu(m, act="nvfp4", act_scale=_value(m.input_scale))
+
+
+def _w4a8_cpu(m: "QuantLinear") -> Optional[dict]:
+    kernel = recipe_for(m.format).kernel
+    if m.input_scale is None or m.weight_scale_2 is None or m.input_scale.numel() != 1 or m.weight_scale_2.numel() != 1:
+        return None
+    post = (ref.scalar(m.input_scale) * ref.scalar(m.weight_scale_2)).reshape(1).contiguous()
+    div = _value(m.weight_scale_2) if kernel.element is Element.INT4 else None
+    args = _w4_cpu(m, act="fp8_static", act_scale=_value(m.input_scale), operand="e4m3", scale_div=div, b=post)
+    if args is not None:
+        args["scale_mul"] = None  # W4A8: weight_scale_2 divides (INT4) or comes after the sums (b)
+    return args
+
+
+def _fp8_cpu(m: "QuantLinear", static: bool) -> Optional[dict]:
+    if m.weight.dtype != torch.float8_e4m3fn or m.weight_scale.numel() not in (1, m.out_features):
+        return None
+    if static and (m.input_scale is None or m.input_scale.numel() != 1):
+        return None
+    return dict(kind="fp8", qweight=m.weight, scales=None, element="", scale_kind="NONE", group=0,
+                act="fp8_static" if static else "fp8_per_token", act_scale=_value(m.input_scale) if static else None,
+                operand="float32", a=_f32(m.input_scale) if static else None, b=_f32(m.weight_scale), bias=_f32(m.bias))
+
+
+def _fp8_blocks_cpu(m: "QuantLinear") -> Optional[dict]:
+    n, k, g = m.out_features, m.in_features, m.group_size
+    if m.weight.dtype != torch.float8_e4m3fn or not g or m.weight_scale.numel() != -(-n // g) * -(-k // g):
+        return None
+    return dict(kind="fp8", qweight=m.weight, scales=_f32(m.weight_scale), element="", scale_kind="F32_BLOCK", group=g,
+                bias=_f32(m.bias))
+
+
+def _int8_weight_only_cpu(m: "QuantLinear") -> Optional[dict]:
+    if m.weight.dtype != torch.int8 or m.weight_scale.numel() != m.out_features:
+        return None
+    return dict(kind="int8", qweight=m.weight, scales=_f32(m.weight_scale), element="", scale_kind="F32", group=0,
+                bias=_f32(m.bias))
+
+
 # ============================================================================ the registry
 _GROUPS_CAT = _concat(scale_dim=1)   # [K/G, N] group scales
 _ROWS_CAT = _concat(scale_dim=0)     # [N] per-channel scales
@@ -385,22 +469,24 @@ INT8 = WeightCodec(Element.INT8, ScaleEncoding.F32, ShapeRule.PER_OUTPUT, _quant
                    _dequantize_per_tensor_or_channel, _ROWS_CAT)
 
 RECIPES: tuple[Recipe, ...] = (
-    Recipe(FP8_SCALAR, Activation.FP8_PER_TENSOR, _fp8_per_tensor, "fp8_linear"),
-    Recipe(FP8_CHANNEL, Activation.FP8_PER_TOKEN, _fp8_per_token, "fp8_linear"),
-    Recipe(FP8_BLOCKS, Activation.NONE, _fp8_blocks, "w8a16"),
+    Recipe(FP8_SCALAR, Activation.FP8_PER_TENSOR, _fp8_per_tensor, "fp8_linear",
+           cpu_linear=functools.partial(_fp8_cpu, static=True)),
+    Recipe(FP8_CHANNEL, Activation.FP8_PER_TOKEN, _fp8_per_token, "fp8_linear",
+           cpu_linear=functools.partial(_fp8_cpu, static=False)),
+    Recipe(FP8_BLOCKS, Activation.NONE, _fp8_blocks, "w8a16", cpu_linear=_fp8_blocks_cpu),
     Recipe(MXFP8, Activation.MXFP8, _mxfp8, "w8a16"),
-    Recipe(NVFP4, Activation.NONE, _w4a16, "w4a16"),
-    Recipe(NVFP4, Activation.NVFP4, _w4a4_nvfp4, "w4a16"),
+    Recipe(NVFP4, Activation.NONE, _w4a16, "w4a16", cpu_linear=_w4a16_cpu),
+    Recipe(NVFP4, Activation.NVFP4, _w4a4_nvfp4, "w4a16", cpu_linear=_w4a4_nvfp4_cpu),
     # W4A8_NVFP4_FP8: weight_scale_2 = amax / 448, so that the E4M3 block scales times the E2M1
     # values are themselves an FP8 weight (FORMATS 4.6b).
     Recipe(NVFP4, Activation.FP8_PER_TENSOR, _w4a8, "w4a8",
-           quantize_override=functools.partial(_quantize_nvfp4, ws2_divisor=E4M3_MAX)),
+           quantize_override=functools.partial(_quantize_nvfp4, ws2_divisor=E4M3_MAX), cpu_linear=_w4a8_cpu),
     Recipe(MXFP4, Activation.MXFP4, _w4a4_mxfp4, "w4a16"),
     Recipe(MXFP4, Activation.FP8_PER_TENSOR, _w4a8_mx, "w4a16"),
-    Recipe(INT4, Activation.NONE, _w4a16, "w4a16"),
-    Recipe(INT4, Activation.FP8_PER_TENSOR, _w4a8, "w4a8"),
+    Recipe(INT4, Activation.NONE, _w4a16, "w4a16", cpu_linear=_w4a16_cpu),
+    Recipe(INT4, Activation.FP8_PER_TENSOR, _w4a8, "w4a8", cpu_linear=_w4a8_cpu),
     Recipe(INT8, Activation.INT8_PER_TENSOR, _int8_static, "int8_linear"),
-    Recipe(INT8, Activation.NONE, _int8_weight_only, "int8_weight_only"),
+    Recipe(INT8, Activation.NONE, _int8_weight_only, "int8_weight_only", cpu_linear=_int8_weight_only_cpu),
 )
 
 _BY_KEY: dict[tuple[Element, ScaleEncoding, ShapeRule, Activation], Recipe] = {r.key: r for r in RECIPES}

@@ -28,6 +28,7 @@ A dispatch choice whose backend is the reference makes these functions return ``
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import Optional
 
 import torch
@@ -267,3 +268,76 @@ def nvfp4_fake_quant(x: Tensor, input_scale: Tensor, out_dtype: Optional[torch.d
     _core.cpu_nvfp4_fake_quant(xf, out, k, gs)
     return out.to(out_dtype or x.dtype)
 
+
+
+# ----------------------------------------------------------------------------- the prepared layer
+# A decode step runs every QuantLinear once with one activation row: through the ops, each pays
+# ~0.1 ms of Python and dispatcher work (quantizer op, conversions, GEMM op, argument checks)
+# around tens of microseconds of arithmetic. The prepared layer checks a module's tensors once
+# and then runs quantizer, fused product and output rounding in one Rust call, with the numbers
+# of the op path (the same Rust functions; tests/test_cpu_linear.py compares bit for bit).
+_PLANS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, Optional[_core.CpuLinear]]]" = weakref.WeakKeyDictionary()
+_ROLES = ("weight", "weight_scale", "weight_scale_2", "input_scale", "pre_quant_scale", "bias")
+
+
+def linear_plan(module, kind: str, qweight: Tensor, scales: Optional[Tensor], element: str, scale_kind: str,
+                group: int, scale_mul: Optional[float] = None, scale_div: Optional[float] = None, act: str = "none",
+                act_scale: Optional[float] = None, operand: Optional[str] = None, a: Optional[Tensor] = None,
+                b: Optional[Tensor] = None, bias: Optional[Tensor] = None) -> "_core.CpuLinear":
+    """The prepared CPU layer of ``module`` (a ``QuantLinear``) from its recipe's ``cpu_linear``
+    arguments; ``pre_quant_scale`` is the module's own."""
+    pre = module.pre_quant_scale
+    return _core.CpuLinear(kind, module.out_features, module.in_features, qweight.detach().contiguous(), _own(scales), element,
+                           scale_kind, group, scale_mul, scale_div, act, act_scale, operand, _own(a), _own(b), _own(bias),
+                           None if pre is None else _own(pre.float().reshape(-1)))
+
+
+def _own(t: Optional[Tensor]) -> Optional[Tensor]:
+    # The layer keeps a tensor of its own on each storage it reads: when a module's tensor is given
+    # new data (``.data =``, ``module.to``), the old storage stays alive until the layer is rebuilt.
+    return None if t is None else t.detach().contiguous()
+
+
+def _state(module) -> Optional[tuple]:
+    """Where, at which version and as what each tensor of the module is: a layer prepared from other
+    storage or an older in-place state is rebuilt. None when a tensor needs gradients (the ops'
+    autograd runs)."""
+    grad = torch.is_grad_enabled()
+    bufs = module._buffers
+    key: list[Optional[tuple]] = []
+    for role in _ROLES:
+        t = bufs[role] if role in bufs else getattr(module, role)
+        if t is None:
+            key.append(None)
+        elif grad and t.requires_grad:
+            return None
+        else:
+            key.append((t.data_ptr(), t._version, t.dtype))
+    return tuple(key)
+
+
+def linear_forward(module, x: Tensor) -> Optional[Tensor]:
+    """``module(x)`` for a 2-D CPU ``x`` in one Rust call where the op path runs the fused kernel,
+    else None (the caller then runs the op path: torch.compile, autograd, tensor subclasses, the
+    reference or BLAS paths, formats without a prepared layer)."""
+    recipe = module.recipe
+    if (recipe.cpu_linear is None or type(x) is not torch.Tensor or x.dtype not in _OPERAND
+            or (x.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling()):
+        return None
+    m = x.shape[0]
+    if dispatch.cpu_path(recipe.family, x.dtype, m) != "fused":
+        return None
+    state = _state(module)
+    if state is None:
+        return None
+    cached = _PLANS.get(module)
+    if cached is None or cached[0] != state:
+        args = recipe.cpu_linear(module)
+        cached = (state, None if args is None else linear_plan(module, **args))
+        _PLANS[module] = cached
+    plan = cached[1]
+    if plan is None:
+        return None
+    y = torch.empty((m, module.out_features), dtype=x.dtype)
+    plan.forward(x.contiguous(), y, mode() == "scalar")
+    return y

@@ -16,6 +16,7 @@ from torch import nn
 from motensor import dispatch
 from motensor.errors import ArgumentError, FormatError
 from motensor.formats import Activation, FormatSpec, get_format
+from motensor.kernels import cpu as cpu_kernels
 from motensor.recipes import Recipe, recipe_for
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -128,6 +129,11 @@ class QuantLinear(nn.Module):
             x = x.to(torch.get_autocast_dtype(x.device.type))
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
+        if x2.device.type == "cpu":
+            # Decode-sized CPU products: the whole forward in one Rust call (same numbers).
+            y = cpu_kernels.linear_forward(self, x2)
+            if y is not None:
+                return y.reshape(*lead, self.out_features)
         if self.pre_quant_scale is not None:
             # ModelOpt multiplies in the activation dtype before quantizing (FORMATS 3.2).
             x2 = x2 * self.pre_quant_scale.to(x2.dtype)

@@ -9,7 +9,8 @@
 use pyo3::prelude::*;
 
 use motensor_core::cpu_gemm::{
-    self as core_gemm, Element4, Epilogue, Factor, Fp8Scales, Fp8Weight, Int8Weight, Isa, Operand, Scales4, W4Weight, Weight,
+    self as core_gemm, ActQuant, Acts, ActsMut, Dtype, Element4, Epilogue, Factor, Fp8Scales, Fp8Weight, Int8Weight, Isa,
+    Linear, Operand, Scales4, W4Weight, Weight,
 };
 
 use crate::{argument_error, to_py};
@@ -342,6 +343,146 @@ pub fn cpu_nvfp4_fake_quant(py: Python<'_>, x: &Bound<'_, PyAny>, out: &Bound<'_
     })
 }
 
+/// A prepared CPU linear layer: a `QuantLinear`'s tensors checked once, then `forward(x, out)`
+/// runs the format's activation quantizer, the fused product and the rounding to the activation
+/// dtype in one call (`motensor_core::cpu_gemm::linear`), the numbers of the op path.
+///
+/// `act`: "none", "nvfp4" (`act_scale` = input_scale), "fp8_static" (`act_scale` = input_scale),
+/// "fp8_per_token"; `operand_dtype`: the weight operand rounding, or None for the activation
+/// dtype's; `a` / `b`: fp32 epilogue factors (per row / per column, or one value); `bias` and
+/// `pre_quant_scale` fp32.
+#[pyclass(frozen, module = "motensor._core", name = "CpuLinear")]
+pub struct CpuLinear {
+    w: WeightViews,
+    act: ActQuant,
+    operand: Option<Operand>,
+    a: Option<View>,
+    b: Option<View>,
+    bias: Option<View>,
+    pre: Option<View>,
+}
+
+/// torch dtype name -> (dtype, element bytes).
+fn act_dtype(name: &str) -> Option<(Dtype, usize)> {
+    match name {
+        "torch.float32" => Some((Dtype::F32, 4)),
+        "torch.bfloat16" => Some((Dtype::Bf16, 2)),
+        "torch.float16" => Some((Dtype::F16, 2)),
+        _ => None,
+    }
+}
+
+#[pymethods]
+impl CpuLinear {
+    #[new]
+    #[pyo3(
+        signature = (kind, n, k, qweight, scales, element, scale_kind, group, scale_mul, scale_div, act, act_scale, operand_dtype, a, b, bias, pre_quant_scale),
+        text_signature = "(kind: str, n: int, k: int, qweight: torch.Tensor, scales: Optional[torch.Tensor], element: str, scale_kind: str, group: int, scale_mul: Optional[float], scale_div: Optional[float], act: str, act_scale: Optional[float], operand_dtype: Optional[str], a: Optional[torch.Tensor], b: Optional[torch.Tensor], bias: Optional[torch.Tensor], pre_quant_scale: Optional[torch.Tensor])"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        kind: &str, n: usize, k: usize, qweight: &Bound<'_, PyAny>, scales: Option<&Bound<'_, PyAny>>, element: &str,
+        scale_kind: &str, group: usize, scale_mul: Option<f32>, scale_div: Option<f32>, act: &str, act_scale: Option<f32>,
+        operand_dtype: Option<&str>, a: Option<&Bound<'_, PyAny>>, b: Option<&Bound<'_, PyAny>>,
+        bias: Option<&Bound<'_, PyAny>>, pre_quant_scale: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<CpuLinear> {
+        let w = WeightViews::new(kind, n, k, qweight, scales, element, scale_kind, group, scale_mul, scale_div)?;
+        let need_scale = |what: &str| act_scale.ok_or_else(|| argument_error(format!("activation quantizer '{what}' needs act_scale")));
+        let act = match act {
+            "none" => ActQuant::None,
+            "nvfp4" => ActQuant::Nvfp4 { gs: need_scale(act)? },
+            "fp8_static" => ActQuant::Fp8Static { scale: need_scale(act)? },
+            "fp8_per_token" => ActQuant::Fp8PerToken,
+            _ => return Err(argument_error(format!("unknown activation quantizer '{act}'"))),
+        };
+        let operand = operand_dtype.map(operand).transpose()?;
+        let lin = CpuLinear {
+            act,
+            operand,
+            a: View::opt(a, "torch.float32", 4, "row scale")?,
+            b: View::opt(b, "torch.float32", 4, "column scale")?,
+            bias: View::opt(bias, "torch.float32", 4, "bias")?,
+            pre: View::opt(pre_quant_scale, "torch.float32", 4, "pre_quant_scale")?,
+            w,
+        };
+        // Validate the weight and the epilogue once (the same checks run again per call, cheaply).
+        // SAFETY: the views were checked and are kept alive by `lin`.
+        let weight = unsafe { lin.w.weight() }?;
+        let check = Linear { weight, act, operand, pre_scale: None, a: Factor::One, b: factor(&lin.b), bias: None };
+        let mut probe = vec![0f32; n];
+        let x0 = vec![0f32; k];
+        if !matches!(act, ActQuant::Fp8PerToken) && lin.a.as_ref().is_some_and(|v| v.numel != 1) {
+            return Err(argument_error("the row scale of a prepared linear must be one value"));
+        }
+        if lin.bias.as_ref().is_some_and(|v| v.numel != n) || lin.pre.as_ref().is_some_and(|v| v.numel != k) {
+            return Err(argument_error(format!("bias must have {n} values and pre_quant_scale {k}")));
+        }
+        core_gemm::linear(&check, Acts::F32(&x0), Dtype::F32, 1, ActsMut::F32(&mut probe), Isa::Scalar).map_err(to_py)?;
+        Ok(lin)
+    }
+
+    /// `out[M, N] = linear(x[M, K])`; `x` and `out` contiguous CPU tensors of one dtype
+    /// (float32, bfloat16 or float16).
+    ///
+    /// :rtype: None
+    #[pyo3(signature = (x, out, force_scalar=false), text_signature = "(self, x: torch.Tensor, out: torch.Tensor, force_scalar: bool = False)")]
+    fn forward(&self, py: Python<'_>, x: &Bound<'_, PyAny>, out: &Bound<'_, PyAny>, force_scalar: bool) -> PyResult<()> {
+        let name: String = x.getattr("dtype")?.str()?.extract()?;
+        let (dtype, elem) = act_dtype(&name).ok_or_else(|| argument_error(format!("x must be float32, bfloat16 or float16, got {name}")))?;
+        let xv = View::new(x, &name, elem, "x")?;
+        let ov = View::new(out, &name, elem, "out")?;
+        let k = self.w.k;
+        let m = xv.numel.checked_div(k).unwrap_or(0);
+        if xv.numel != m * k {
+            return Err(argument_error(format!("x has {} values, not a multiple of K={k}", xv.numel)));
+        }
+        let [q, s] = self.w.inputs();
+        disjoint(&ov, &[Some(&xv), q, s, self.a.as_ref(), self.b.as_ref(), self.bias.as_ref(), self.pre.as_ref()])?;
+        let isa = Isa::resolve(force_scalar);
+        py.detach(|| {
+            // SAFETY: every view was checked for device, dtype, contiguity and alignment (the
+            // weight views when this object was built; it keeps their tensors alive), `x` and
+            // `out` are `dtype` with `elem`-byte elements, and the output overlaps no input.
+            let weight = unsafe { self.w.weight() }?;
+            let lin = Linear {
+                weight,
+                act: self.act,
+                operand: self.operand,
+                pre_scale: self.pre.as_ref().map(|v| unsafe { v.slice() }),
+                a: factor(&self.a),
+                b: factor(&self.b),
+                bias: self.bias.as_ref().map(|v| unsafe { v.slice() }),
+            };
+            let (xs, os) = if dtype == Dtype::F32 {
+                unsafe { (Acts::F32(xv.slice::<f32>()), ActsMut::F32(ov.slice_mut::<f32>())) }
+            } else {
+                unsafe { (Acts::Bits16(xv.slice::<u16>()), ActsMut::Bits16(ov.slice_mut::<u16>())) }
+            };
+            core_gemm::linear(&lin, xs, dtype, m, os, isa).map_err(to_py)
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        let act = match self.act {
+            ActQuant::None => "none".to_string(),
+            ActQuant::Nvfp4 { gs } => format!("nvfp4(input_scale={gs:e})"),
+            ActQuant::Fp8Static { scale } => format!("fp8_static(input_scale={scale:e})"),
+            ActQuant::Fp8PerToken => "fp8_per_token".to_string(),
+        };
+        format!(
+            "CpuLinear({} {}x{}, element={}, scales={}, group={}, activations={act}{}{})",
+            self.w.kind,
+            self.w.n,
+            self.w.k,
+            if self.w.element.is_empty() { "E4M3" } else { &self.w.element },
+            self.w.scale_kind,
+            self.w.group,
+            if self.bias.is_some() { ", bias" } else { "" },
+            if self.pre.is_some() { ", pre_quant_scale" } else { "" },
+        )
+    }
+}
+
 /// The instruction set the fused kernels use on this CPU ("avx512_bf16", "avx512", "avx2" or "scalar"; other architectures run the portable build; `MOTENSOR_CPU_ISA` caps it).
 ///
 /// :rtype: str
@@ -356,5 +497,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cpu_dequant, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_isa, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_nvfp4_fake_quant, m)?)?;
+    m.add_class::<CpuLinear>()?;
     Ok(())
 }

@@ -21,6 +21,7 @@ mod bf16dot;
 mod dot;
 mod fp8;
 mod int8;
+mod linear;
 mod round;
 mod w4;
 #[cfg(target_arch = "x86_64")]
@@ -33,6 +34,7 @@ use crate::error::{Error, Result};
 pub use actq::nvfp4_fake_quant;
 pub use fp8::{Fp8Scales, Fp8Weight};
 pub use int8::Int8Weight;
+pub use linear::{linear, ActQuant, Acts, ActsMut, Dtype, Linear};
 pub use round::Operand;
 pub use w4::{Element4, Scales4, W4Weight};
 
@@ -317,12 +319,10 @@ pub fn gemm(x: &[f32], m: usize, w: &Weight, op: Operand, epi: &Epilogue, out: &
         }
         return Ok(());
     }
-    target.par_chunks_mut(TASK_ROWS * m).enumerate().for_each(|(t, chunk)| {
+    run_tasks(target, TASK_ROWS * m, parallel(w, m), || (vec![0f32; ROWS * k], Vec::new()), |(buf, scratch), (t, chunk)| {
         let n0 = t * TASK_ROWS;
         let rows = chunk.len() / m;
-        let mut buf = vec![0f32; ROWS * k];
-        let mut scratch = Vec::new();
-        w.gather(n0, rows, &mut scratch);
+        w.gather(n0, rows, scratch);
         let ng = w.gathered_per_row();
         let mut r = 0;
         while r < rows {
@@ -359,6 +359,30 @@ pub fn gemm(x: &[f32], m: usize, w: &Weight, op: Operand, epi: &Epilogue, out: &
     Ok(())
 }
 
+/// Multiply-adds below which a product runs on the calling thread: handing tasks to the pool
+/// and waking it costs ~10 us, more than a 2^18-weight GEMV takes on one core.
+const PARALLEL_MIN_WORK: usize = 1 << 18;
+
+fn parallel(w: &Weight, m: usize) -> bool {
+    w.n().saturating_mul(w.k()).saturating_mul(m) >= PARALLEL_MIN_WORK
+}
+
+/// `f(state, (task index, chunk))` over `chunk`-sized pieces of `target`, on the pool when
+/// `parallel` (one `init` state per rayon split), else in order on the calling thread.
+fn run_tasks<T, S, I, F>(target: &mut [T], chunk: usize, parallel: bool, init: I, f: F)
+where
+    T: Send,
+    I: Fn() -> S + Sync + Send,
+    F: Fn(&mut S, (usize, &mut [T])) + Sync + Send,
+{
+    if parallel {
+        target.par_chunks_mut(chunk).enumerate().for_each_init(init, f);
+    } else {
+        let mut state = init();
+        target.chunks_mut(chunk).enumerate().for_each(|t| f(&mut state, t));
+    }
+}
+
 /// Activation rows up to which the bf16 kernels run (in calls of `bf16dot::MAX_ROWS` rows, each
 /// decoding the weight again): the dispatcher's CPU fused bound.
 const BF16_MAX_M: usize = 16;
@@ -369,7 +393,7 @@ fn gemm_bf16(xb: &[u16], m: usize, w: &Weight, epi: &Epilogue, target: &mut [f32
     let k = w.k();
     let ng = w.gathered_per_row();
     let rows_x: Vec<&[u16]> = xb.chunks_exact(k).collect();
-    target.par_chunks_mut(TASK_ROWS * m).enumerate().for_each_init(Vec::new, |scratch, (t, chunk)| {
+    run_tasks(target, TASK_ROWS * m, parallel(w, m), Vec::new, |scratch, (t, chunk)| {
         let n0 = t * TASK_ROWS;
         let rows = chunk.len() / m;
         w.gather(n0, rows, scratch);
@@ -410,7 +434,7 @@ fn gemm_fused(xs: &[f32], m: usize, w: &Weight, op: Operand, epi: &Epilogue, tar
     let k = w.k();
     let ng = w.gathered_per_row();
     let x = |i: usize| &xs[i * k..(i + 1) * k];
-    target.par_chunks_mut(TASK_ROWS * m).enumerate().for_each_init(|| (Vec::new(), Vec::new()), |(scratch, row_buf), (t, chunk)| {
+    run_tasks(target, TASK_ROWS * m, parallel(w, m), || (Vec::new(), Vec::new()), |(scratch, row_buf), (t, chunk)| {
         let n0 = t * TASK_ROWS;
         let rows = chunk.len() / m;
         w.gather(n0, rows, scratch);
