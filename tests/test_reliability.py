@@ -98,6 +98,37 @@ def test_open_dequantize_load_in_a_forked_child():
     assert "fork ok" in r.stdout
 
 
+_FORK_KERNELS = """
+    import os, torch
+    from motensor.nn import QuantLinear
+
+    torch.manual_seed(0)
+    # 1024 x 512 (2^19 weights): the CPU kernels run on motensor's pool, not on the caller alone.
+    mods = [QuantLinear.from_float(torch.nn.Linear(512, 1024), f, input_amax=2.0).eval()
+            for f in ("NVFP4", "W4A16_AWQ", "FP8")]
+    x = torch.randn(1, 512).to(torch.bfloat16)
+
+    def run():
+        with torch.no_grad():
+            return [m(x).view(torch.int16).numpy().tobytes() for m in mods]
+
+    parent = run()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if run() == parent else 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, status
+    print("fork kernels ok")
+"""
+
+
+def test_cpu_kernels_in_a_forked_child():
+    """The prepared CPU layers after a fork: the parallel kernels run on motensor's fork-aware
+    pool (rayon's global pool, which they once used, blocks forever in the child)."""
+    r = _run(_FORK_KERNELS, timeout=120)
+    assert "fork kernels ok" in r.stdout
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. a shard shrinking while it is read
 

@@ -360,6 +360,9 @@ pub struct CpuLinear {
     b: Option<View>,
     bias: Option<View>,
     pre: Option<View>,
+    /// NVFP4's E4M3 block scales row-major (`core_gemm::e4m3_rows`): 1 byte per 16 weights,
+    /// copied once so that every call reads each row's scales contiguously.
+    scale_rows: Option<Vec<u8>>,
 }
 
 /// torch dtype name -> (dtype, element bytes).
@@ -403,6 +406,7 @@ impl CpuLinear {
             b: View::opt(b, "torch.float32", 4, "column scale")?,
             bias: View::opt(bias, "torch.float32", 4, "bias")?,
             pre: View::opt(pre_quant_scale, "torch.float32", 4, "pre_quant_scale")?,
+            scale_rows: None,
             w,
         };
         // Validate the weight and the epilogue once (the same checks run again per call, cheaply).
@@ -418,7 +422,11 @@ impl CpuLinear {
             return Err(argument_error(format!("bias must have {n} values and pre_quant_scale {k}")));
         }
         core_gemm::linear(&check, Acts::F32(&x0), Dtype::F32, 1, ActsMut::F32(&mut probe), Isa::Scalar).map_err(to_py)?;
-        Ok(lin)
+        let scale_rows = match weight {
+            Weight::W4(W4Weight { scales: Scales4::E4M3(s), group, .. }) if group > 0 => core_gemm::e4m3_rows(s, n, k / group),
+            _ => None,
+        };
+        Ok(CpuLinear { scale_rows, ..lin })
     }
 
     /// `out[M, N] = linear(x[M, K])`; `x` and `out` contiguous CPU tensors of one dtype
@@ -443,7 +451,10 @@ impl CpuLinear {
             // SAFETY: every view was checked for device, dtype, contiguity and alignment (the
             // weight views when this object was built; it keeps their tensors alive), `x` and
             // `out` are `dtype` with `elem`-byte elements, and the output overlaps no input.
-            let weight = unsafe { self.w.weight() }?;
+            let mut weight = unsafe { self.w.weight() }?;
+            if let (Weight::W4(w4), Some(rows)) = (&mut weight, self.scale_rows.as_deref()) {
+                w4.scales = Scales4::E4M3Rows(rows);
+            }
             let lin = Linear {
                 weight,
                 act: self.act,

@@ -75,7 +75,7 @@ pub fn nvfp4_fake_quant(x: &[f32], k: usize, gs: &[f32], out: &mut [f32]) -> Res
     if x.len() < 1 << 16 {
         x.chunks_exact(k).zip(out.chunks_exact_mut(k)).enumerate().for_each(work);
     } else {
-        x.par_chunks_exact(k).zip(out.par_chunks_exact_mut(k)).enumerate().for_each(work);
+        crate::pool::install(|| x.par_chunks_exact(k).zip(out.par_chunks_exact_mut(k)).enumerate().for_each(work));
     }
     Ok(())
 }

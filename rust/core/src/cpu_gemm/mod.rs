@@ -27,8 +27,6 @@ mod w4;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use rayon::prelude::*;
-
 use crate::error::{Error, Result};
 
 pub use actq::nvfp4_fake_quant;
@@ -36,7 +34,7 @@ pub use fp8::{Fp8Scales, Fp8Weight};
 pub use int8::Int8Weight;
 pub use linear::{linear, ActQuant, Acts, ActsMut, Dtype, Linear};
 pub use round::Operand;
-pub use w4::{Element4, Scales4, W4Weight};
+pub use w4::{e4m3_rows, Element4, Scales4, W4Weight};
 
 /// The instruction set a kernel call runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -367,20 +365,46 @@ fn parallel(w: &Weight, m: usize) -> bool {
     w.n().saturating_mul(w.k()).saturating_mul(m) >= PARALLEL_MIN_WORK
 }
 
-/// `f(state, (task index, chunk))` over `chunk`-sized pieces of `target`, on the pool when
-/// `parallel` (one `init` state per rayon split), else in order on the calling thread.
+/// `f(state, (task index, chunk))` over `chunk`-sized pieces of `target`: in order on the calling
+/// thread, or, when `parallel`, by the calling thread and the workers of motensor's pool
+/// (`pool.rs`: rebuilt after a fork) taking pieces from one counter. The caller starts at once
+/// and a worker joins when it wakes (a sleeping worker takes ~10-20 us to, which a decode step
+/// pays once per layer), so a late worker costs nothing; each thread builds `init` once.
 fn run_tasks<T, S, I, F>(target: &mut [T], chunk: usize, parallel: bool, init: I, f: F)
 where
     T: Send,
     I: Fn() -> S + Sync + Send,
     F: Fn(&mut S, (usize, &mut [T])) + Sync + Send,
 {
-    if parallel {
-        target.par_chunks_mut(chunk).enumerate().for_each_init(init, f);
-    } else {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    let chunk = chunk.max(1);
+    let pool = if parallel && target.len() > chunk { Some(crate::pool::pool()) } else { None };
+    let threads = pool.as_ref().map_or(1, |p| p.current_num_threads());
+    let Some(pool) = pool.filter(|_| threads > 1) else {
         let mut state = init();
         target.chunks_mut(chunk).enumerate().for_each(|t| f(&mut state, t));
-    }
+        return;
+    };
+    // One lock per piece, each taken exactly once (the counter hands every index out once).
+    let parts: Vec<Mutex<&mut [T]>> = target.chunks_mut(chunk).map(Mutex::new).collect();
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut state: Option<S> = None;
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(part) = parts.get(i) else { break };
+            let mut piece = part.lock().unwrap_or_else(|p| p.into_inner());
+            f(state.get_or_insert_with(&init), (i, &mut piece));
+        }
+    };
+    pool.in_place_scope(|s| {
+        for _ in 1..threads.min(parts.len()) {
+            s.spawn(|_| work());
+        }
+        work();
+    });
 }
 
 /// Activation rows up to which the bf16 kernels run (in calls of `bf16dot::MAX_ROWS` rows, each
@@ -492,7 +516,8 @@ pub fn gemm_i8(xq: &[i8], m: usize, w: &Int8Weight, epi: &Epilogue, out: &mut [f
     }
     crate::fill::num_threads();
     let mut out_t = vec![0f32; n * m];
-    out_t.par_chunks_mut(TASK_ROWS * m).enumerate().for_each(|(t, chunk)| {
+    let par = n.saturating_mul(k).saturating_mul(m) >= PARALLEL_MIN_WORK;
+    run_tasks(&mut out_t, TASK_ROWS * m, par, || (), |_, (t, chunk)| {
         let n0 = t * TASK_ROWS;
         for (i, col) in chunk.chunks_mut(m).enumerate() {
             let wrow = &w.w[(n0 + i) * k..(n0 + i + 1) * k];
@@ -520,7 +545,7 @@ pub fn dequant(w: &Weight, op: Operand, out: &mut [f32], isa: Isa) -> Result<()>
         return Ok(());
     }
     crate::fill::num_threads();
-    out.par_chunks_mut(TASK_ROWS * k).enumerate().for_each_init(Vec::new, |scratch, (t, dst)| {
+    run_tasks(out, TASK_ROWS * k, true, Vec::new, |scratch, (t, dst)| {
         w.decode_block(isa, op, t * TASK_ROWS, dst.len() / k, true, dst, scratch)
     });
     Ok(())
@@ -547,7 +572,7 @@ pub fn dequant_bf16_rows(w: &Weight, n0: usize, out: &mut [u16], isa: Isa) -> Re
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Bf16 && bf16dot::takes(w, Operand::Bf16).is_some() {
         let ng = w.gathered_per_row();
-        out.par_chunks_mut(TASK_ROWS * k).enumerate().for_each_init(Vec::new, |scratch, (t, dst)| {
+        run_tasks(out, TASK_ROWS * k, true, Vec::new, |scratch, (t, dst)| {
             let r0 = n0 + t * TASK_ROWS;
             let rows = dst.len() / k;
             w.gather(r0, rows, scratch);
@@ -558,7 +583,10 @@ pub fn dequant_bf16_rows(w: &Weight, n0: usize, out: &mut [u16], isa: Isa) -> Re
         });
         return Ok(());
     }
-    out.par_chunks_mut(TASK_ROWS * k).enumerate().for_each_init(
+    run_tasks(
+        out,
+        TASK_ROWS * k,
+        true,
         || (vec![0f32; TASK_ROWS * k], Vec::new()),
         |(buf, scratch), (t, dst)| {
             let buf = &mut buf[..dst.len()];

@@ -316,3 +316,28 @@ fn bf16_dequant_rows_equal_the_portable_decode() {
         assert!(dequant_bf16_rows(w, 0, &mut bad[..k - 1], Isa::Scalar).is_err());
     }
 }
+
+#[test]
+fn row_major_e4m3_scales_gather_the_same_values() {
+    let (n, k, g) = (37, 64, 16);
+    let packed = vec![0u8; n * k / 2];
+    // Every non-NaN E4M3 byte, subnormals and zero included.
+    let scales: Vec<u8> = (0..(k / g) * n).map(|i| (i * 7 % 256) as u8).map(|b| if b & 0x7F == 0x7F { 0x7E } else { b }).collect();
+    let rows = e4m3_rows(&scales, n, k / g).unwrap();
+    for (mul, div) in [(None, None), (Some(0.37f32), None), (None, Some(3.0f32))] {
+        let w = W4Weight { packed: &packed, n, k, element: Element4::E2M1, scales: Scales4::E4M3(&scales), group: g, scale_mul: mul, scale_div: div };
+        let wr = W4Weight { scales: Scales4::E4M3Rows(&rows), ..w };
+        wr.validate().unwrap();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for n0 in [0, 5, 32] {
+            let rows_here = (n - n0).min(9);
+            w.gather_scales(n0, rows_here, &mut a);
+            wr.gather_scales(n0, rows_here, &mut b);
+            assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), b.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        }
+    }
+    let mut nan = scales.clone();
+    nan[11] = 0xFF;
+    assert!(e4m3_rows(&nan, n, k / g).is_none());
+    assert!(e4m3_rows(&scales, n + 1, k / g).is_none());
+}

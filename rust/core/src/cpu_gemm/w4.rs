@@ -7,7 +7,7 @@
 //! nibbles, i.e. even k, first, then the high nibbles) so that the decode is two contiguous
 //! streams; the GEMM permutes the activations the same way once per call.
 
-use super::round::Operand;
+use super::round::{self, Operand};
 use super::{arg, Isa};
 use crate::error::Result;
 use crate::numeric;
@@ -24,6 +24,28 @@ pub enum Scales4<'a> {
     E4M3(&'a [u8]),
     E8M0(&'a [u8]),
     F32(&'a [f32]),
+    /// E4M3 scales row-major, `[n, k / group]`: a prepared layer's copy of the kernel layout's
+    /// `[k / group, n]` (see [`e4m3_rows`]), whose per-call gather then reads each row's scales
+    /// contiguously instead of one byte per cache line. No NaN byte (the copy is refused then).
+    E4M3Rows(&'a [u8]),
+}
+
+/// The E4M3 scales `[k / group, n]` of a 4-bit weight row-major (`[n, k / group]`), or None if a
+/// scale is NaN (0x7F / 0xFF: the vectorised decode of the rows has no NaN; the transposed
+/// scales keep the table lookup, which propagates it as the reference does).
+pub fn e4m3_rows(scales: &[u8], n: usize, groups: usize) -> Option<Vec<u8>> {
+    if scales.len() != n.checked_mul(groups)? || scales.iter().any(|b| b & 0x7F == 0x7F) {
+        return None;
+    }
+    let mut out = vec![0u8; scales.len()];
+    if n > 0 {
+        for (g, col) in scales.chunks_exact(n).enumerate() {
+            for (r, b) in col.iter().enumerate() {
+                out[r * groups + g] = *b;
+            }
+        }
+    }
+    Some(out)
 }
 
 /// A packed 4-bit weight `[n, k]` (`packed` is `[n, k/2]`, scales `[k/group, n]`).
@@ -54,7 +76,7 @@ impl W4Weight<'_> {
         }
         let ns = (k / g) * n;
         let have = match self.scales {
-            Scales4::E4M3(s) | Scales4::E8M0(s) => s.len(),
+            Scales4::E4M3(s) | Scales4::E8M0(s) | Scales4::E4M3Rows(s) => s.len(),
             Scales4::F32(s) => s.len(),
         };
         if have != ns {
@@ -74,6 +96,7 @@ impl W4Weight<'_> {
             Scales4::E4M3(s) => numeric::E4M3[s[i] as usize],
             Scales4::E8M0(s) => numeric::e8m0(s[i]),
             Scales4::F32(s) => s[i],
+            Scales4::E4M3Rows(s) => numeric::E4M3[s[row * (self.k / self.group) + g] as usize],
         };
         match (self.scale_mul, self.scale_div) {
             (Some(gs), _) => s * gs,
@@ -89,6 +112,17 @@ impl W4Weight<'_> {
         let ng = self.k / self.group;
         out.clear();
         out.resize(rows * ng, 0.0);
+        if let Scales4::E4M3Rows(s) = self.scales {
+            // Contiguous and branch-free: LLVM vectorises it. The product is the table value
+            // times the global scale, one fp32 rounding, as in `scale`.
+            let src = &s[n0 * ng..(n0 + rows) * ng];
+            match (self.scale_mul, self.scale_div) {
+                (Some(m), _) => out.iter_mut().zip(src).for_each(|(o, b)| *o = round::e4m3_decode(*b) * m),
+                (_, Some(d)) => out.iter_mut().zip(src).for_each(|(o, b)| *o = round::e4m3_decode(*b) / d),
+                _ => out.iter_mut().zip(src).for_each(|(o, b)| *o = round::e4m3_decode(*b)),
+            }
+            return;
+        }
         for g in 0..ng {
             for r in 0..rows {
                 out[r * ng + g] = self.scale(g, n0 + r);
