@@ -240,8 +240,10 @@ fn bench_bf16_gemv() {
     let w8 = rng.bytes(n * k);
     let x: Vec<f32> = rng.f32s(k, 1.0).iter().map(|v| half::bf16::from_f32(*v).to_f32()).collect();
     let mut y = vec![0f32; n];
+    let rows = e4m3_rows(&sc, n, k / 16).unwrap_or_default();
     for (label, w) in [
         ("nvfp4", Weight::W4(W4Weight { packed: &packed, n, k, element: Element4::E2M1, scales: Scales4::E4M3(&sc), group: 16, scale_mul: Some(0.01), scale_div: None })),
+        ("nvfp4_rows", Weight::W4(W4Weight { packed: &packed, n, k, element: Element4::E2M1, scales: Scales4::E4M3Rows(&rows), group: 16, scale_mul: Some(0.01), scale_div: None })),
         ("awq", Weight::W4(W4Weight { packed: &packed, n, k, element: Element4::Int4, scales: Scales4::F32(&sf), group: 128, scale_mul: None, scale_div: None })),
         ("fp8", Weight::Fp8(Fp8Weight { w: &w8, n, k, scales: Fp8Scales::None })),
     ] {
@@ -253,7 +255,7 @@ fn bench_bf16_gemv() {
             for _ in 0..20 {
                 gemm(&x, 1, &w, Operand::Bf16, &Epilogue::NONE, &mut y, isa).unwrap();
             }
-            eprintln!("{label} {isa:?}: {:?} per call, threads {}", t.elapsed() / 20, rayon::current_num_threads());
+            eprintln!("{label} {isa:?}: {:?} per call, threads {}", t.elapsed() / 20, crate::pool::num_threads());
         }
     }
 }
