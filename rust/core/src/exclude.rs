@@ -8,21 +8,21 @@
 //! `model.layers.1.mlp.down_proj` but not `model.layers.11...`). Wildcards are full fnmatch
 //! (`*`, `?`, `[seq]`, `[!seq]`; `*` crosses dots, as in Python).
 
-use std::collections::HashMap;
+use crate::names::FastMap;
 
 #[derive(Debug, Clone, Default)]
 pub struct ExcludeList {
     patterns: Vec<String>,
     /// Plain (non-glob) patterns by their last dotted component: a name can only match one
     /// whose last component is one of its own (long per-layer lists stay cheap per module).
-    plain_by_last: HashMap<String, Vec<usize>>,
+    plain_by_last: FastMap<String, Vec<usize>>,
     /// The glob patterns.
     globs: Vec<usize>,
 }
 
 impl ExcludeList {
     pub fn new(patterns: Vec<String>) -> Self {
-        let mut plain_by_last: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut plain_by_last: FastMap<String, Vec<usize>> = FastMap::default();
         let mut globs = Vec::new();
         for (i, p) in patterns.iter().enumerate() {
             if is_glob(p) {

@@ -228,7 +228,7 @@ pub fn build_sliced_plan(
     }
     // Arena order = file order, so batches read the shards front to back.
     // (One lookup per item: a key function called per comparison would hash n log n names.)
-    items.sort_by_cached_key(|it| ck.tensors.get(&it.tensor).map(|l| (l.shard, l.idx)).unwrap_or((usize::MAX, 0)));
+    items.sort_by_cached_key(|it| ck.tensor_loc(&it.tensor).map(|l| (l.shard, l.idx)).unwrap_or((usize::MAX, 0)));
     let mut off = 0u64;
     for it in &mut items {
         it.offset = off;
