@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::names::FastSet;
 
 /// Headers above this size are refused before any allocation (the safetensors crate uses the
 /// same bound): a hostile length prefix must not make us allocate gigabytes.
@@ -168,7 +169,7 @@ type Parsed = (Vec<TensorInfo>, BTreeMap<String, String>);
 /// The header read through typed entries (no generic JSON tree: a few allocations per tensor);
 /// every check of [`entries_slow`] is applied, in the same order.
 fn entries_fast(file: &Path, entries: FastEntries<'_>, data_len: u64) -> Result<Parsed> {
-    let mut seen = HashSet::with_capacity(entries.0.len());
+    let mut seen = FastSet::with_capacity_and_hasher(entries.0.len(), Default::default());
     let mut metadata = BTreeMap::new();
     let mut tensors = Vec::with_capacity(entries.0.len());
     for (name, value) in entries.0 {

@@ -145,31 +145,118 @@ pub fn configured_format(cfg: &QuantConfig, module: &str) -> Option<(&'static Fo
     }
 }
 
-/// Tensors (ids) grouped by module. A module's tensors are usually adjacent in the order they
-/// come in, so the last group is checked first and a hash index catches the rest.
+/// A module's tensors: role -> tensor id (a fixed table in role order, [`NO_TENSOR`] for none).
+#[derive(Clone, Copy)]
+struct Roles([u32; Role::ALL.len()]);
+
+impl Roles {
+    fn new() -> Roles {
+        Roles([NO_TENSOR; Role::ALL.len()])
+    }
+    fn insert(&mut self, role: Role, id: usize) {
+        self.0[role as usize] = id as u32;
+    }
+    fn get(&self, role: &Role) -> Option<usize> {
+        let id = self.0[*role as usize];
+        (id != NO_TENSOR).then_some(id as usize)
+    }
+    fn contains_key(&self, role: &Role) -> bool {
+        self.0[*role as usize] != NO_TENSOR
+    }
+    fn len(&self) -> usize {
+        self.0.iter().filter(|&&id| id != NO_TENSOR).count()
+    }
+    /// (role, id) in role order.
+    fn iter(&self) -> impl Iterator<Item = (Role, usize)> + '_ {
+        Role::ALL.iter().filter_map(|&r| self.get(&r).map(|id| (r, id)))
+    }
+    fn keys(&self) -> impl Iterator<Item = Role> + '_ {
+        self.iter().map(|(r, _)| r)
+    }
+    fn values(&self) -> impl Iterator<Item = usize> + '_ {
+        self.iter().map(|(_, id)| id)
+    }
+    /// Adds `other`'s tensors (a role in both keeps `other`'s).
+    fn merge(&mut self, other: &Roles) {
+        for (a, &b) in self.0.iter_mut().zip(&other.0) {
+            if b != NO_TENSOR {
+                *a = b;
+            }
+        }
+    }
+}
+
+/// Tensors (ids) grouped by module, with the tensors that belong to none. A module's tensors
+/// are usually adjacent in the order they come in, so the last group is checked first and a
+/// hash index catches the rest.
 #[derive(Default)]
 struct Groups<'a> {
-    list: Vec<(&'a str, BTreeMap<Role, usize>)>,
+    list: Vec<(&'a str, Roles)>,
     index: FastMap<&'a str, usize>,
+    plain: Vec<usize>,
+    kv: Vec<KvTensor>,
+}
+
+/// What a tensor's name makes it.
+enum Class<'a> {
+    Member(&'a str, Role),
+    Kv(KvTensor),
+    Plain,
+}
+
+fn classify(name: &str) -> Class<'_> {
+    let Some((module, suffix)) = name.rsplit_once('.') else {
+        return Class::Plain;
+    };
+    if let Some(role) = Role::from_suffix(suffix) {
+        Class::Member(module, role)
+    } else if KV_SUFFIXES.contains(&suffix) {
+        let attention = module.rsplit_once('.').map(|(a, _)| a).unwrap_or(module);
+        Class::Kv(KvTensor {
+            tensor: name.to_string(),
+            attention: attention.to_string(),
+            kind: suffix.to_string(),
+        })
+    } else {
+        Class::Plain
+    }
 }
 
 impl<'a> Groups<'a> {
-    fn entry(&mut self, module: &'a str) -> &mut BTreeMap<Role, usize> {
+    fn entry(&mut self, module: &'a str) -> &mut Roles {
         let i = match self.list.last() {
             Some((m, _)) if *m == module => self.list.len() - 1,
             _ => *self.index.entry(module).or_insert_with(|| {
-                self.list.push((module, BTreeMap::new()));
+                self.list.push((module, Roles::new()));
                 self.list.len() - 1
             }),
         };
         &mut self.list[i].1
     }
 
+    fn add(&mut self, id: usize, name: &'a str) {
+        match classify(name) {
+            Class::Member(module, role) => self.entry(module).insert(role, id),
+            Class::Kv(k) => self.kv.push(k),
+            Class::Plain => self.plain.push(id),
+        }
+    }
+
+    /// Takes in the groups of a later part of the tensors.
+    fn absorb(&mut self, other: Groups<'a>) {
+        for (module, roles) in &other.list {
+            self.entry(module).merge(roles);
+        }
+        self.plain.extend(other.plain);
+        self.kv.extend(other.kv);
+    }
+
     /// The groups in module-name order. A stable (run-adaptive) sort: groups come in runs that
     /// are already in name order (each shard's tensors of one dtype), so it merges a few runs.
-    fn into_sorted(mut self) -> Vec<(&'a str, BTreeMap<Role, usize>)> {
+    fn into_sorted(mut self) -> Self {
         self.list.sort_by(|a, b| a.0.cmp(b.0));
-        self.list
+        self.kv.sort_by(|a, b| a.tensor.cmp(&b.tensor));
+        self
     }
 }
 
@@ -181,25 +268,26 @@ enum Outcome {
     Failed(Error),
 }
 
+/// Tensors grouped per task when the grouping runs in parallel.
+const GROUP_CHUNK: usize = 8192;
+
 /// Builds the module view of all tensors of `lookup`.
 pub fn build(lookup: &(dyn TensorLookup + Sync), cfg: Option<&QuantConfig>) -> Result<ModuleView> {
     let name = |id: usize| lookup.info_at(id).name.as_str();
-    let mut groups = Groups::default();
-    let mut plain: Vec<usize> = Vec::new();
-    let mut kv = Vec::new();
+    let count = lookup.count();
     let mut notes = Vec::new();
 
     // BMM expert parameters first: `P` with a `P_weight_scale` (etc.) sibling is a module.
     // (Only when some name ends like a BMM scale sibling: most checkpoints have none.)
-    let any_bmm = (0..lookup.count())
-        .any(|id| BMM_SUFFIXES.iter().any(|(suffix, role)| *role != Role::Bias && name(id).ends_with(suffix)));
-    let mut ids: Vec<usize> = (0..lookup.count()).collect();
-    let all: std::collections::HashSet<&str> =
-        if any_bmm { ids.iter().map(|&id| name(id)).collect() } else { Default::default() };
+    let bmm_like = |id: usize| BMM_SUFFIXES.iter().any(|(suffix, role)| *role != Role::Bias && name(id).ends_with(suffix));
+    let any_bmm = pool::install(|| (0..count).into_par_iter().with_min_len(GROUP_CHUNK).any(bmm_like));
     let mut bmm: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    let mut groups = Groups::default();
     if any_bmm {
-        // In name order, as a role met twice (`P` and `P.weight`) keeps the later one.
+        // One pass in name order, as a role met twice (`P` and `P.weight`) keeps the later one.
+        let mut ids: Vec<usize> = (0..count).collect();
         ids.sort_by(|&a, &b| name(a).cmp(name(b)));
+        let all: std::collections::HashSet<&str> = ids.iter().map(|&id| name(id)).collect();
         for &id in &ids {
             if let Some((param, role)) = bmm_sibling(name(id), &all) {
                 if role != Role::Bias {
@@ -207,47 +295,50 @@ pub fn build(lookup: &(dyn TensorLookup + Sync), cfg: Option<&QuantConfig>) -> R
                 }
             }
         }
-    }
-    for &id in &ids {
-        let nm = name(id);
-        if !bmm.is_empty() {
+        for &id in &ids {
+            let nm = name(id);
             if bmm.contains(nm) {
                 groups.entry(nm).insert(Role::Weight, id);
-                continue;
-            }
-            if let Some((param, role)) = bmm_sibling(nm, &all).filter(|(p, _)| bmm.contains(p)) {
+            } else if let Some((param, role)) = bmm_sibling(nm, &all).filter(|(p, _)| bmm.contains(p)) {
                 groups.entry(param).insert(role, id);
-                continue;
+            } else {
+                groups.add(id, nm);
             }
         }
-        let Some((module, suffix)) = nm.rsplit_once('.') else {
-            plain.push(id);
-            continue;
-        };
-        if let Some(role) = Role::from_suffix(suffix) {
-            groups.entry(module).insert(role, id);
-        } else if KV_SUFFIXES.contains(&suffix) {
-            let attention = module.rsplit_once('.').map(|(a, _)| a).unwrap_or(module);
-            kv.push(KvTensor {
-                tensor: nm.to_string(),
-                attention: attention.to_string(),
-                kind: suffix.to_string(),
-            });
-        } else {
-            plain.push(id);
+    } else {
+        // Names are unique, so a (module, role) pair has one tensor: grouped in parts in
+        // parallel, the parts merged in order.
+        let parts: Vec<Groups<'_>> = pool::install(|| {
+            (0..count.div_ceil(GROUP_CHUNK))
+                .into_par_iter()
+                .map(|c| {
+                    let mut g = Groups::default();
+                    for id in c * GROUP_CHUNK..((c + 1) * GROUP_CHUNK).min(count) {
+                        g.add(id, name(id));
+                    }
+                    g
+                })
+                .collect()
+        });
+        for p in parts {
+            if groups.list.is_empty() {
+                groups = p;
+            } else {
+                groups.absorb(p);
+            }
         }
     }
-    kv.sort_by(|a, b| a.tensor.cmp(&b.tensor));
+    let Groups { list: groups, plain, kv, .. } = groups.into_sorted();
+    let mut plain = plain;
 
     // Each group is judged on its own (in parallel); the outcomes are taken in name order, so
     // the first error, the notes and the module list are those of a serial pass.
-    let groups = groups.into_sorted();
-    let judge = |(module, roles): &(&str, BTreeMap<Role, usize>)| -> Outcome {
+    let judge = |(module, roles): &(&str, Roles)| -> Outcome {
         let module: &str = module;
-        let Some(&wid) = roles.get(&Role::Weight) else {
+        let Some(wid) = roles.get(&Role::Weight) else {
             let note = (roles.len() > 1 || !roles.contains_key(&Role::Bias))
                 .then(|| format!("'{module}' has {:?} but no weight; kept as plain tensors", roles.keys().collect::<Vec<_>>()));
-            return Outcome::Plain(roles.values().copied().collect(), note);
+            return Outcome::Plain(roles.values().collect(), note);
         };
         let w = lookup.info_at(wid);
         let evidence = !w.dtype.is_wide_float() || roles.contains_key(&Role::WeightScale);
@@ -279,7 +370,7 @@ pub fn build(lookup: &(dyn TensorLookup + Sync), cfg: Option<&QuantConfig>) -> R
                 let note = (assigned.is_some() && w.shape.len() >= 2 && roles.len() > 1).then(|| {
                     format!("'{module}' is covered by the quant config but stores an unquantized {} weight", w.dtype)
                 });
-                Outcome::Plain(roles.values().copied().collect(), note)
+                Outcome::Plain(roles.values().collect(), note)
             }
         }
     };
@@ -311,7 +402,7 @@ pub fn build(lookup: &(dyn TensorLookup + Sync), cfg: Option<&QuantConfig>) -> R
 
 fn validate(
     module: &str,
-    roles: &BTreeMap<Role, usize>,
+    roles: &Roles,
     spec: &'static FormatSpec,
     configured_group: Option<u32>,
     lookup: &dyn TensorLookup,
@@ -329,7 +420,7 @@ fn validate(
     let mut ids = [NO_TENSOR; Role::ALL.len()];
     let mut infos: BTreeMap<Role, &TensorInfo> = BTreeMap::new();
     let mut extras = Vec::new();
-    for (&role, &id) in roles {
+    for (role, id) in roles.iter() {
         let ti = lookup.info_at(id);
         let t = ti.name.as_str();
         match spec.rule(role) {
@@ -350,7 +441,7 @@ fn validate(
     for rule in spec.tensors {
         if rule.presence == Presence::Required && !tensors.contains_key(&rule.role) {
             let missing = format!("{module}.{}", rule.role.suffix());
-            let near = roles.get(&Role::Weight).map(|&id| lookup.info_at(id).name.as_str()).unwrap_or(module);
+            let near = roles.get(&Role::Weight).map(|id| lookup.info_at(id).name.as_str()).unwrap_or(module);
             return Err(Error::Format {
                 file: lookup.file_of(near),
                 module: module.to_string(),
@@ -403,7 +494,7 @@ fn validate(
     }
 
     let group = resolve_group(spec, configured_group, roles, k, lookup, bmm)
-        .map_err(|msg| err(roles.get(&Role::WeightScale).map(|&id| lookup.info_at(id).name.as_str()).unwrap_or(&wname), msg))?;
+        .map_err(|msg| err(roles.get(&Role::WeightScale).map(|id| lookup.info_at(id).name.as_str()).unwrap_or(&wname), msg))?;
 
     for (&role, t) in &tensors {
         let rule = spec.rule(role).ok_or_else(|| Error::argument("rule vanished"))?;
@@ -434,7 +525,7 @@ fn validate(
 /// instead of as a generic shape mismatch.
 fn stale_bmm_scale<'a>(
     spec: &FormatSpec,
-    roles: &BTreeMap<Role, usize>,
+    roles: &Roles,
     lead: &[u64],
     n: u64,
     k: u64,
@@ -448,7 +539,7 @@ fn stale_bmm_scale<'a>(
         return Ok(());
     };
     let g = g as u64;
-    let ti = lookup.info_at(*t);
+    let ti = lookup.info_at(t);
     let t = ti.name.as_str();
     let stale: Vec<u64> = lead.iter().copied().chain([k, n / g.max(1)]).collect();
     let good: Vec<u64> = lead.iter().copied().chain([k / g.max(1), n]).collect();
@@ -469,7 +560,7 @@ fn stale_bmm_scale<'a>(
 fn resolve_group(
     spec: &FormatSpec,
     configured: Option<u32>,
-    roles: &BTreeMap<Role, usize>,
+    roles: &Roles,
     k: u64,
     lookup: &dyn TensorLookup,
     bmm: bool,
@@ -487,7 +578,7 @@ fn resolve_group(
     if is_groups {
         // The scale's last dim says how many groups there are; a checkpoint without a
         // group_size key (config.json form) may use another size than the default.
-        if let Some(ti) = roles.get(&Role::WeightScale).map(|&id| lookup.info_at(id)) {
+        if let Some(ti) = roles.get(&Role::WeightScale).map(|id| lookup.info_at(id)) {
             // `[.., N, K/G]`, or `[.., K/G, N]` for in-place expert parameters.
             let at = if bmm { ti.shape.len().checked_sub(2) } else { ti.shape.len().checked_sub(1) };
             let cols = at.and_then(|i| ti.shape.get(i)).copied().unwrap_or(0);
@@ -516,6 +607,45 @@ fn resolve_group(
 }
 
 fn check_shape(
+    rule: ShapeRule,
+    shape: &[u64],
+    lead: &[u64],
+    n: u64,
+    k: u64,
+    group: Option<u32>,
+    bmm: bool,
+) -> std::result::Result<(), String> {
+    // The accepted shapes of `expected_shapes`, tested without building them (this runs for
+    // every tensor of every module); a mismatch is explained by the list.
+    let is = |tail: &[u64]| shape.len() == lead.len() + tail.len() && shape[..lead.len()] == *lead && shape[lead.len()..] == *tail;
+    let scalar = shape.is_empty() || shape == [1];
+    let ok = match rule {
+        ShapeRule::Weight => true,
+        ShapeRule::Scalar => scalar,
+        ShapeRule::PerOutput => is(&[n]),
+        ShapeRule::PerInput => is(&[k]) || shape == [k],
+        ShapeRule::Groups => {
+            let g = group.unwrap_or(1) as u64;
+            if bmm {
+                is(&[k / g, n])
+            } else {
+                is(&[n, k / g])
+            }
+        }
+        ShapeRule::Blocks2d => {
+            let g = group.unwrap_or(128) as u64;
+            let (nb, kb) = (n.div_ceil(g), k.div_ceil(g));
+            is(&[nb, 1, kb, 1]) || is(&[nb, kb]) || (nb * kb == 1 && lead.is_empty() && scalar)
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        expected_shapes(rule, shape, lead, n, k, group, bmm)
+    }
+}
+
+fn expected_shapes(
     rule: ShapeRule,
     shape: &[u64],
     lead: &[u64],
