@@ -407,6 +407,11 @@ impl Checkpoint {
         &self.shards[l.shard].tensors()[l.idx]
     }
 
+    /// Where the tensor with id `id` is.
+    pub fn loc_at(&self, id: usize) -> TensorLoc {
+        self.locs[id]
+    }
+
     /// Where tensor `name` is.
     pub fn tensor_loc(&self, name: &str) -> Option<TensorLoc> {
         self.tensor_id(name).map(|id| self.locs[id])
