@@ -223,6 +223,16 @@ fn classify(name: &str) -> Class<'_> {
 }
 
 impl<'a> Groups<'a> {
+    /// Room for the groups of about `tensors` tensors (no rehash on the way).
+    fn with_capacity(tensors: usize) -> Self {
+        let n = tensors / 2 + 1;
+        Groups {
+            list: Vec::with_capacity(n),
+            index: FastMap::with_capacity_and_hasher(n, Default::default()),
+            ..Default::default()
+        }
+    }
+
     fn entry(&mut self, module: &'a str) -> &mut Roles {
         let i = match self.list.last() {
             Some((m, _)) if *m == module => self.list.len() - 1,
@@ -312,7 +322,7 @@ pub fn build(lookup: &(dyn TensorLookup + Sync), cfg: Option<&QuantConfig>) -> R
             (0..count.div_ceil(GROUP_CHUNK))
                 .into_par_iter()
                 .map(|c| {
-                    let mut g = Groups::default();
+                    let mut g = Groups::with_capacity(GROUP_CHUNK);
                     for id in c * GROUP_CHUNK..((c + 1) * GROUP_CHUNK).min(count) {
                         g.add(id, name(id));
                     }
@@ -320,12 +330,9 @@ pub fn build(lookup: &(dyn TensorLookup + Sync), cfg: Option<&QuantConfig>) -> R
                 })
                 .collect()
         });
+        groups = Groups::with_capacity(count);
         for p in parts {
-            if groups.list.is_empty() {
-                groups = p;
-            } else {
-                groups.absorb(p);
-            }
+            groups.absorb(p);
         }
     }
     let Groups { list: groups, plain, kv, .. } = groups.into_sorted();
@@ -418,14 +425,14 @@ fn validate(
 
     let mut tensors = BTreeMap::new();
     let mut ids = [NO_TENSOR; Role::ALL.len()];
-    let mut infos: BTreeMap<Role, &TensorInfo> = BTreeMap::new();
+    let mut infos: [Option<&TensorInfo>; Role::ALL.len()] = [None; Role::ALL.len()];
     let mut extras = Vec::new();
     for (role, id) in roles.iter() {
         let ti = lookup.info_at(id);
         let t = ti.name.as_str();
         match spec.rule(role) {
             Some(rule) => {
-                infos.insert(role, ti);
+                infos[role as usize] = Some(ti);
                 if !rule.dtypes.contains(&ti.dtype) {
                     return Err(err(
                         t,
@@ -452,19 +459,17 @@ fn validate(
         }
     }
 
-    let wname = tensors[&Role::Weight].clone();
-    let w = *infos
-        .get(&Role::Weight)
-        .ok_or_else(|| Error::argument(format!("tensor '{wname}' vanished from the index")))?;
+    let w = infos[Role::Weight as usize].ok_or_else(|| Error::argument(format!("module '{module}' lost its weight")))?;
+    let wname = w.name.as_str();
     if w.shape.len() < 2 {
-        return Err(err(&wname, format!("weight has shape {:?}; a Linear weight needs 2 dims", w.shape)));
+        return Err(err(wname, format!("weight has shape {:?}; a Linear weight needs 2 dims", w.shape)));
     }
     // Any zero dimension, leading (expert) dims included, is refused before the logical sizes
     // are computed: with a zero expert count the header admits huge N/K (no bytes are stored),
     // and later size arithmetic (K * 4 bytes per row, N * scale bytes per granule) would
     // overflow. With every dim non-zero, N * K is bounded by twice the stored byte count.
     if w.shape.contains(&0) {
-        return Err(err(&wname, format!("weight has an empty dimension: {:?}", w.shape)));
+        return Err(err(wname, format!("weight has an empty dimension: {:?}", w.shape)));
     }
     let (lead, last2) = w.shape.split_at(w.shape.len() - 2);
     let (r, c) = (last2[0], last2[1]);
@@ -477,15 +482,15 @@ fn validate(
         (true, Packing::None) => (c, r),
         (true, Packing::PairsAlongK) => (c, r * 2),
         (true, Packing::PairsAlongN) => {
-            return Err(err(&wname, format!("{} is not known for in-place (BMM) expert parameters; cannot lay it out", spec.name)))
+            return Err(err(wname, format!("{} is not known for in-place (BMM) expert parameters; cannot lay it out", spec.name)))
         }
     };
     if bmm {
         if lead.is_empty() {
-            return Err(err(&wname, format!("in-place expert parameter has shape {:?}; expected [experts, K, N]", w.shape)));
+            return Err(err(wname, format!("in-place expert parameter has shape {:?}; expected [experts, K, N]", w.shape)));
         }
         if matches!(spec.rule(Role::WeightScale).map(|r| r.shape), Some(ShapeRule::Blocks2d)) {
-            return Err(err(&wname, format!("{} block scales are not known for in-place (BMM) expert parameters", spec.name)));
+            return Err(err(wname, format!("{} block scales are not known for in-place (BMM) expert parameters", spec.name)));
         }
     }
 
@@ -494,11 +499,11 @@ fn validate(
     }
 
     let group = resolve_group(spec, configured_group, roles, k, lookup, bmm)
-        .map_err(|msg| err(roles.get(&Role::WeightScale).map(|id| lookup.info_at(id).name.as_str()).unwrap_or(&wname), msg))?;
+        .map_err(|msg| err(roles.get(&Role::WeightScale).map(|id| lookup.info_at(id).name.as_str()).unwrap_or(wname), msg))?;
 
     for (&role, t) in &tensors {
         let rule = spec.rule(role).ok_or_else(|| Error::argument("rule vanished"))?;
-        let ti = *infos.get(&role).ok_or_else(|| Error::argument("tensor vanished"))?;
+        let ti = infos[role as usize].ok_or_else(|| Error::argument("tensor vanished"))?;
         if let Err(msg) = check_shape(rule.shape, &ti.shape, lead, n, k, group, bmm) {
             return Err(err(t, msg));
         }

@@ -175,8 +175,8 @@ mod tests {
         let names: Vec<String> = (0..5000).map(|i| format!("model.layers.{}.mlp.experts.{}.w", i % 61, i)).collect();
         let of = |i: usize| names[i].as_str();
         let mut ix = NameIndex::with_capacity(10); // grows
-        for i in 0..names.len() {
-            ix.insert(hash_str(&names[i]), i, of).unwrap();
+        for (i, n) in names.iter().enumerate() {
+            ix.insert(hash_str(n), i, of).unwrap();
         }
         assert_eq!(ix.len(), names.len());
         for (i, n) in names.iter().enumerate() {
