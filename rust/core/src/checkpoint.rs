@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::header::TensorInfo;
 use crate::formats::{Role, ShapeRule};
-use crate::header::Entries;
+use crate::header::{scan_weight_map, Entries};
 use crate::modules::{self, KvTensor, QuantModule, TensorLookup};
 use crate::names::{hash_str, FastMap, NameIndex};
 use crate::pool;
@@ -623,24 +623,15 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for StrPairs<'a> {
 /// (the first entry naming a bad one is reported). Names listed twice are caught later
 /// ([`index_duplicates`]), before any shard error.
 fn parse_index<'a>(path: &Path, bytes: &'a [u8]) -> Result<IndexDoc<'a>> {
-    let fast = serde_json::from_slice::<FastIndexDoc>(bytes).ok().and_then(|d| d.weight_map);
-    let pairs: Vec<(Cow<'a, str>, Cow<'a, str>)> = match fast {
-        Some(StrPairs(p)) => p.into_iter().map(|(t, f)| (t.0, f.0)).collect(),
-        None => {
-            let doc: SlowIndexDoc = serde_json::from_slice(bytes)
-                .map_err(|e| Error::config(path, format!("invalid JSON: {e}")))?;
-            let slow = doc
-                .weight_map
-                .ok_or_else(|| Error::config(path, "no 'weight_map' object"))?;
-            let mut out = Vec::with_capacity(slow.0.len());
-            for (tensor, file) in slow.0 {
-                let Value::String(f) = file else {
-                    return Err(Error::config(path, format!("weight_map['{tensor}'] is not a string")));
-                };
-                out.push((Cow::Owned(tensor), Cow::Owned(f)));
-            }
-            out
-        }
+    // The scanner for the usual form; else serde's typed reading (escapes...); else the
+    // generic one, for its error messages.
+    let scanned = std::str::from_utf8(bytes).ok().and_then(scan_weight_map);
+    let pairs: Vec<(Cow<'a, str>, Cow<'a, str>)> = match scanned {
+        Some(p) => p.into_iter().map(|(t, f)| (Cow::Borrowed(t), Cow::Borrowed(f))).collect(),
+        None => match serde_json::from_slice::<FastIndexDoc>(bytes).ok().and_then(|d| d.weight_map) {
+            Some(StrPairs(p)) => p.into_iter().map(|(t, f)| (t.0, f.0)).collect(),
+            None => slow_weight_map(path, bytes)?,
+        },
     };
     if pairs.is_empty() {
         return Err(Error::config(
@@ -679,6 +670,22 @@ fn parse_index<'a>(path: &Path, bytes: &'a [u8]) -> Result<IndexDoc<'a>> {
         entries.push((tensor, id));
     }
     Ok(IndexDoc { entries, files })
+}
+
+/// The index document read generically: only for the error it explains.
+fn slow_weight_map(path: &Path, bytes: &[u8]) -> Result<Vec<(Cow<'static, str>, Cow<'static, str>)>> {
+    let doc: SlowIndexDoc = serde_json::from_slice(bytes).map_err(|e| Error::config(path, format!("invalid JSON: {e}")))?;
+    let slow = doc
+        .weight_map
+        .ok_or_else(|| Error::config(path, "no 'weight_map' object"))?;
+    let mut out = Vec::with_capacity(slow.0.len());
+    for (tensor, file) in slow.0 {
+        let Value::String(f) = file else {
+            return Err(Error::config(path, format!("weight_map['{tensor}'] is not a string")));
+        };
+        out.push((Cow::Owned(tensor), Cow::Owned(f)));
+    }
+    Ok(out)
 }
 
 /// A name the index lists twice, reported for the first such name in name order.

@@ -250,6 +250,53 @@ impl<'de> Deserialize<'de> for FastEntries<'de> {
     }
 }
 
+/// The index document's `weight_map` read by the scanner (names and files borrowed), when the
+/// document is in the form it knows: a top-level object with one `weight_map` object of plain
+/// strings, every other member a value [`Scan::skip_value`] knows. `None` otherwise (serde
+/// reads it then).
+pub(crate) fn scan_weight_map(text: &str) -> Option<Vec<(&str, &str)>> {
+    let mut s = Scan { s: text, b: text.as_bytes(), i: 0 };
+    s.eat(b'{')?;
+    let mut map = None;
+    if s.peek()? == b'}' {
+        return None;
+    }
+    loop {
+        let k = s.string()?;
+        s.eat(b':')?;
+        if k == "weight_map" {
+            if map.is_some() {
+                return None;
+            }
+            s.eat(b'{')?;
+            let mut out = Vec::with_capacity(text.len() / 64 + 1);
+            if s.peek()? == b'}' {
+                s.i += 1;
+            } else {
+                loop {
+                    let t = s.string()?;
+                    s.eat(b':')?;
+                    out.push((t, s.string()?));
+                    if !s.next_or_end(b'}')? {
+                        break;
+                    }
+                }
+            }
+            map = Some(out);
+        } else {
+            s.skip_value(0)?;
+        }
+        if !s.next_or_end(b'}')? {
+            break;
+        }
+    }
+    s.ws();
+    if s.i != s.b.len() {
+        return None;
+    }
+    map
+}
+
 /// The header's common form read by a scanner (about twice serde's speed on 3k-tensor
 /// headers): string keys and values without escapes, entries of exactly `dtype`, `shape` and
 /// `data_offsets` (plain non-negative integers), `__metadata__` an object of such strings.
@@ -276,7 +323,27 @@ fn scan_entries(text: &str) -> Option<FastEntries<'_>> {
     (s.i == s.b.len()).then_some(FastEntries(out))
 }
 
-struct Scan<'a> {
+/// The first `"`, `\\` or control character of `b` (where a plain JSON string ends), eight
+/// bytes at a time: per word, the classic "has a zero byte" and "has a byte below n" tests,
+/// whose lowest flagged byte is always a true match (borrows only run upwards).
+#[inline]
+fn find_special(b: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut at = 0;
+    while at + 8 <= b.len() {
+        let w = u64::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3], b[at + 4], b[at + 5], b[at + 6], b[at + 7]]);
+        let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+        let hit = zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\'))) | (w.wrapping_sub(ONES * 0x20) & !w & HIGH);
+        if hit != 0 {
+            return Some(at + (hit.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    b[at..].iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20).map(|i| at + i)
+}
+
+pub(crate) struct Scan<'a> {
     s: &'a str,
     b: &'a [u8],
     i: usize,
@@ -318,7 +385,7 @@ impl<'a> Scan<'a> {
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.i;
-        let len = self.b[start..].iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+        let len = find_special(&self.b[start..])?;
         if self.b[start + len] != b'"' {
             return None;
         }
@@ -392,6 +459,94 @@ impl<'a> Scan<'a> {
             }
         }
         Some(FastEntry { dtype: dtype?, shape: shape?, data_offsets: offsets? })
+    }
+
+    /// Skips one JSON value of a form this scanner knows (plain strings, integers and the
+    /// other JSON numbers, literals, and arrays / objects of these, nested at most 16 deep).
+    fn skip_value(&mut self, depth: usize) -> Option<()> {
+        if depth > 16 {
+            return None;
+        }
+        match self.peek()? {
+            b'"' => self.string().map(|_| ()),
+            b'{' => {
+                self.i += 1;
+                if self.peek()? == b'}' {
+                    self.i += 1;
+                    return Some(());
+                }
+                loop {
+                    self.string()?;
+                    self.eat(b':')?;
+                    self.skip_value(depth + 1)?;
+                    if !self.next_or_end(b'}')? {
+                        return Some(());
+                    }
+                }
+            }
+            b'[' => {
+                self.i += 1;
+                if self.peek()? == b']' {
+                    self.i += 1;
+                    return Some(());
+                }
+                loop {
+                    self.skip_value(depth + 1)?;
+                    if !self.next_or_end(b']')? {
+                        return Some(());
+                    }
+                }
+            }
+            b't' | b'f' | b'n' => {
+                let rest = &self.b[self.i..];
+                let n = [&b"true"[..], b"false", b"null"].into_iter().find(|l| rest.starts_with(l))?.len();
+                self.i += n;
+                // A literal ends where a token may follow.
+                match self.b.get(self.i) {
+                    Some(c) if c.is_ascii_alphanumeric() => None,
+                    _ => Some(()),
+                }
+            }
+            _ => self.number(),
+        }
+    }
+
+    /// A JSON number: `-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?`.
+    fn number(&mut self) -> Option<()> {
+        let digits = |s: &mut Self| {
+            let st = s.i;
+            while s.b.get(s.i).is_some_and(u8::is_ascii_digit) {
+                s.i += 1;
+            }
+            s.i - st
+        };
+        if self.b.get(self.i) == Some(&b'-') {
+            self.i += 1;
+        }
+        let st = self.i;
+        let n = digits(self);
+        if n == 0 || (n > 1 && self.b[st] == b'0') {
+            return None;
+        }
+        if self.b.get(self.i) == Some(&b'.') {
+            self.i += 1;
+            if digits(self) == 0 {
+                return None;
+            }
+        }
+        if matches!(self.b.get(self.i), Some(b'e' | b'E')) {
+            self.i += 1;
+            if matches!(self.b.get(self.i), Some(b'+' | b'-')) {
+                self.i += 1;
+            }
+            if digits(self) == 0 {
+                return None;
+            }
+        }
+        match self.b.get(self.i) {
+            Some(c) if c.is_ascii_alphanumeric() || *c == b'.' => None,
+            _ => Some(()),
+        }
     }
 
     fn string_map(&mut self) -> Option<Value> {
@@ -654,6 +809,60 @@ mod tests {
         ];
         for t in handed_over {
             assert!(scan_entries(t).is_none(), "{t}");
+        }
+    }
+
+    #[test]
+    fn index_scanner_agrees_with_serde_or_hands_over() {
+        let same = [
+            r#"{"metadata":{"total_size":123,"x":[1,-2.5e3,0.5,1E+2,true,false,null,{"a":"b"},[]],"y":{}},"weight_map":{"a":"f1","b":"f2"}}"#,
+            "{\n  \"weight_map\": {\n    \"a\": \"f1\"\n  }\n}\n",
+            r#"{"weight_map":{}}"#,
+        ];
+        for t in same {
+            let mut got = scan_weight_map(t).unwrap_or_else(|| panic!("{t}"));
+            got.sort();
+            let v: Value = serde_json::from_str(t).unwrap();
+            let want: Vec<(&str, &str)> = v["weight_map"].as_object().unwrap().iter().map(|(k, v)| (k.as_str(), v.as_str().unwrap())).collect();
+            assert_eq!(got, want, "{t}");
+        }
+        let handed_over = [
+            r#"{"metadata":{},"weight_map":{"a\u0041":"f"}}"#,
+            r#"{"weight_map":{"a":"f"},"weight_map":{"b":"f"}}"#,
+            r#"{"weight_map":null}"#,
+            r#"{"weight_map":{"a":1}}"#,
+            r#"{"weight_map":{"a":"f"}} x"#,
+            r#"{"metadata":{"n":01},"weight_map":{"a":"f"}}"#,
+            r#"{"metadata":{"n":1.},"weight_map":{"a":"f"}}"#,
+            r#"{"metadata":{"n":-},"weight_map":{"a":"f"}}"#,
+            r#"{"metadata":{"n":tru},"weight_map":{"a":"f"}}"#,
+            r#"{"metadata":{"n":truex},"weight_map":{"a":"f"}}"#,
+            r#"{"metadata":{"n":NaN},"weight_map":{"a":"f"}}"#,
+            r#"{"metadata":[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]],"weight_map":{"a":"f"}}"#,
+            r#"{"metadata":{}}"#,
+            r#"{}"#,
+        ];
+        for t in handed_over {
+            assert!(scan_weight_map(t).is_none(), "{t}");
+        }
+    }
+
+    #[test]
+    fn string_ends_are_found_in_every_word_position() {
+        for len in 0..40 {
+            for special in [b'"', b'\\', 0x00, 0x1F] {
+                for at in 0..len {
+                    let mut b = vec![b'a'; len];
+                    b[at] = special;
+                    if at + 1 < len {
+                        b[at + 1] = b'"';
+                    }
+                    assert_eq!(find_special(&b), Some(at), "{len} {special} {at}");
+                }
+                // High bytes (UTF-8) and 0x20 are not special.
+                assert_eq!(find_special(&vec![0xC3u8; len]), None);
+                assert_eq!(find_special(&vec![0x20u8; len]), None);
+            }
         }
     }
 
