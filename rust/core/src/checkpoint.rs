@@ -1,7 +1,8 @@
 //! A whole checkpoint: shard discovery, the tensor index across shards, the quantization
 //! metadata and the per-module view.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
 use rayon::prelude::*;
@@ -10,8 +11,9 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::header::TensorInfo;
 use crate::formats::{Role, ShapeRule};
-use crate::header::Entries;
+use crate::header::{scan_weight_map, Entries};
 use crate::modules::{self, KvTensor, QuantModule, TensorLookup};
+use crate::names::{hash_str, FastMap, NameIndex};
 use crate::pool;
 use crate::quant_config::{read_json, read_side_file, QuantConfig};
 use crate::scales::{self, Rule};
@@ -36,12 +38,15 @@ pub struct Checkpoint {
     /// The directory holding the checkpoint (the file's directory for a single file).
     pub root: PathBuf,
     pub shards: Vec<Shard>,
-    /// Tensor name -> location (unordered: sort the names where order matters).
-    pub tensors: HashMap<String, TensorLoc>,
+    /// Tensor id -> location. Ids number the tensors shard by shard, each shard's in header
+    /// (data offset) order.
+    locs: Vec<TensorLoc>,
+    /// Tensor name -> id (names stay in the shard headers).
+    index: NameIndex,
     pub quant: Option<QuantConfig>,
     /// Quantized modules, sorted by name.
     pub modules: Vec<QuantModule>,
-    module_index: HashMap<String, usize>,
+    module_index: NameIndex,
     /// Tensors not owned by a quantized module (embeddings, norms, excluded layers...).
     pub plain: Vec<String>,
     pub kv: Vec<KvTensor>,
@@ -65,6 +70,14 @@ impl Default for OpenOptions {
     }
 }
 
+/// A per-tensor scale to check at open: the module (index into `modules`, or into `kv` for a
+/// KV-cache scale) that owns it.
+#[derive(Clone, Copy)]
+enum ScaleJob {
+    Module(u32),
+    Kv(u32),
+}
+
 impl Checkpoint {
     /// Opens a checkpoint directory (single `model.safetensors`, an index with shards, or any
     /// `*.safetensors` files) or a single safetensors file.
@@ -73,53 +86,86 @@ impl Checkpoint {
     }
 
     /// [`Checkpoint::open`] with options.
+    ///
+    /// Cost at 100k+ tensors (benches/open_scale.py): the headers are parsed (and their names
+    /// hashed) in parallel, one shard per task; everything after works on tensor ids, with the
+    /// names left in the headers: no name is copied or sorted, an index entry costs one probe,
+    /// modules are validated in parallel, and the per-tensor scales are found by id.
     pub fn open_with(path: &Path, opts: OpenOptions) -> Result<Checkpoint> {
-        let (root, files, index) = discover(path)?;
-        let shards: Vec<Shard> =
-            pool::install(|| files.par_iter().map(|f| Shard::open(f)).collect::<Result<Vec<_>>>())?;
+        let (root, source) = discover(path)?;
+        // The index document, read with its names borrowed from its text.
+        let index_doc = match &source {
+            Source::Index(p, bytes) => Some((p.as_path(), parse_index(p, bytes)?)),
+            Source::Files(_) => None,
+        };
+        let files = match (&source, &index_doc) {
+            (Source::Files(f), _) => f.clone(),
+            (_, Some((p, doc))) => index_files(&root, p, doc)?,
+            (Source::Index(..), None) => unreachable!("an index source has its document"),
+        };
+        // Errors of the index document were found before the shards were read: a shard error
+        // comes after them.
+        let index_first = |e: Error| match &index_doc {
+            Some((p, doc)) => index_duplicates(p, doc).err().unwrap_or(e),
+            None => e,
+        };
+        let shards: Vec<Shard> = pool::install(|| files.par_iter().map(|f| Shard::open(f)).collect::<Result<Vec<_>>>())
+            .map_err(index_first)?;
 
-        let mut tensors = HashMap::with_capacity(shards.iter().map(|s| s.tensors().len()).sum());
+        let total: usize = shards.iter().map(|s| s.tensors().len()).sum();
+        if total >= u32::MAX as usize {
+            return Err(Error::shard(&root, format!("{total} tensors: more than this reader indexes")));
+        }
+        let mut locs = Vec::with_capacity(total);
         for (si, shard) in shards.iter().enumerate() {
-            for (ti, t) in shard.tensors().iter().enumerate() {
-                if let Some(prev) = tensors.insert(t.name.clone(), TensorLoc { shard: si, idx: ti }) {
-                    return Err(Error::shard(
-                        &shard.path,
-                        format!(
-                            "tensor '{}' is also in {}",
-                            t.name,
-                            shards[prev.shard].path.display()
-                        ),
-                    ));
+            locs.extend((0..shard.tensors().len()).map(|ti| TensorLoc { shard: si, idx: ti }));
+        }
+        let mut index = NameIndex::with_capacity(total);
+        {
+            let name_of = |id: usize| {
+                let l = locs[id];
+                shards[l.shard].tensors()[l.idx].name.as_str()
+            };
+            let mut id = 0;
+            for shard in &shards {
+                for (ti, t) in shard.tensors().iter().enumerate() {
+                    if let Err(prev) = index.insert(shard.name_hashes[ti], id, name_of) {
+                        return Err(index_first(Error::shard(
+                            &shard.path,
+                            format!("tensor '{}' is also in {}", t.name, shards[locs[prev].shard].path.display()),
+                        )));
+                    }
+                    id += 1;
                 }
             }
         }
-        let mut notes = Vec::new();
-        if let Some((index_path, weight_map)) = &index {
-            check_index(index_path, weight_map, &shards, &tensors, &mut notes)?;
-        }
-
-        let quant = QuantConfig::from_dir(&root)?;
         let mut ckpt = Checkpoint {
             root,
             shards,
-            tensors,
-            quant,
+            locs,
+            index,
+            quant: None,
             modules: Vec::new(),
-            module_index: HashMap::new(),
+            module_index: NameIndex::default(),
             plain: Vec::new(),
             kv: Vec::new(),
-            notes,
+            notes: Vec::new(),
             validate_scales: opts.validate_scales,
         };
-        let mut names: Vec<String> = ckpt.tensors.keys().cloned().collect();
-        names.sort_unstable();
-        let view = modules::build(&names, &ckpt, ckpt.quant.as_ref())?;
-        ckpt.module_index = view
-            .modules
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (m.name.clone(), i))
-            .collect();
+        if let Some((index_path, doc)) = &index_doc {
+            ckpt.check_index(index_path, doc)?;
+        }
+        drop(index_doc);
+        drop(source);
+
+        ckpt.quant = QuantConfig::from_dir(&ckpt.root)?;
+        let view = modules::build(&ckpt, ckpt.quant.as_ref())?;
+        let mut module_index = NameIndex::with_capacity(view.modules.len());
+        for (i, m) in view.modules.iter().enumerate() {
+            // Module names are unique (grouped by name).
+            let _ = module_index.insert(hash_str(&m.name), i, |j| view.modules[j].name.as_str());
+        }
+        ckpt.module_index = module_index;
         ckpt.modules = view.modules;
         ckpt.plain = view.plain;
         ckpt.kv = view.kv;
@@ -129,6 +175,44 @@ impl Checkpoint {
             ckpt.validate_scalar_scales()?;
         }
         Ok(ckpt)
+    }
+
+    /// The index's `weight_map` against the shards: every listed tensor is in the shard it is
+    /// listed for, and no name is listed twice. Any problem is reported by [`check_index_exact`]
+    /// (the first in name order, as the sorted list would meet it).
+    fn check_index(&mut self, index_path: &Path, doc: &IndexDoc<'_>) -> Result<()> {
+        // The shard of each file name of the document.
+        let shard_of_file: Vec<Option<usize>> = doc
+            .files
+            .iter()
+            .map(|f| self.shards.iter().position(|s| s.path.file_name().and_then(|n| n.to_str()) == Some(f.as_ref())))
+            .collect();
+        let found: Vec<u32> = pool::install(|| {
+            doc.entries
+                .par_iter()
+                .map(|(tensor, fid)| match self.tensor_id(tensor) {
+                    Some(id) if shard_of_file[*fid as usize] == Some(self.locs[id].shard) => id as u32,
+                    _ => u32::MAX,
+                })
+                .collect()
+        });
+        let mut listed = vec![false; self.locs.len()];
+        let mut ok = true;
+        for &id in &found {
+            if id == u32::MAX || std::mem::replace(&mut listed[id as usize], true) {
+                ok = false;
+                break;
+            }
+        }
+        if !ok {
+            return check_index_exact(index_path, doc, self);
+        }
+        // Every listed name (unique) was found above, so the others are the unlisted ones.
+        let unlisted = self.locs.len() - doc.entries.len();
+        if unlisted > 0 {
+            self.notes.push(format!("{unlisted} tensors in the shards are not listed in {INDEX_FILE}"));
+        }
+        Ok(())
     }
 
     /// A KV-cache algorithm needs k/v scales, in pairs: FP8 KV without them would run with
@@ -179,12 +263,14 @@ impl Checkpoint {
     /// Checks every per-tensor scale (`weight_scale_2`, `input_scale`, per-tensor
     /// `weight_scale`, KV `k_scale`/`v_scale`) is finite and positive: a few bytes each.
     fn validate_scalar_scales(&self) -> Result<()> {
-        let mut jobs: Vec<(&str, &str, String)> = Vec::new(); // (tensor, module, algo)
-        for m in &self.modules {
-            for (&role, t) in &m.tensors {
-                let scalar = matches!(m.spec.rule(role).map(|r| r.shape), Some(ShapeRule::Scalar));
-                if scalar && role != Role::Bias && role != Role::Weight {
-                    jobs.push((t, &m.name, m.spec.name.to_string()));
+        // Which tensors (by id) are per-tensor scales, and whose.
+        let mut job: Vec<Option<ScaleJob>> = vec![None; self.locs.len()];
+        for (mi, m) in self.modules.iter().enumerate() {
+            for rule in m.spec.tensors {
+                if rule.shape == ShapeRule::Scalar && rule.role != Role::Bias && rule.role != Role::Weight {
+                    if let Some(id) = m.tensor_id(rule.role) {
+                        job[id] = Some(ScaleJob::Module(mi as u32));
+                    }
                 }
             }
         }
@@ -193,30 +279,38 @@ impl Checkpoint {
             .as_ref()
             .and_then(|q| q.kv_cache_quant_algo.clone())
             .unwrap_or_else(|| "KV cache".into());
-        for k in &self.kv {
+        for (ki, k) in self.kv.iter().enumerate() {
             if k.kind.ends_with("_scale") {
-                jobs.push((&k.tensor, &k.attention, kv_algo.clone()));
+                let id = self
+                    .tensor_id(&k.tensor)
+                    .ok_or_else(|| Error::argument(format!("no tensor named '{}' in the checkpoint", k.tensor)))?;
+                job[id] = Some(ScaleJob::Kv(ki as u32));
             }
         }
+        let owner = |j: ScaleJob| -> (&str, &str) {
+            match j {
+                ScaleJob::Module(mi) => {
+                    let m = &self.modules[mi as usize];
+                    (m.name.as_str(), m.spec.name)
+                }
+                ScaleJob::Kv(ki) => (self.kv[ki as usize].attention.as_str(), kv_algo.as_str()),
+            }
+        };
+        // The scales in file order (ids run through each shard's tensors by data offset).
         // Scalars sit close together in the files (safetensors writes tensors grouped by dtype),
         // so they are read in runs, a few preads per shard instead of one (and an fstat) each.
-        let mut located = Vec::with_capacity(jobs.len());
-        for (j, (t, _, _)) in jobs.iter().enumerate() {
-            let loc = *self
-                .tensors
-                .get(*t)
-                .ok_or_else(|| Error::argument(format!("no tensor named '{t}' in the checkpoint")))?;
-            let info = &self.shards[loc.shard].tensors()[loc.idx];
-            located.push((loc.shard, info.begin, info.end, j, info.dtype));
-        }
-        located.sort_unstable();
+        let located: Vec<(usize, ScaleJob)> = job.iter().enumerate().filter_map(|(id, j)| j.map(|j| (id, j))).collect();
+        let span = |id: usize| {
+            let info = self.info_at(id);
+            (self.locs[id].shard, info.begin, info.end)
+        };
         let mut runs: Vec<(usize, usize)> = Vec::new();
         let mut start = 0;
         for i in 1..=located.len() {
             let cut = i == located.len() || {
-                let (s0, b0, ..) = located[start];
-                let (s, b, e, ..) = located[i];
-                let prev_end = located[i - 1].2;
+                let (s0, b0, _) = span(located[start].0);
+                let (s, b, e) = span(located[i].0);
+                let prev_end = span(located[i - 1].0).2;
                 s != s0 || b > prev_end.saturating_add(SCALE_RUN_GAP) || e - b0 > SCALE_RUN_MAX
             };
             if cut {
@@ -229,29 +323,30 @@ impl Checkpoint {
         pool::install(|| {
             runs.par_iter().try_for_each(|&(a, b)| {
                 let run = &located[a..b];
-                let shard = &self.shards[run[0].0];
-                let begin = run[0].1;
-                let end = run.iter().map(|r| r.2).max().unwrap_or(begin);
-                let one = |j: usize| {
-                    let (t, module, algo) = &jobs[j];
-                    self.check_scale_tensor(t, module, algo, Rule::Positive)
+                let shard = &self.shards[self.locs[run[0].0].shard];
+                let begin = self.info_at(run[0].0).begin;
+                let end = run.iter().map(|r| self.info_at(r.0).end).max().unwrap_or(begin);
+                let one = |(id, j): (usize, ScaleJob)| {
+                    let (module, algo) = owner(j);
+                    self.check_scale_tensor(&self.info_at(id).name, module, algo, Rule::Positive)
                 };
                 if end - begin > SCALE_RUN_MAX {
                     // A lone large "scalar" (refused by the format check; bounded anyway).
-                    return run.iter().try_for_each(|r| one(r.3));
+                    return run.iter().try_for_each(|&r| one(r));
                 }
                 let mut buf = vec![0u8; (end - begin) as usize];
                 if shard.read_data(begin, &mut buf).is_err() {
                     // Short (truncated file) or failed: tensor by tensor, for the exact error.
-                    return run.iter().try_for_each(|r| one(r.3));
+                    return run.iter().try_for_each(|&r| one(r));
                 }
-                run.iter().try_for_each(|&(_, tb, te, j, dtype)| {
-                    let bytes = &buf[(tb - begin) as usize..(te - begin) as usize];
-                    match scales::first_bad(bytes, dtype, Rule::Positive) {
+                run.iter().try_for_each(|&(id, j)| {
+                    let info = self.info_at(id);
+                    let bytes = &buf[(info.begin - begin) as usize..(info.end - begin) as usize];
+                    match scales::first_bad(bytes, info.dtype, Rule::Positive) {
                         None => Ok(()),
                         Some((i, v)) => {
-                            let (t, module, algo) = &jobs[j];
-                            Err(self.bad_scale(t, module, algo, Rule::Positive, i, v))
+                            let (module, algo) = owner(j);
+                            Err(self.bad_scale(&info.name, module, algo, Rule::Positive, i, v))
                         }
                     }
                 })
@@ -294,25 +389,56 @@ impl Checkpoint {
     /// The shard and header entry of tensor `name`.
     pub fn locate(&self, name: &str) -> Result<(&Shard, &TensorInfo)> {
         let loc = self
-            .tensors
-            .get(name)
+            .tensor_loc(name)
             .ok_or_else(|| Error::argument(format!("no tensor named '{name}' in the checkpoint")))?;
         let shard = &self.shards[loc.shard];
         Ok((shard, &shard.tensors()[loc.idx]))
     }
 
+    /// The id of tensor `name` (see [`Checkpoint::info_at`]).
+    pub fn tensor_id(&self, name: &str) -> Option<usize> {
+        self.index.get(hash_str(name), name, |id| self.info_at(id).name.as_str())
+    }
+
+    /// The header entry of the tensor with id `id` (ids number the tensors shard by shard,
+    /// `0..tensor_count()`).
+    pub fn info_at(&self, id: usize) -> &TensorInfo {
+        let l = self.locs[id];
+        &self.shards[l.shard].tensors()[l.idx]
+    }
+
+    /// Where the tensor with id `id` is.
+    pub fn loc_at(&self, id: usize) -> TensorLoc {
+        self.locs[id]
+    }
+
+    /// Where tensor `name` is.
+    pub fn tensor_loc(&self, name: &str) -> Option<TensorLoc> {
+        self.tensor_id(name).map(|id| self.locs[id])
+    }
+
+    /// How many tensors the shards hold.
+    pub fn tensor_count(&self) -> usize {
+        self.locs.len()
+    }
+
+    /// Every tensor name, shard by shard (in data order within a shard; not sorted).
+    pub fn tensor_names(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        (0..self.locs.len()).map(|id| self.info_at(id).name.as_str())
+    }
+
     pub fn module(&self, name: &str) -> Option<&QuantModule> {
-        self.module_index.get(name).map(|&i| &self.modules[i])
+        self.module_index
+            .get(hash_str(name), name, |i| self.modules[i].name.as_str())
+            .map(|i| &self.modules[i])
     }
 
     pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
-        self.tensors
-            .get(name)
-            .map(|l| &self.shards[l.shard].tensors()[l.idx])
+        self.tensor_id(name).map(|id| self.info_at(id))
     }
 
     pub fn shard_of(&self, name: &str) -> Option<&Shard> {
-        self.tensors.get(name).map(|l| &self.shards[l.shard])
+        self.tensor_loc(name).map(|l| &self.shards[l.shard])
     }
 
     /// The bytes of a tensor, read into a new buffer (a truncated file is `Error::Truncated`).
@@ -362,8 +488,14 @@ impl Checkpoint {
 }
 
 impl TensorLookup for Checkpoint {
-    fn info(&self, name: &str) -> Option<&TensorInfo> {
-        self.tensor_info(name)
+    fn count(&self) -> usize {
+        self.locs.len()
+    }
+    fn info_at(&self, id: usize) -> &TensorInfo {
+        Checkpoint::info_at(self, id)
+    }
+    fn find(&self, name: &str) -> Option<usize> {
+        self.tensor_id(name)
     }
     fn file_of(&self, name: &str) -> PathBuf {
         self.shard_of(name)
@@ -372,44 +504,30 @@ impl TensorLookup for Checkpoint {
     }
 }
 
-/// The index's `weight_map`: (tensor, shard file name), sorted by tensor name, names unique.
-type WeightMap = Vec<(String, String)>;
-type Index = (PathBuf, WeightMap);
+/// Where the tensors are: these files, or the shards an index names (its path and bytes).
+enum Source {
+    Files(Vec<PathBuf>),
+    Index(PathBuf, Vec<u8>),
+}
 
-fn discover(path: &Path) -> Result<(PathBuf, Vec<PathBuf>, Option<Index>)> {
+fn discover(path: &Path) -> Result<(PathBuf, Source)> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "open", e))?;
     if meta.is_file() {
         let root = path
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        return Ok((root, vec![path.to_path_buf()], None));
+        return Ok((root, Source::Files(vec![path.to_path_buf()])));
     }
     let root = path.to_path_buf();
     let index_path = root.join(INDEX_FILE);
     if index_path.is_file() {
-        let weight_map = read_index(&index_path)?;
-        let mut seen: HashSet<&str> = HashSet::new();
-        let mut files = Vec::new();
-        for (tensor, file) in &weight_map {
-            if !seen.insert(file.as_str()) {
-                continue;
-            }
-            let p = root.join(file);
-            if !p.is_file() {
-                return Err(Error::shard(
-                    &p,
-                    format!("shard named in {INDEX_FILE} is missing (it holds '{tensor}', among others)"),
-                ));
-            }
-            files.push(p);
-        }
-        files.sort();
-        return Ok((root, files, Some((index_path, weight_map))));
+        let bytes = read_side_file(&index_path)?;
+        return Ok((root, Source::Index(index_path, bytes)));
     }
     let single = root.join(SINGLE_FILE);
     if single.is_file() {
-        return Ok((root, vec![single], None));
+        return Ok((root, Source::Files(vec![single])));
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(&root)
         .map_err(|e| Error::io(&root, "list", e))?
@@ -423,25 +541,63 @@ fn discover(path: &Path) -> Result<(PathBuf, Vec<PathBuf>, Option<Index>)> {
         ));
     }
     files.sort();
-    Ok((root, files, None))
+    Ok((root, Source::Files(files)))
 }
 
-/// The index document: only `weight_map` matters, read as an ordered list so that a name listed
-/// twice is caught (a JSON map would silently keep the last).
+/// The index's `weight_map` in document order: (tensor, index into `files`), names borrowed
+/// from the document's text where it has no escapes.
+struct IndexDoc<'a> {
+    entries: Vec<(Cow<'a, str>, u32)>,
+    /// The distinct shard file names, in order of first mention.
+    files: Vec<Cow<'a, str>>,
+}
+
+impl IndexDoc<'_> {
+    /// (tensor, file) sorted by tensor name; a name listed twice keeps document order.
+    fn sorted(&self) -> Vec<(&str, &str)> {
+        let mut v: Vec<(&str, &str)> = self.entries.iter().map(|(t, f)| (t.as_ref(), self.files[*f as usize].as_ref())).collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v
+    }
+}
+
+/// The index document read generically (only for the error messages of a document the typed
+/// reading refuses): `weight_map` as an ordered list, so that a name listed twice is kept.
 #[derive(serde::Deserialize)]
-struct IndexDoc {
+struct SlowIndexDoc {
     weight_map: Option<Entries>,
 }
 
-/// The same document read with the names borrowed from the text (no generic JSON tree); any
-/// entry that is not a plain string pair falls back to [`IndexDoc`], whose checks name it.
+/// The same document read with the names borrowed from the text (no generic JSON tree).
 #[derive(serde::Deserialize)]
 struct FastIndexDoc<'a> {
     #[serde(borrow)]
     weight_map: Option<StrPairs<'a>>,
 }
 
-struct StrPairs<'a>(Vec<(&'a str, &'a str)>);
+struct StrPairs<'a>(Vec<(CowStr<'a>, CowStr<'a>)>);
+
+/// A JSON string, borrowed from the text unless it has escapes.
+struct CowStr<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for CowStr<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = CowStr<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> std::result::Result<CowStr<'a>, E> {
+                Ok(CowStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<CowStr<'a>, E> {
+                Ok(CowStr(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
 
 impl<'de: 'a, 'a> serde::Deserialize<'de> for StrPairs<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
@@ -453,7 +609,7 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for StrPairs<'a> {
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<StrPairs<'a>, A::Error> {
                 let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0));
-                while let Some(kv) = map.next_entry::<&'de str, &'de str>()? {
+                while let Some(kv) = map.next_entry::<CowStr<'de>, CowStr<'de>>()? {
                     out.push(kv);
                 }
                 Ok(StrPairs(out))
@@ -463,75 +619,118 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for StrPairs<'a> {
     }
 }
 
-fn read_index(path: &Path) -> Result<WeightMap> {
-    let bytes = read_side_file(path)?;
-    let fast = serde_json::from_slice::<FastIndexDoc>(&bytes).ok().and_then(|d| d.weight_map);
-    let pairs: Vec<(&str, &str)>;
-    let slow: Entries;
-    let list: Vec<(&str, &str)> = match fast {
-        Some(StrPairs(p)) => {
-            pairs = p;
-            pairs
-        }
-        None => {
-            let doc: IndexDoc = serde_json::from_slice(&bytes)
-                .map_err(|e| Error::config(path, format!("invalid JSON: {e}")))?;
-            slow = doc
-                .weight_map
-                .ok_or_else(|| Error::config(path, "no 'weight_map' object"))?;
-            let mut out = Vec::with_capacity(slow.0.len());
-            for (tensor, file) in &slow.0 {
-                let f = file
-                    .as_str()
-                    .ok_or_else(|| Error::config(path, format!("weight_map['{tensor}'] is not a string")))?;
-                out.push((tensor.as_str(), f));
-            }
-            out
-        }
+/// Reads the index document: `weight_map` present and not empty, every shard a plain file name
+/// (the first entry naming a bad one is reported). Names listed twice are caught later
+/// ([`index_duplicates`]), before any shard error.
+fn parse_index<'a>(path: &Path, bytes: &'a [u8]) -> Result<IndexDoc<'a>> {
+    // The scanner for the usual form; else serde's typed reading (escapes...); else the
+    // generic one, for its error messages.
+    let scanned = std::str::from_utf8(bytes).ok().and_then(scan_weight_map);
+    let pairs: Vec<(Cow<'a, str>, Cow<'a, str>)> = match scanned {
+        Some(p) => p.into_iter().map(|(t, f)| (Cow::Borrowed(t), Cow::Borrowed(f))).collect(),
+        None => match serde_json::from_slice::<FastIndexDoc>(bytes).ok().and_then(|d| d.weight_map) {
+            Some(StrPairs(p)) => p.into_iter().map(|(t, f)| (t.0, f.0)).collect(),
+            None => slow_weight_map(path, bytes)?,
+        },
     };
-    if list.is_empty() {
+    if pairs.is_empty() {
         return Err(Error::config(
             path,
             "'weight_map' is empty: the index lists no tensors (a broken export? remove the index to load the shards beside it)",
         ));
     }
-    for &(tensor, f) in &list {
-        // A shard name is a plain file name next to the index: anything that could walk out
-        // of the checkpoint directory is refused.
-        let p = Path::new(f);
-        let plain = p.components().count() == 1 && matches!(p.components().next(), Some(Component::Normal(_)));
-        if !plain {
-            return Err(Error::config(
-                path,
-                format!("weight_map['{tensor}'] = '{f}' is not a file name inside the checkpoint directory"),
-            ));
-        }
+    let mut files: Vec<Cow<'a, str>> = Vec::new();
+    let mut file_ids: FastMap<String, u32> = FastMap::default();
+    let mut entries = Vec::with_capacity(pairs.len());
+    let mut last: Option<u32> = None;
+    for (tensor, f) in pairs {
+        let id = match last {
+            Some(l) if files[l as usize] == f => l,
+            _ => match file_ids.get(f.as_ref()) {
+                Some(&id) => id,
+                None => {
+                    // A shard name is a plain file name next to the index: anything that could
+                    // walk out of the checkpoint directory is refused.
+                    let p = Path::new(f.as_ref());
+                    let plain = p.components().count() == 1 && matches!(p.components().next(), Some(Component::Normal(_)));
+                    if !plain {
+                        return Err(Error::config(
+                            path,
+                            format!("weight_map['{tensor}'] = '{f}' is not a file name inside the checkpoint directory"),
+                        ));
+                    }
+                    let id = files.len() as u32;
+                    file_ids.insert(f.to_string(), id);
+                    files.push(f);
+                    id
+                }
+            },
+        };
+        last = Some(id);
+        entries.push((tensor, id));
     }
-    // Stable sort: a name listed twice keeps its entries in document order.
-    let mut sorted = list;
-    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    Ok(IndexDoc { entries, files })
+}
+
+/// The index document read generically: only for the error it explains.
+fn slow_weight_map(path: &Path, bytes: &[u8]) -> Result<Vec<(Cow<'static, str>, Cow<'static, str>)>> {
+    let doc: SlowIndexDoc = serde_json::from_slice(bytes).map_err(|e| Error::config(path, format!("invalid JSON: {e}")))?;
+    let slow = doc
+        .weight_map
+        .ok_or_else(|| Error::config(path, "no 'weight_map' object"))?;
+    let mut out = Vec::with_capacity(slow.0.len());
+    for (tensor, file) in slow.0 {
+        let Value::String(f) = file else {
+            return Err(Error::config(path, format!("weight_map['{tensor}'] is not a string")));
+        };
+        out.push((Cow::Owned(tensor), Cow::Owned(f)));
+    }
+    Ok(out)
+}
+
+/// A name the index lists twice, reported for the first such name in name order.
+fn index_duplicates(path: &Path, doc: &IndexDoc<'_>) -> Result<()> {
+    let sorted = doc.sorted();
     if let Some(w) = sorted.windows(2).find(|w| w[0].0 == w[1].0) {
         return Err(Error::config(
             path,
             format!("weight_map lists '{}' twice ('{}' and '{}')", w[0].0, w[0].1, w[1].1),
         ));
     }
-    Ok(sorted.into_iter().map(|(t, f)| (t.to_string(), f.to_string())).collect())
+    Ok(())
 }
 
-fn check_index(
-    index_path: &Path,
-    weight_map: &WeightMap,
-    shards: &[Shard],
-    tensors: &HashMap<String, TensorLoc>,
-    notes: &mut Vec<String>,
-) -> Result<()> {
-    let shard_names: Vec<Option<&str>> = shards
-        .iter()
-        .map(|s| s.path.file_name().and_then(|n| n.to_str()))
-        .collect();
-    for (tensor, file) in weight_map {
-        match tensors.get(tensor) {
+/// The shard files the index names (sorted), each checked to exist.
+fn index_files(root: &Path, index_path: &Path, doc: &IndexDoc<'_>) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = doc.files.iter().map(|f| root.join(f.as_ref())).collect();
+    if files.iter().any(|p| !p.is_file()) {
+        // Reported as the sorted list meets it: a duplicate first, then the missing shard of
+        // the first tensor in name order.
+        index_duplicates(index_path, doc)?;
+        let mut seen: HashSet<&str> = HashSet::new();
+        for (tensor, file) in doc.sorted() {
+            if !seen.insert(file) {
+                continue;
+            }
+            let p = root.join(file);
+            if !p.is_file() {
+                return Err(Error::shard(
+                    &p,
+                    format!("shard named in {INDEX_FILE} is missing (it holds '{tensor}', among others)"),
+                ));
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The index cross-check with the exact errors (a listed name twice, then in name order: a
+/// listed tensor the shards lack, or one in another shard than listed).
+fn check_index_exact(index_path: &Path, doc: &IndexDoc<'_>, ck: &Checkpoint) -> Result<()> {
+    index_duplicates(index_path, doc)?;
+    for (tensor, file) in doc.sorted() {
+        match ck.tensor_loc(tensor) {
             None => {
                 return Err(Error::shard(
                     &index_path.with_file_name(file),
@@ -539,19 +738,15 @@ fn check_index(
                 ))
             }
             Some(loc) => {
-                if shard_names[loc.shard] != Some(file.as_str()) {
+                let shard = &ck.shards[loc.shard];
+                if shard.path.file_name().and_then(|n| n.to_str()) != Some(file) {
                     return Err(Error::shard(
-                        &shards[loc.shard].path,
+                        &shard.path,
                         format!("tensor '{tensor}' is here but {INDEX_FILE} places it in '{file}'"),
                     ));
                 }
             }
         }
-    }
-    // Every listed name (unique) was found above, so the others are the unlisted ones.
-    let unlisted = tensors.len() - weight_map.len();
-    if unlisted > 0 {
-        notes.push(format!("{unlisted} tensors in the shards are not listed in {INDEX_FILE}"));
     }
     Ok(())
 }

@@ -8,21 +8,24 @@
 //! `model.layers.1.mlp.down_proj` but not `model.layers.11...`). Wildcards are full fnmatch
 //! (`*`, `?`, `[seq]`, `[!seq]`; `*` crosses dots, as in Python).
 
-use std::collections::HashMap;
+use crate::names::FastMap;
 
 #[derive(Debug, Clone, Default)]
 pub struct ExcludeList {
     patterns: Vec<String>,
     /// Plain (non-glob) patterns by their last dotted component: a name can only match one
     /// whose last component is one of its own (long per-layer lists stay cheap per module).
-    plain_by_last: HashMap<String, Vec<usize>>,
+    plain_by_last: FastMap<String, Vec<usize>>,
+    /// Bit `l` (l < 64) set when a key of `plain_by_last` is `l` bytes long, bit 63 for any
+    /// longer: most components of a name are ruled out without hashing them.
+    last_lens: u64,
     /// The glob patterns.
     globs: Vec<usize>,
 }
 
 impl ExcludeList {
     pub fn new(patterns: Vec<String>) -> Self {
-        let mut plain_by_last: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut plain_by_last: FastMap<String, Vec<usize>> = FastMap::default();
         let mut globs = Vec::new();
         for (i, p) in patterns.iter().enumerate() {
             if is_glob(p) {
@@ -32,7 +35,8 @@ impl ExcludeList {
                 plain_by_last.entry(last.to_string()).or_default().push(i);
             }
         }
-        ExcludeList { patterns, plain_by_last, globs }
+        let last_lens = plain_by_last.keys().fold(0u64, |m, k| m | len_bit(k.len()));
+        ExcludeList { patterns, plain_by_last, last_lens, globs }
     }
 
     pub fn patterns(&self) -> &[String] {
@@ -49,11 +53,16 @@ impl ExcludeList {
             return false;
         }
         name.split('.').any(|c| {
-            self.plain_by_last
+            self.last_lens & len_bit(c.len()) != 0
+                && self.plain_by_last
                 .get(c)
                 .is_some_and(|ps| ps.iter().any(|&i| pattern_matches(&self.patterns[i], name)))
         })
     }
+}
+
+fn len_bit(len: usize) -> u64 {
+    1 << len.min(63)
 }
 
 fn is_glob(p: &str) -> bool {

@@ -124,7 +124,16 @@ impl Role {
     }
 
     pub fn from_suffix(s: &str) -> Option<Role> {
-        Role::ALL.iter().copied().find(|r| r.suffix() == s)
+        // (A match: one comparison per tensor name instead of one per role.)
+        Some(match s {
+            "weight" => Role::Weight,
+            "weight_scale" => Role::WeightScale,
+            "weight_scale_2" => Role::WeightScale2,
+            "input_scale" => Role::InputScale,
+            "pre_quant_scale" => Role::PreQuantScale,
+            "bias" => Role::Bias,
+            _ => return None,
+        })
     }
 }
 

@@ -17,6 +17,7 @@ pub mod fill;
 pub mod formats;
 pub mod header;
 pub mod modules;
+pub mod names;
 pub mod numeric;
 pub mod plan;
 pub mod pool;

@@ -8,7 +8,11 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::formats::{FormatSpec, Packing, Presence, Role, ShapeRule};
 use crate::header::TensorInfo;
+use crate::names::FastMap;
+use crate::pool;
 use crate::quant_config::{QuantConfig, Scheme};
+
+use rayon::prelude::*;
 
 /// Suffixes of KV-cache tensors (FORMATS §6); they live under `k_proj`/`v_proj` names.
 pub const KV_SUFFIXES: [&str; 4] = ["k_scale", "v_scale", "k_bias", "v_bias"];
@@ -58,11 +62,22 @@ pub struct QuantModule {
     pub tensors: BTreeMap<Role, String>,
     /// Tensors under this module's name that its format does not use (kept, reported).
     pub extras: Vec<String>,
+    /// Role -> id of its tensor in the checkpoint ([`NO_TENSOR`] for none).
+    ids: [u32; Role::ALL.len()],
 }
+
+/// No tensor in [`QuantModule`]'s id table.
+const NO_TENSOR: u32 = u32::MAX;
 
 impl QuantModule {
     pub fn tensor(&self, role: Role) -> Option<&str> {
         self.tensors.get(&role).map(String::as_str)
+    }
+
+    /// The checkpoint's id of the tensor of `role` (`Checkpoint::info_at`).
+    pub fn tensor_id(&self, role: Role) -> Option<usize> {
+        let id = self.ids[role as usize];
+        (id != NO_TENSOR).then_some(id as usize)
     }
 
     /// Elements of the logical (dequantized) weight.
@@ -81,9 +96,13 @@ pub struct KvTensor {
     pub kind: String,
 }
 
-/// What module-building needs to know about a tensor.
+/// What module-building needs to know about the tensors, numbered `0..count()`.
 pub trait TensorLookup {
-    fn info(&self, name: &str) -> Option<&TensorInfo>;
+    fn count(&self) -> usize;
+    fn info_at(&self, id: usize) -> &TensorInfo;
+    /// The id of tensor `name`.
+    fn find(&self, name: &str) -> Option<usize>;
+    /// The file holding tensor `name` (for error messages).
     fn file_of(&self, name: &str) -> PathBuf;
 }
 
@@ -126,106 +145,216 @@ pub fn configured_format(cfg: &QuantConfig, module: &str) -> Option<(&'static Fo
     }
 }
 
-/// Tensors grouped by module. Names come sorted, so a module's tensors are (nearly always)
-/// adjacent: the last group is checked first, a hash index catches the rest, and the groups
-/// come out in name order from an adaptive sort of an already sorted list (no ordered-map
-/// insert per tensor, which compares long common prefixes ~17 times).
+/// A module's tensors: role -> tensor id (a fixed table in role order, [`NO_TENSOR`] for none).
+#[derive(Clone, Copy)]
+struct Roles([u32; Role::ALL.len()]);
+
+impl Roles {
+    fn new() -> Roles {
+        Roles([NO_TENSOR; Role::ALL.len()])
+    }
+    fn insert(&mut self, role: Role, id: usize) {
+        self.0[role as usize] = id as u32;
+    }
+    fn get(&self, role: &Role) -> Option<usize> {
+        let id = self.0[*role as usize];
+        (id != NO_TENSOR).then_some(id as usize)
+    }
+    fn contains_key(&self, role: &Role) -> bool {
+        self.0[*role as usize] != NO_TENSOR
+    }
+    fn len(&self) -> usize {
+        self.0.iter().filter(|&&id| id != NO_TENSOR).count()
+    }
+    /// (role, id) in role order.
+    fn iter(&self) -> impl Iterator<Item = (Role, usize)> + '_ {
+        Role::ALL.iter().filter_map(|&r| self.get(&r).map(|id| (r, id)))
+    }
+    fn keys(&self) -> impl Iterator<Item = Role> + '_ {
+        self.iter().map(|(r, _)| r)
+    }
+    fn values(&self) -> impl Iterator<Item = usize> + '_ {
+        self.iter().map(|(_, id)| id)
+    }
+    /// Adds `other`'s tensors (a role in both keeps `other`'s).
+    fn merge(&mut self, other: &Roles) {
+        for (a, &b) in self.0.iter_mut().zip(&other.0) {
+            if b != NO_TENSOR {
+                *a = b;
+            }
+        }
+    }
+}
+
+/// Tensors (ids) grouped by module, with the tensors that belong to none. A module's tensors
+/// are usually adjacent in the order they come in, so the last group is checked first and a
+/// hash index catches the rest.
 #[derive(Default)]
 struct Groups<'a> {
-    list: Vec<(&'a str, BTreeMap<Role, &'a str>)>,
-    index: std::collections::HashMap<&'a str, usize>,
+    list: Vec<(&'a str, Roles)>,
+    index: FastMap<&'a str, usize>,
+    plain: Vec<usize>,
+    kv: Vec<KvTensor>,
+}
+
+/// What a tensor's name makes it.
+enum Class<'a> {
+    Member(&'a str, Role),
+    Kv(KvTensor),
+    Plain,
+}
+
+fn classify(name: &str) -> Class<'_> {
+    let Some((module, suffix)) = name.rsplit_once('.') else {
+        return Class::Plain;
+    };
+    if let Some(role) = Role::from_suffix(suffix) {
+        Class::Member(module, role)
+    } else if KV_SUFFIXES.contains(&suffix) {
+        let attention = module.rsplit_once('.').map(|(a, _)| a).unwrap_or(module);
+        Class::Kv(KvTensor {
+            tensor: name.to_string(),
+            attention: attention.to_string(),
+            kind: suffix.to_string(),
+        })
+    } else {
+        Class::Plain
+    }
 }
 
 impl<'a> Groups<'a> {
-    fn entry(&mut self, module: &'a str) -> &mut BTreeMap<Role, &'a str> {
+    /// Room for the groups of about `tensors` tensors (no rehash on the way).
+    fn with_capacity(tensors: usize) -> Self {
+        let n = tensors / 2 + 1;
+        Groups {
+            list: Vec::with_capacity(n),
+            index: FastMap::with_capacity_and_hasher(n, Default::default()),
+            ..Default::default()
+        }
+    }
+
+    fn entry(&mut self, module: &'a str) -> &mut Roles {
         let i = match self.list.last() {
             Some((m, _)) if *m == module => self.list.len() - 1,
             _ => *self.index.entry(module).or_insert_with(|| {
-                self.list.push((module, BTreeMap::new()));
+                self.list.push((module, Roles::new()));
                 self.list.len() - 1
             }),
         };
         &mut self.list[i].1
     }
 
-    fn into_sorted(mut self) -> Vec<(&'a str, BTreeMap<Role, &'a str>)> {
+    fn add(&mut self, id: usize, name: &'a str) {
+        match classify(name) {
+            Class::Member(module, role) => self.entry(module).insert(role, id),
+            Class::Kv(k) => self.kv.push(k),
+            Class::Plain => self.plain.push(id),
+        }
+    }
+
+    /// Takes in the groups of a later part of the tensors.
+    fn absorb(&mut self, other: Groups<'a>) {
+        for (module, roles) in &other.list {
+            self.entry(module).merge(roles);
+        }
+        self.plain.extend(other.plain);
+        self.kv.extend(other.kv);
+    }
+
+    /// The groups in module-name order. A stable (run-adaptive) sort: groups come in runs that
+    /// are already in name order (each shard's tensors of one dtype), so it merges a few runs.
+    fn into_sorted(mut self) -> Self {
         self.list.sort_by(|a, b| a.0.cmp(b.0));
-        self.list
+        self.kv.sort_by(|a, b| a.tensor.cmp(&b.tensor));
+        self
     }
 }
 
-/// Builds the module view of all tensors `names` (sorted).
-pub fn build(names: &[String], lookup: &dyn TensorLookup, cfg: Option<&QuantConfig>) -> Result<ModuleView> {
-    let mut groups = Groups::default();
-    let mut plain: Vec<String> = Vec::new();
-    let mut kv = Vec::new();
+/// What one group of tensors turns out to be.
+enum Outcome {
+    Module(QuantModule),
+    /// Plain tensors after all (ids), with a note worth telling.
+    Plain(Vec<usize>, Option<String>),
+    Failed(Error),
+}
+
+/// Tensors grouped per task when the grouping runs in parallel.
+const GROUP_CHUNK: usize = 8192;
+
+/// Builds the module view of all tensors of `lookup`.
+pub fn build(lookup: &(dyn TensorLookup + Sync), cfg: Option<&QuantConfig>) -> Result<ModuleView> {
+    let name = |id: usize| lookup.info_at(id).name.as_str();
+    let count = lookup.count();
     let mut notes = Vec::new();
 
     // BMM expert parameters first: `P` with a `P_weight_scale` (etc.) sibling is a module.
-    // (Only when some name ends like a BMM scale sibling: most checkpoints have none, and the
-    // name set costs a hash per tensor.)
-    let any_bmm = names
-        .iter()
-        .any(|n| BMM_SUFFIXES.iter().any(|(suffix, role)| *role != Role::Bias && n.ends_with(suffix)));
-    let all: std::collections::HashSet<&str> =
-        if any_bmm { names.iter().map(String::as_str).collect() } else { Default::default() };
+    // (Only when some name ends like a BMM scale sibling: most checkpoints have none.)
+    let bmm_like = |id: usize| BMM_SUFFIXES.iter().any(|(suffix, role)| *role != Role::Bias && name(id).ends_with(suffix));
+    let any_bmm = pool::install(|| (0..count).into_par_iter().with_min_len(GROUP_CHUNK).any(bmm_like));
     let mut bmm: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    let mut groups = Groups::default();
     if any_bmm {
-        for name in names {
-            if let Some((param, role)) = bmm_sibling(name, &all) {
+        // One pass in name order, as a role met twice (`P` and `P.weight`) keeps the later one.
+        let mut ids: Vec<usize> = (0..count).collect();
+        ids.sort_by(|&a, &b| name(a).cmp(name(b)));
+        let all: std::collections::HashSet<&str> = ids.iter().map(|&id| name(id)).collect();
+        for &id in &ids {
+            if let Some((param, role)) = bmm_sibling(name(id), &all) {
                 if role != Role::Bias {
                     bmm.insert(param);
                 }
             }
         }
-    }
-    for name in names {
-        if !bmm.is_empty() {
-            if bmm.contains(name.as_str()) {
-                groups.entry(name.as_str()).insert(Role::Weight, name.as_str());
-                continue;
-            }
-            if let Some((param, role)) = bmm_sibling(name, &all).filter(|(p, _)| bmm.contains(p)) {
-                groups.entry(param).insert(role, name.as_str());
-                continue;
+        for &id in &ids {
+            let nm = name(id);
+            if bmm.contains(nm) {
+                groups.entry(nm).insert(Role::Weight, id);
+            } else if let Some((param, role)) = bmm_sibling(nm, &all).filter(|(p, _)| bmm.contains(p)) {
+                groups.entry(param).insert(role, id);
+            } else {
+                groups.add(id, nm);
             }
         }
-        let Some((module, suffix)) = name.rsplit_once('.') else {
-            plain.push(name.clone());
-            continue;
-        };
-        if let Some(role) = Role::from_suffix(suffix) {
-            groups.entry(module).insert(role, name.as_str());
-        } else if KV_SUFFIXES.contains(&suffix) {
-            let attention = module.rsplit_once('.').map(|(a, _)| a).unwrap_or(module);
-            kv.push(KvTensor {
-                tensor: name.clone(),
-                attention: attention.to_string(),
-                kind: suffix.to_string(),
-            });
-        } else {
-            plain.push(name.clone());
+    } else {
+        // Names are unique, so a (module, role) pair has one tensor: grouped in parts in
+        // parallel, the parts merged in order.
+        let parts: Vec<Groups<'_>> = pool::install(|| {
+            (0..count.div_ceil(GROUP_CHUNK))
+                .into_par_iter()
+                .map(|c| {
+                    let mut g = Groups::with_capacity(GROUP_CHUNK);
+                    for id in c * GROUP_CHUNK..((c + 1) * GROUP_CHUNK).min(count) {
+                        g.add(id, name(id));
+                    }
+                    g
+                })
+                .collect()
+        });
+        groups = Groups::with_capacity(count);
+        for p in parts {
+            groups.absorb(p);
         }
     }
+    let Groups { list: groups, plain, kv, .. } = groups.into_sorted();
+    let mut plain = plain;
 
-    let mut modules = Vec::new();
-    for (module, roles) in groups.into_sorted() {
-        let Some(wname) = roles.get(&Role::Weight) else {
-            if roles.len() > 1 || !roles.contains_key(&Role::Bias) {
-                notes.push(format!("'{module}' has {:?} but no weight; kept as plain tensors", roles.keys().collect::<Vec<_>>()));
-            }
-            plain.extend(roles.values().map(|s| s.to_string()));
-            continue;
+    // Each group is judged on its own (in parallel); the outcomes are taken in name order, so
+    // the first error, the notes and the module list are those of a serial pass.
+    let judge = |(module, roles): &(&str, Roles)| -> Outcome {
+        let module: &str = module;
+        let Some(wid) = roles.get(&Role::Weight) else {
+            let note = (roles.len() > 1 || !roles.contains_key(&Role::Bias))
+                .then(|| format!("'{module}' has {:?} but no weight; kept as plain tensors", roles.keys().collect::<Vec<_>>()));
+            return Outcome::Plain(roles.values().collect(), note);
         };
-        let w = lookup
-            .info(wname)
-            .ok_or_else(|| Error::argument(format!("tensor '{wname}' vanished from the index")))?;
+        let w = lookup.info_at(wid);
         let evidence = !w.dtype.is_wide_float() || roles.contains_key(&Role::WeightScale);
         let assigned = cfg.and_then(|c| configured_format(c, module));
         match (evidence, assigned) {
-            (true, Some((spec, group))) => {
-                modules.push(validate(module, &roles, spec, group, lookup, bmm.contains(module))?);
-            }
+            (true, Some((spec, group))) => match validate(module, roles, spec, group, lookup, bmm.contains(module)) {
+                Ok(m) => Outcome::Module(m),
+                Err(e) => Outcome::Failed(e),
+            },
             (true, None) => {
                 let why = match cfg {
                     None => "the checkpoint has no ModelOpt quantization config".to_string(),
@@ -234,29 +363,45 @@ pub fn build(names: &[String], lookup: &dyn TensorLookup, cfg: Option<&QuantConf
                         Scheme::Mixed { .. } => "MIXED_PRECISION quantized_layers does not list it".to_string(),
                     },
                 };
-                return Err(Error::Format {
-                    file: lookup.file_of(wname),
-                    module: module.to_string(),
-                    algo: cfg.map(|c| c.quant_algo.clone()).unwrap_or_else(|| "none".into()),
-                    tensor: wname.to_string(),
-                    msg: format!("stores quantized tensors ({} weight) but {why}", w.dtype),
-                });
+                Outcome::Failed(
+                    Error::Format {
+                        file: lookup.file_of(&w.name),
+                        module: module.to_string(),
+                        algo: cfg.map(|c| c.quant_algo.clone()).unwrap_or_else(|| "none".into()),
+                        tensor: w.name.clone(),
+                        msg: format!("stores quantized tensors ({} weight) but {why}", w.dtype),
+                    },
+                )
             }
             (false, assigned) => {
-                if assigned.is_some() && w.shape.len() >= 2 && roles.len() > 1 {
-                    notes.push(format!(
-                        "'{module}' is covered by the quant config but stores an unquantized {} weight",
-                        w.dtype
-                    ));
-                }
-                plain.extend(roles.values().map(|s| s.to_string()));
+                let note = (assigned.is_some() && w.shape.len() >= 2 && roles.len() > 1).then(|| {
+                    format!("'{module}' is covered by the quant config but stores an unquantized {} weight", w.dtype)
+                });
+                Outcome::Plain(roles.values().collect(), note)
             }
         }
+    };
+    let outcomes: Vec<Outcome> = if groups.len() >= 256 {
+        pool::install(|| groups.par_iter().with_min_len(64).map(judge).collect())
+    } else {
+        groups.iter().map(judge).collect()
+    };
+    let mut modules = Vec::new();
+    for o in outcomes {
+        match o {
+            Outcome::Module(m) => modules.push(m),
+            Outcome::Plain(ids, note) => {
+                notes.extend(note);
+                plain.extend(ids);
+            }
+            Outcome::Failed(e) => return Err(e),
+        }
     }
-    plain.sort();
+    let mut plain: Vec<&str> = plain.into_iter().map(name).collect();
+    plain.sort_unstable();
     Ok(ModuleView {
         modules,
-        plain,
+        plain: plain.into_iter().map(str::to_string).collect(),
         kv,
         notes,
     })
@@ -264,7 +409,7 @@ pub fn build(names: &[String], lookup: &dyn TensorLookup, cfg: Option<&QuantConf
 
 fn validate(
     module: &str,
-    roles: &BTreeMap<Role, &str>,
+    roles: &Roles,
     spec: &'static FormatSpec,
     configured_group: Option<u32>,
     lookup: &dyn TensorLookup,
@@ -277,20 +422,17 @@ fn validate(
         tensor: tensor.to_string(),
         msg,
     };
-    let info = |t: &str| -> Result<&TensorInfo> {
-        lookup
-            .info(t)
-            .ok_or_else(|| Error::argument(format!("tensor '{t}' vanished from the index")))
-    };
 
     let mut tensors = BTreeMap::new();
-    let mut infos: BTreeMap<Role, &TensorInfo> = BTreeMap::new();
+    let mut ids = [NO_TENSOR; Role::ALL.len()];
+    let mut infos: [Option<&TensorInfo>; Role::ALL.len()] = [None; Role::ALL.len()];
     let mut extras = Vec::new();
-    for (&role, &t) in roles {
+    for (role, id) in roles.iter() {
+        let ti = lookup.info_at(id);
+        let t = ti.name.as_str();
         match spec.rule(role) {
             Some(rule) => {
-                let ti = info(t)?;
-                infos.insert(role, ti);
+                infos[role as usize] = Some(ti);
                 if !rule.dtypes.contains(&ti.dtype) {
                     return Err(err(
                         t,
@@ -298,6 +440,7 @@ fn validate(
                     ));
                 }
                 tensors.insert(role, t.to_string());
+                ids[role as usize] = id as u32;
             }
             None => extras.push(t.to_string()),
         }
@@ -305,7 +448,7 @@ fn validate(
     for rule in spec.tensors {
         if rule.presence == Presence::Required && !tensors.contains_key(&rule.role) {
             let missing = format!("{module}.{}", rule.role.suffix());
-            let near = roles.get(&Role::Weight).copied().unwrap_or(module);
+            let near = roles.get(&Role::Weight).map(|id| lookup.info_at(id).name.as_str()).unwrap_or(module);
             return Err(Error::Format {
                 file: lookup.file_of(near),
                 module: module.to_string(),
@@ -316,19 +459,17 @@ fn validate(
         }
     }
 
-    let wname = tensors[&Role::Weight].clone();
-    let w = *infos
-        .get(&Role::Weight)
-        .ok_or_else(|| Error::argument(format!("tensor '{wname}' vanished from the index")))?;
+    let w = infos[Role::Weight as usize].ok_or_else(|| Error::argument(format!("module '{module}' lost its weight")))?;
+    let wname = w.name.as_str();
     if w.shape.len() < 2 {
-        return Err(err(&wname, format!("weight has shape {:?}; a Linear weight needs 2 dims", w.shape)));
+        return Err(err(wname, format!("weight has shape {:?}; a Linear weight needs 2 dims", w.shape)));
     }
     // Any zero dimension, leading (expert) dims included, is refused before the logical sizes
     // are computed: with a zero expert count the header admits huge N/K (no bytes are stored),
     // and later size arithmetic (K * 4 bytes per row, N * scale bytes per granule) would
     // overflow. With every dim non-zero, N * K is bounded by twice the stored byte count.
     if w.shape.contains(&0) {
-        return Err(err(&wname, format!("weight has an empty dimension: {:?}", w.shape)));
+        return Err(err(wname, format!("weight has an empty dimension: {:?}", w.shape)));
     }
     let (lead, last2) = w.shape.split_at(w.shape.len() - 2);
     let (r, c) = (last2[0], last2[1]);
@@ -341,15 +482,15 @@ fn validate(
         (true, Packing::None) => (c, r),
         (true, Packing::PairsAlongK) => (c, r * 2),
         (true, Packing::PairsAlongN) => {
-            return Err(err(&wname, format!("{} is not known for in-place (BMM) expert parameters; cannot lay it out", spec.name)))
+            return Err(err(wname, format!("{} is not known for in-place (BMM) expert parameters; cannot lay it out", spec.name)))
         }
     };
     if bmm {
         if lead.is_empty() {
-            return Err(err(&wname, format!("in-place expert parameter has shape {:?}; expected [experts, K, N]", w.shape)));
+            return Err(err(wname, format!("in-place expert parameter has shape {:?}; expected [experts, K, N]", w.shape)));
         }
         if matches!(spec.rule(Role::WeightScale).map(|r| r.shape), Some(ShapeRule::Blocks2d)) {
-            return Err(err(&wname, format!("{} block scales are not known for in-place (BMM) expert parameters", spec.name)));
+            return Err(err(wname, format!("{} block scales are not known for in-place (BMM) expert parameters", spec.name)));
         }
     }
 
@@ -358,11 +499,11 @@ fn validate(
     }
 
     let group = resolve_group(spec, configured_group, roles, k, lookup, bmm)
-        .map_err(|msg| err(roles.get(&Role::WeightScale).copied().unwrap_or(&wname), msg))?;
+        .map_err(|msg| err(roles.get(&Role::WeightScale).map(|id| lookup.info_at(id).name.as_str()).unwrap_or(wname), msg))?;
 
     for (&role, t) in &tensors {
         let rule = spec.rule(role).ok_or_else(|| Error::argument("rule vanished"))?;
-        let ti = *infos.get(&role).ok_or_else(|| Error::argument("tensor vanished"))?;
+        let ti = infos[role as usize].ok_or_else(|| Error::argument("tensor vanished"))?;
         if let Err(msg) = check_shape(rule.shape, &ti.shape, lead, n, k, group, bmm) {
             return Err(err(t, msg));
         }
@@ -378,6 +519,7 @@ fn validate(
         bmm,
         tensors,
         extras,
+        ids,
     })
 }
 
@@ -388,12 +530,12 @@ fn validate(
 /// instead of as a generic shape mismatch.
 fn stale_bmm_scale<'a>(
     spec: &FormatSpec,
-    roles: &BTreeMap<Role, &'a str>,
+    roles: &Roles,
     lead: &[u64],
     n: u64,
     k: u64,
     configured: Option<u32>,
-    lookup: &dyn TensorLookup,
+    lookup: &'a dyn TensorLookup,
 ) -> std::result::Result<(), (&'a str, String)> {
     if !matches!(spec.rule(Role::WeightScale).map(|r| r.shape), Some(ShapeRule::Groups)) {
         return Ok(());
@@ -402,7 +544,8 @@ fn stale_bmm_scale<'a>(
         return Ok(());
     };
     let g = g as u64;
-    let Some(ti) = lookup.info(t) else { return Ok(()) };
+    let ti = lookup.info_at(t);
+    let t = ti.name.as_str();
     let stale: Vec<u64> = lead.iter().copied().chain([k, n / g.max(1)]).collect();
     let good: Vec<u64> = lead.iter().copied().chain([k / g.max(1), n]).collect();
     if n.is_multiple_of(g) && ti.shape == stale && ti.shape != good {
@@ -422,7 +565,7 @@ fn stale_bmm_scale<'a>(
 fn resolve_group(
     spec: &FormatSpec,
     configured: Option<u32>,
-    roles: &BTreeMap<Role, &str>,
+    roles: &Roles,
     k: u64,
     lookup: &dyn TensorLookup,
     bmm: bool,
@@ -440,7 +583,7 @@ fn resolve_group(
     if is_groups {
         // The scale's last dim says how many groups there are; a checkpoint without a
         // group_size key (config.json form) may use another size than the default.
-        if let Some(ti) = roles.get(&Role::WeightScale).and_then(|t| lookup.info(t)) {
+        if let Some(ti) = roles.get(&Role::WeightScale).map(|id| lookup.info_at(id)) {
             // `[.., N, K/G]`, or `[.., K/G, N]` for in-place expert parameters.
             let at = if bmm { ti.shape.len().checked_sub(2) } else { ti.shape.len().checked_sub(1) };
             let cols = at.and_then(|i| ti.shape.get(i)).copied().unwrap_or(0);
@@ -469,6 +612,45 @@ fn resolve_group(
 }
 
 fn check_shape(
+    rule: ShapeRule,
+    shape: &[u64],
+    lead: &[u64],
+    n: u64,
+    k: u64,
+    group: Option<u32>,
+    bmm: bool,
+) -> std::result::Result<(), String> {
+    // The accepted shapes of `expected_shapes`, tested without building them (this runs for
+    // every tensor of every module); a mismatch is explained by the list.
+    let is = |tail: &[u64]| shape.len() == lead.len() + tail.len() && shape[..lead.len()] == *lead && shape[lead.len()..] == *tail;
+    let scalar = shape.is_empty() || shape == [1];
+    let ok = match rule {
+        ShapeRule::Weight => true,
+        ShapeRule::Scalar => scalar,
+        ShapeRule::PerOutput => is(&[n]),
+        ShapeRule::PerInput => is(&[k]) || shape == [k],
+        ShapeRule::Groups => {
+            let g = group.unwrap_or(1) as u64;
+            if bmm {
+                is(&[k / g, n])
+            } else {
+                is(&[n, k / g])
+            }
+        }
+        ShapeRule::Blocks2d => {
+            let g = group.unwrap_or(128) as u64;
+            let (nb, kb) = (n.div_ceil(g), k.div_ceil(g));
+            is(&[nb, 1, kb, 1]) || is(&[nb, kb]) || (nb * kb == 1 && lead.is_empty() && scalar)
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        expected_shapes(rule, shape, lead, n, k, group, bmm)
+    }
+}
+
+fn expected_shapes(
     rule: ShapeRule,
     shape: &[u64],
     lead: &[u64],

@@ -16,12 +16,16 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::header::{parse_header, parse_prefix, Header, TensorInfo};
+use crate::names::hash_str;
 
 /// An opened, validated safetensors file.
 #[derive(Debug)]
 pub struct Shard {
     pub path: PathBuf,
     pub header: Header,
+    /// [`crate::names::hash_str`] of each tensor's name, in header order (computed here, on
+    /// the thread that parses the header, for the checkpoint's name index).
+    pub(crate) name_hashes: Vec<u64>,
     file: File,
 }
 
@@ -44,9 +48,11 @@ impl Shard {
         file.read_exact_at(&mut json, 8)
             .map_err(|e| Error::io(path, "read header", e))?;
         let header = parse_header(path, &json, file_len)?;
+        let name_hashes = header.tensors.iter().map(|t| hash_str(&t.name)).collect();
         Ok(Shard {
             path: path.to_path_buf(),
             header,
+            name_hashes,
             file,
         })
     }

@@ -175,7 +175,7 @@ impl Checkpoint {
 
     /// :rtype: list[str]
     fn tensor_names(&self) -> Vec<String> {
-        self.inner.tensors.keys().cloned().collect()
+        self.inner.tensor_names().map(str::to_string).collect()
     }
 
     /// :rtype: list[str]
@@ -363,7 +363,7 @@ impl Checkpoint {
             "<motensor._core.Checkpoint {} ({} shards, {} tensors, {} quantized modules)>",
             self.inner.root.display(),
             self.inner.shards.len(),
-            self.inner.tensors.len(),
+            self.inner.tensor_count(),
             self.inner.modules.len()
         )
     }
