@@ -19,6 +19,7 @@ pub mod header;
 pub mod modules;
 pub mod names;
 pub mod numeric;
+pub mod omp;
 pub mod plan;
 pub mod pool;
 pub mod quant_config;

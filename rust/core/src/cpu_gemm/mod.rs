@@ -357,12 +357,15 @@ pub fn gemm(x: &[f32], m: usize, w: &Weight, op: Operand, epi: &Epilogue, out: &
     Ok(())
 }
 
-/// Multiply-adds below which a product runs on the calling thread: handing tasks to the pool
-/// and waking it costs ~10 us, more than a 2^18-weight GEMV takes on one core.
+/// Multiply-adds below which a product runs on the calling thread: waking motensor's pool costs
+/// ~10-20 us, more than a 2^18-weight GEMV takes on one core; torch's OpenMP team (`omp.rs`),
+/// awake between torch ops, starts in ~1-2 us, worth it from 2^16.
 const PARALLEL_MIN_WORK: usize = 1 << 18;
+const PARALLEL_MIN_WORK_OMP: usize = 1 << 16;
 
 fn parallel(w: &Weight, m: usize) -> bool {
-    w.n().saturating_mul(w.k()).saturating_mul(m) >= PARALLEL_MIN_WORK
+    let min = if crate::omp::available() { PARALLEL_MIN_WORK_OMP } else { PARALLEL_MIN_WORK };
+    w.n().saturating_mul(w.k()).saturating_mul(m) >= min
 }
 
 /// `f(state, (task index, chunk))` over `chunk`-sized pieces of `target`: in order on the calling
@@ -399,6 +402,10 @@ where
             f(state.get_or_insert_with(&init), (i, &mut piece));
         }
     };
+    // Torch's OpenMP team where the process has one (`omp.rs`), else motensor's pool.
+    if crate::omp::run(&work) {
+        return;
+    }
     pool.in_place_scope(|s| {
         for _ in 1..threads.min(parts.len()) {
             s.spawn(|_| work());
