@@ -179,3 +179,38 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ArgumentError, match="bias"):
         _core.CpuLinear("fp8", N, K, m.weight, None, "", "NONE", 0, None, None, "none", None, None, None, None,
                         torch.zeros(N + 1), None)
+
+
+_POOLS = """
+    import sys, torch
+    from motensor import _core
+    from motensor.nn import QuantLinear
+    torch.manual_seed(0)
+    mods = [QuantLinear.from_float(torch.nn.Linear(1024, 768), f, input_amax=2.0).eval()
+            for f in ("NVFP4", "W4A16_AWQ", "FP8")]
+    x = torch.randn(3, 1024).to(torch.bfloat16)
+    with torch.no_grad():
+        out = b"".join(m(x).view(torch.int16).numpy().tobytes() for m in mods)
+    sys.stdout.write(_core.cpu_pool() + " " + out.hex())
+"""
+
+
+def test_openmp_team_and_own_pool_give_the_same_numbers():
+    """The parallel loops run on torch's OpenMP team (where the process has one) or on motensor's
+    pool (MOTENSOR_CPU_POOL=rayon): each piece of output is computed whole by one thread, so the
+    two agree bit for bit."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    runs = {}
+    for pool in ("", "rayon"):
+        env = {**os.environ, "MOTENSOR_CPU_POOL": pool}
+        r = subprocess.run([sys.executable, "-c", textwrap.dedent(_POOLS)], capture_output=True, text=True,
+                           timeout=300, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        name, out = r.stdout.split()
+        runs[name] = out
+    assert set(runs) == {"openmp", "motensor"} or set(runs) == {"motensor"}  # torch without OpenMP: one
+    assert len(set(runs.values())) == 1

@@ -150,6 +150,12 @@ def cpu_nvfp4_fake_quant(x: torch.Tensor, out: torch.Tensor, k: int, gs: torch.T
     ...
 
 
+def cpu_pool() -> str:
+    """Where the CPU kernels' parallel loops run: "openmp" (the process's OpenMP team, torch's) or
+    "motensor" (motensor's own pool: no OpenMP runtime, a forked child, or `MOTENSOR_CPU_POOL=rayon`)."""
+    ...
+
+
 def format_table() -> list[dict[str, Any]]:
     """The format table (one dict per quant_algo), the single source of format facts. Enum-valued
     fields hold the stable names of `vocabulary()`."""

@@ -11,12 +11,14 @@
 //! The team is reached through `GOMP_parallel`, the libgomp ABI that GCC's `#pragma omp
 //! parallel` compiles to (also exported by LLVM's and Intel's OpenMP runtimes), found with
 //! `dlsym` among the process's global symbols (torch loads its OpenMP runtime globally). Where
-//! it is absent (no torch, a torch without OpenMP), after a `fork()` (libgomp's team does not
-//! survive one; motensor's own pool does, see `pool.rs`), or with `MOTENSOR_CPU_POOL=rayon`,
-//! the loops run on motensor's pool.
+//! it is absent (no torch, a torch without OpenMP), in a `fork()`ed child (libgomp's team does
+//! not survive a fork; motensor's own pool does, see `pool.rs`; a process that imports motensor
+//! marks its children through `pthread_atfork`), or with `MOTENSOR_CPU_POOL=rayon`, the loops run
+//! on motensor's pool.
 
 use std::ffi::{c_uint, c_void};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 type Parallel = unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, c_uint, c_uint);
@@ -26,23 +28,51 @@ struct Omp {
     pid: u32,
 }
 
-fn omp() -> Option<&'static Omp> {
-    static OMP: OnceLock<Option<Omp>> = OnceLock::new();
-    let found = OMP.get_or_init(|| {
-        let want = std::env::var("MOTENSOR_CPU_POOL").unwrap_or_default();
-        if want.trim().eq_ignore_ascii_case("rayon") {
-            return None;
-        }
-        // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only reads the process's
-        // symbol tables; a non-null result is the address of `GOMP_parallel`, whose C signature
-        // (libgomp's ABI since GCC 4.9) is `Parallel`.
-        let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"GOMP_parallel".as_ptr()) };
-        (!sym.is_null()).then(|| Omp {
-            parallel: unsafe { std::mem::transmute::<*mut c_void, Parallel>(sym) },
-            pid: std::process::id(),
-        })
+static FORKED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn in_child() {
+    FORKED.store(true, Ordering::Relaxed);
+}
+
+/// Marks a `fork()`ed child of this process as one that must not use the OpenMP team (its
+/// threads stayed in the parent; libgomp would wait for them). Called when the extension module
+/// is loaded and before the first use, so that a child of a process that imported motensor (or
+/// ran its kernels) keeps motensor's pool even if the team was first used by torch.
+pub fn register_fork_handler() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        // SAFETY: registers a handler that only stores to an atomic (async-signal-safe), run
+        // in the child after fork; no other state is touched.
+        unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
     });
-    found.as_ref().filter(|o| o.pid == std::process::id())
+}
+
+fn omp() -> Option<&'static Omp> {
+    register_fork_handler();
+    if FORKED.load(Ordering::Relaxed) {
+        return None;
+    }
+    static OFF: OnceLock<bool> = OnceLock::new();
+    static FOUND: OnceLock<Omp> = OnceLock::new();
+    if *OFF.get_or_init(|| std::env::var("MOTENSOR_CPU_POOL").unwrap_or_default().trim().eq_ignore_ascii_case("rayon")) {
+        return None;
+    }
+    let found = match FOUND.get() {
+        Some(o) => o,
+        None => {
+            // Looked up again until found: the runtime appears when torch is imported.
+            // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only reads the process's
+            // symbol tables; a non-null result is the address of `GOMP_parallel`, whose C
+            // signature (libgomp's ABI since GCC 4.9) is `Parallel`.
+            let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"GOMP_parallel".as_ptr()) };
+            if sym.is_null() {
+                return None;
+            }
+            let parallel = unsafe { std::mem::transmute::<*mut c_void, Parallel>(sym) };
+            FOUND.get_or_init(|| Omp { parallel, pid: std::process::id() })
+        }
+    };
+    (found.pid == std::process::id()).then_some(found)
 }
 
 /// Whether the loops run on the OpenMP team here (this process found one, not forked since).

@@ -502,11 +502,25 @@ pub fn cpu_isa() -> &'static str {
     Isa::detect().name()
 }
 
+/// Where the CPU kernels' parallel loops run: "openmp" (the process's OpenMP team, torch's) or
+/// "motensor" (motensor's own pool: no OpenMP runtime, a forked child, or `MOTENSOR_CPU_POOL=rayon`).
+///
+/// :rtype: str
+#[pyfunction]
+pub fn cpu_pool() -> &'static str {
+    if motensor_core::omp::available() {
+        "openmp"
+    } else {
+        "motensor"
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cpu_gemm, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_gemm_i8, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_dequant, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_isa, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_pool, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_nvfp4_fake_quant, m)?)?;
     m.add_class::<CpuLinear>()?;
     Ok(())

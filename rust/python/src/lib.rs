@@ -635,7 +635,9 @@ fn num_threads() -> usize {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // No thread is started at import: the pool is built on first use (and again in a forked
-    // child, see motensor-core's pool.rs).
+    // child, see motensor-core's pool.rs). A child forked after this import keeps off the
+    // OpenMP team (motensor-core's omp.rs).
+    motensor_core::omp::register_fork_handler();
     m.add("__version__", motensor_core::VERSION)?;
     m.add_class::<Checkpoint>()?;
     m.add_class::<LoadPlan>()?;
