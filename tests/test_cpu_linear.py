@@ -214,3 +214,24 @@ def test_openmp_team_and_own_pool_give_the_same_numbers():
         runs[name] = out
     assert set(runs) == {"openmp", "motensor"} or set(runs) == {"motensor"}  # torch without OpenMP: one
     assert len(set(runs.values())) == 1
+
+
+@pytest.mark.parametrize("quant_algo", ["FP8", "FP8_PER_CHANNEL_PER_TOKEN"])
+def test_fp8_products_above_16_rows(quant_algo, monkeypatch):
+    """FP8 x FP8 on a CPU with bf16 dot products: the fused kernel (fp32 sums before the scale
+    epilogue) up to dispatch.CPU_FP8_FUSED_MAX_M rows, through the prepared layer as well; the same
+    numbers as the op path."""
+    m = _module(quant_algo)
+    x = _x(40, torch.bfloat16)
+    path = dispatch.cpu_path("fp8_linear", torch.bfloat16, 40)
+    assert path == ("fused" if dispatch.cpu_isa() == dispatch.CPU_BF16_ISA else "dequant_blas")
+    with torch.no_grad():
+        got = m(x)
+        want = _op_path(m, x, monkeypatch)
+    assert (cpu_kernels._PLANS.get(m, (None, None))[1] is not None) == (path == "fused")
+    assert torch.equal(got, want)
+    monkeypatch.setenv("MOTENSOR_CPU_KERNELS", "reference")
+    with torch.no_grad():
+        exact = m(x)
+    # The fused kernel and the torch reference differ in the order of fp32 sums only.
+    assert (got.float() - exact.float()).abs().max() <= 2.0 ** -6 * exact.float().abs().max()

@@ -40,6 +40,8 @@ INT_MM_MIN_M = 17            # cuBLASLt's int8 GEMM wants more than 16 rows (sma
 CPU_FUSED_MAX_M = 16         # CPU: fused Rust dequant+GEMM up to here; above, Rust dequantize + torch BLAS
                              # (benches/cpu_gemm.py on a 2-core AVX2 box: fused wins at M = 8, BLAS at 64)
 CPU_BF16_ISA = "avx512_bf16"  # CPUs whose bf16 dot products make torch's bf16 GEMM the fast one
+CPU_FP8_FUSED_MAX_M = 64     # fp8_linear on those CPUs: the fused bf16-dot kernel up to here (12.6 ms vs
+                             # 38 ms for dequantize + fp32 BLAS at 64x4096x4096, benches/cpu_gemm.py)
 CPU_KERNEL_MODES = ("rust", "scalar", "reference")  # MOTENSOR_CPU_KERNELS
 
 GEMM_FAMILIES = ("w4a16", "w8a16", "w4a8")
@@ -201,6 +203,11 @@ def _cpu(family: str, dtype: torch.dtype, M: int, path: Optional[str]) -> Kernel
         path, reason = "fused", f"M={M} <= {CPU_FUSED_MAX_M}: fused dequant+GEMM, packed weight read once"
         if dtype is torch.bfloat16 and cpu_isa() == CPU_BF16_ISA:
             reason += " (bf16 dot products where weight and activations are exact bf16 values)"
+    elif family == "fp8_linear" and M <= CPU_FP8_FUSED_MAX_M and cpu_isa() == CPU_BF16_ISA:
+        # E4M3 activations and weights are exact bf16 values: the fused kernel's bf16 dot products
+        # keep fp32 sums before the scale epilogue, which torch's bf16 GEMM would round first.
+        path, reason = "fused", (f"M={M} <= {CPU_FP8_FUSED_MAX_M}, FP8 activations x FP8 weights on a CPU with bf16 dot "
+                                 "products: fused kernel, fp32 sums before the scales")
     elif dtype is torch.bfloat16 and family in CPU_BF16_BLAS_FAMILIES and cpu_isa() == CPU_BF16_ISA:
         path, reason = "dequant_bf16_blas", (f"M={M} > {CPU_FUSED_MAX_M}, bf16 on a CPU with bf16 dot products: "
                                              "Rust dequantize to bf16 block by block + torch bf16 GEMM")

@@ -78,8 +78,13 @@ def test_cpu_rust_kernels(monkeypatch):
     monkeypatch.delenv("MOTENSOR_CPU_KERNELS", raising=False)
     small = dispatch.choose("w4a16", device="cpu", dtype=BF16, M=dispatch.CPU_FUSED_MAX_M)
     assert (small.name, small.backend, small.path) == ("w4a16_cpu_fused", "rust", "fused")
-    large = dispatch.choose("fp8_linear", device="cpu", dtype=F16, M=dispatch.CPU_FUSED_MAX_M + 1)
+    large = dispatch.choose("fp8_linear", device="cpu", dtype=F16, M=dispatch.CPU_FP8_FUSED_MAX_M + 1)
     assert (large.name, large.path) == ("fp8_linear_cpu_dequant_blas", "dequant_blas")
+    # FP8 x FP8 keeps the fused kernel up to CPU_FP8_FUSED_MAX_M rows where it has bf16 dot products.
+    mid = dispatch.choose("fp8_linear", device="cpu", dtype=F16, M=dispatch.CPU_FUSED_MAX_M + 1)
+    assert mid.path == ("fused" if dispatch.cpu_isa() == dispatch.CPU_BF16_ISA else "dequant_blas")
+    mid_w4 = dispatch.choose("w4a16", device="cpu", dtype=F16, M=dispatch.CPU_FUSED_MAX_M + 1)
+    assert mid_w4.path == "dequant_blas"
     # W8A8 keeps its exact int32 kernel at every M.
     assert dispatch.choose("int8_linear", device="cpu", dtype=BF16, M=4096).path == "fused"
     assert dispatch.choose("w8a16", device="cpu", dtype=torch.float64, M=1).backend == "torch"

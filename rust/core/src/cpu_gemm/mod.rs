@@ -415,8 +415,8 @@ where
 }
 
 /// Activation rows up to which the bf16 kernels run (in calls of `bf16dot::MAX_ROWS` rows, each
-/// decoding the weight again): the dispatcher's CPU fused bound.
-const BF16_MAX_M: usize = 16;
+/// decoding the weight again): the dispatcher's fused bounds (16; 64 for FP8 x FP8).
+const BF16_MAX_M: usize = 64;
 
 /// The bf16 GEMV / small-M GEMM (`bf16dot.rs`): `xb` packed by `bf16dot::pack_x`, `target` `[n, m]`.
 #[cfg(target_arch = "x86_64")]
