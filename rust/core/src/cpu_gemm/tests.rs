@@ -103,15 +103,25 @@ fn check_all(w: &Weight, op: Operand, label: &str, rng: &mut Rng) {
 #[test]
 fn w4_all_kinds_match_naive() {
     let mut rng = Rng(0x5eed);
-    let (n, k) = (37, 256);
-    let packed = rng.bytes(n * k / 2);
-    for (element, g) in [(Element4::E2M1, 16), (Element4::E2M1, 32), (Element4::Int4, 128), (Element4::Int4, 64)] {
+    // K = 256: the 64-wide bf16 kernel; 96: the 32-wide one (K not a multiple of 64).
+    let n = 37;
+    for (k, element, g) in [
+        (256, Element4::E2M1, 16),
+        (256, Element4::E2M1, 32),
+        (256, Element4::Int4, 128),
+        (256, Element4::Int4, 64),
+        (96, Element4::E2M1, 16),
+        (96, Element4::E2M1, 32),
+    ] {
+        let packed = rng.bytes(n * k / 2);
         let ng = k / g * n;
         let e4m3: Vec<u8> = rng.bytes(ng).into_iter().map(|b| b & 0x77).collect(); // finite, positive
+        let rows = e4m3_rows(&e4m3, n, k / g).unwrap();
         let e8m0: Vec<u8> = rng.bytes(ng).into_iter().map(|b| 120 + (b % 12)).collect();
         let f32s: Vec<f32> = rng.f32s(ng, 0.1);
         for (scales, mul, div) in [
             (Scales4::E4M3(&e4m3), Some(0.01f32), None),
+            (Scales4::E4M3Rows(&rows), Some(0.01f32), None),
             (Scales4::E8M0(&e8m0), None, None),
             (Scales4::F32(&f32s), None, None),
             (Scales4::F32(&f32s), None, Some(0.003f32)),
