@@ -222,10 +222,11 @@ def _cpu_logged(family: str, dtype: torch.dtype, M: int, mode: str) -> KernelCho
     return _logged(_cpu(family, dtype, M, None), None, dtype)
 
 
-def cpu_path(family: str, dtype: torch.dtype, M: int) -> Optional[str]:
+def cpu_path(family: str, dtype: torch.dtype, M: int, mode: Optional[str] = None) -> Optional[str]:
     """The ``path`` of ``choose(family, device="cpu", dtype=dtype, M=M)``, or None where the
-    reference runs: the same decision, memoised (a decode step asks once per layer)."""
-    choice = _cpu_logged(family, dtype, M, cpu_kernel_mode())
+    reference runs: the same decision, memoised (a decode step asks once per layer). ``mode``:
+    ``cpu_kernel_mode()`` if the caller has just read it."""
+    choice = _cpu_logged(family, dtype, M, mode or cpu_kernel_mode())
     return None if choice.is_reference else choice.path
 
 

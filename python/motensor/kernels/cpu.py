@@ -325,7 +325,8 @@ def linear_forward(module, x: Tensor) -> Optional[Tensor]:
             or (x.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling()):
         return None
     m = x.shape[0]
-    if dispatch.cpu_path(recipe.family, x.dtype, m) != "fused":
+    kernels = mode()
+    if dispatch.cpu_path(recipe.family, x.dtype, m, kernels) != "fused":
         return None
     state = _state(module)
     if state is None:
@@ -339,5 +340,5 @@ def linear_forward(module, x: Tensor) -> Optional[Tensor]:
     if plan is None:
         return None
     y = torch.empty((m, module.out_features), dtype=x.dtype)
-    plan.forward(x.contiguous(), y, mode() == "scalar")
+    plan.forward(x.contiguous(), y, kernels == "scalar")
     return y

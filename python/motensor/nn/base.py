@@ -121,7 +121,8 @@ class QuantLinear(nn.Module):
             )
         if not x.is_floating_point() or x.dtype.itemsize == 1:
             raise TypeError(f"{self.name or 'QuantLinear'}: input must be float16/bfloat16/float32, got {x.dtype}")
-        if x.device != self.weight.device:
+        on_cpu = x.is_cpu
+        if not (on_cpu and self.weight.is_cpu) and x.device != self.weight.device:
             raise ArgumentError(f"{self.name or 'QuantLinear'}: input on {x.device}, weights on {self.weight.device}")
         if torch.is_autocast_enabled(x.device.type):
             # Like nn.Linear under autocast: the product runs in the autocast dtype (the custom ops
@@ -129,7 +130,7 @@ class QuantLinear(nn.Module):
             x = x.to(torch.get_autocast_dtype(x.device.type))
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        if x2.device.type == "cpu":
+        if on_cpu:
             # Decode-sized CPU products: the whole forward in one Rust call (same numbers).
             y = cpu_kernels.linear_forward(self, x2)
             if y is not None:

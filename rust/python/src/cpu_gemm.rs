@@ -7,6 +7,7 @@
 //! released.
 
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 
 use motensor_core::cpu_gemm::{
     self as core_gemm, ActQuant, Acts, ActsMut, Dtype, Element4, Epilogue, Factor, Fp8Scales, Fp8Weight, Int8Weight, Isa,
@@ -365,14 +366,45 @@ pub struct CpuLinear {
     scale_rows: Option<Vec<u8>>,
 }
 
-/// torch dtype name -> (dtype, element bytes).
-fn act_dtype(name: &str) -> Option<(Dtype, usize)> {
-    match name {
-        "torch.float32" => Some((Dtype::F32, 4)),
-        "torch.bfloat16" => Some((Dtype::Bf16, 2)),
-        "torch.float16" => Some((Dtype::F16, 2)),
-        _ => None,
+/// torch.float32, torch.bfloat16, torch.float16 (compared by identity: a prepared layer checks
+/// its activations on every call, with as few Python calls as the checks need).
+fn act_dtypes(py: Python<'_>) -> PyResult<&[Py<PyAny>; 3]> {
+    static DTYPES: PyOnceLock<[Py<PyAny>; 3]> = PyOnceLock::new();
+    DTYPES.get_or_try_init(py, || {
+        let torch = py.import("torch")?;
+        Ok([torch.getattr("float32")?.unbind(), torch.getattr("bfloat16")?.unbind(), torch.getattr("float16")?.unbind()])
+    })
+}
+
+/// A contiguous CPU activation tensor of float32 / bfloat16 / float16 (`want`: that one): the
+/// checks of `View::new`, in fewer Python calls.
+fn act_view(py: Python<'_>, obj: &Bound<'_, PyAny>, want: Option<Dtype>, what: &str) -> PyResult<(View, Dtype)> {
+    let dt = obj.getattr("dtype")?;
+    let all = act_dtypes(py)?;
+    let (dtype, elem, name) = if dt.is(&all[0]) {
+        (Dtype::F32, 4, "torch.float32")
+    } else if dt.is(&all[1]) {
+        (Dtype::Bf16, 2, "torch.bfloat16")
+    } else if dt.is(&all[2]) {
+        (Dtype::F16, 2, "torch.float16")
+    } else {
+        return Err(argument_error(format!("{what} must be float32, bfloat16 or float16, got {}", dt.str()?)));
+    };
+    if want.is_some_and(|w| w != dtype) {
+        return Err(argument_error(format!("{what} must be torch.{}, got {name}", want.map_or("", |w| w.name()))));
     }
+    if !obj.getattr("is_cpu")?.extract::<bool>()? {
+        return Err(argument_error(format!("{what} must be a CPU tensor")));
+    }
+    if !obj.call_method0("is_contiguous")?.extract::<bool>()? {
+        return Err(argument_error(format!("{what} must be contiguous")));
+    }
+    let ptr: usize = obj.call_method0("data_ptr")?.extract()?;
+    let numel: usize = obj.call_method0("numel")?.extract()?;
+    if numel > 0 && (ptr == 0 || ptr & (elem - 1) != 0) {
+        return Err(argument_error(format!("{what} has no storage or a misaligned data pointer")));
+    }
+    Ok((View { ptr, numel, elem, _owner: obj.clone().unbind() }, dtype))
 }
 
 #[pymethods]
@@ -435,10 +467,8 @@ impl CpuLinear {
     /// :rtype: None
     #[pyo3(signature = (x, out, force_scalar=false), text_signature = "(self, x: torch.Tensor, out: torch.Tensor, force_scalar: bool = False)")]
     fn forward(&self, py: Python<'_>, x: &Bound<'_, PyAny>, out: &Bound<'_, PyAny>, force_scalar: bool) -> PyResult<()> {
-        let name: String = x.getattr("dtype")?.str()?.extract()?;
-        let (dtype, elem) = act_dtype(&name).ok_or_else(|| argument_error(format!("x must be float32, bfloat16 or float16, got {name}")))?;
-        let xv = View::new(x, &name, elem, "x")?;
-        let ov = View::new(out, &name, elem, "out")?;
+        let (xv, dtype) = act_view(py, x, None, "x")?;
+        let (ov, _) = act_view(py, out, Some(dtype), "out")?;
         let k = self.w.k;
         let m = xv.numel.checked_div(k).unwrap_or(0);
         if xv.numel != m * k {

@@ -238,6 +238,9 @@ pub(super) unsafe fn w4_row64<const M: usize>(
             Ok(a) => a,
             Err(_) => return [0.0; M],
         };
+        // The weight streams from memory once per call: ask for it ~1 KiB ahead (the next rows
+        // of the task follow this one in memory, so the hint runs past the row's end on purpose).
+        _mm_prefetch::<_MM_HINT_T0>(src.as_ptr().wrapping_add(1024) as *const i8);
         let v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(src.as_ptr() as *const __m256i));
         // (v & 15) | off and (v >> 4) | off (a widened byte's high nibble needs no mask).
         let ilo = _mm512_ternarylogic_epi32::<0xEA>(v, low4, off);
