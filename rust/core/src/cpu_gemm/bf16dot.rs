@@ -66,6 +66,11 @@ fn wide(w: &W4Weight) -> bool {
 /// Elements per step of [`w4_row64`].
 const WIDE: usize = 64;
 
+/// Bytes ahead of the weight stream that the kernels prefetch: a decode step finds its weights
+/// in DRAM (the model is larger than the caches); 1 KiB ahead left 2816x1024 NVFP4 products at
+/// 114 us in the h1024 model, 4-16 KiB at 100 us (benches/cpu_decode.py's model, 2-core EPYC).
+const PREFETCH: usize = 4096;
+
 /// The activations `[m, k]` as bf16 bits in `order`, or `None` if a value is not exactly a
 /// bf16 (then the fp32 kernels run).
 pub(super) fn pack_x(x: &[f32], m: usize, k: usize, order: Order) -> Option<Vec<u16>> {
@@ -238,9 +243,9 @@ pub(super) unsafe fn w4_row64<const M: usize>(
             Ok(a) => a,
             Err(_) => return [0.0; M],
         };
-        // The weight streams from memory once per call: ask for it ~1 KiB ahead (the next rows
-        // of the task follow this one in memory, so the hint runs past the row's end on purpose).
-        _mm_prefetch::<_MM_HINT_T0>(src.as_ptr().wrapping_add(1024) as *const i8);
+        // The weight streams from memory once per call: ask for it ahead (the next rows of the
+        // task follow this one in memory, so the hint runs past the row's end on purpose).
+        _mm_prefetch::<_MM_HINT_T0>(src.as_ptr().wrapping_add(PREFETCH) as *const i8);
         let v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(src.as_ptr() as *const __m256i));
         // (v & 15) | off and (v >> 4) | off (a widened byte's high nibble needs no mask).
         let ilo = _mm512_ternarylogic_epi32::<0xEA>(v, low4, off);
@@ -280,6 +285,9 @@ pub(super) unsafe fn fp8_row<const M: usize>(
             Ok(a) => a,
             Err(_) => return [0.0; M],
         };
+        if c & 1 == 0 {
+            _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(PREFETCH) as *const i8);
+        }
         let wv = bh(dec.decode(b));
         for i in 0..M {
             let xv = bh(_mm512_loadu_si512(
