@@ -235,3 +235,38 @@ def test_fp8_products_above_16_rows(quant_algo, monkeypatch):
         exact = m(x)
     # The fused kernel and the torch reference differ in the order of fp32 sums only.
     assert (got.float() - exact.float()).abs().max() <= 2.0 ** -6 * exact.float().abs().max()
+
+
+def test_modules_made_under_inference_mode(monkeypatch):
+    """Inference tensors have no version counter (in-place changes could not be seen): such a
+    module runs the op path, with the same numbers."""
+    with torch.inference_mode():
+        m = _module("NVFP4")
+        x = _x(1, torch.bfloat16)
+        y = m(x)
+        assert cpu_kernels._PLANS.get(m) is None
+        assert torch.equal(y, _op_path(m, x, monkeypatch))
+
+
+def test_concurrent_callers_share_a_prepared_layer():
+    """The prepared layer releases the GIL while it computes: callers on several threads get the
+    single-threaded result."""
+    import threading
+
+    m = _module("W4A16_AWQ")
+    xs = [_x(2, torch.bfloat16, seed=s) for s in range(8)]
+    with torch.no_grad():
+        want = [m(x) for x in xs]
+    got: dict[int, torch.Tensor] = {}
+
+    def run(i: int) -> None:
+        with torch.no_grad():
+            for _ in range(20):
+                got[i] = m(xs[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(got[i], want[i]) for i in range(len(xs)))

@@ -301,18 +301,23 @@ def _own(t: Optional[Tensor]) -> Optional[Tensor]:
 def _state(module) -> Optional[tuple]:
     """Where, at which version and as what each tensor of the module is: a layer prepared from other
     storage or an older in-place state is rebuilt. None when a tensor needs gradients (the ops'
-    autograd runs)."""
+    autograd runs) or is an inference tensor (no version counter)."""
     grad = torch.is_grad_enabled()
     bufs = module._buffers
     key: list[Optional[tuple]] = []
-    for role in _ROLES:
-        t = bufs[role] if role in bufs else getattr(module, role)
-        if t is None:
-            key.append(None)
-        elif grad and t.requires_grad:
-            return None
-        else:
-            key.append((t.data_ptr(), t._version, t.dtype))
+    try:
+        for role in _ROLES:
+            t = bufs[role] if role in bufs else getattr(module, role)
+            if t is None:
+                key.append(None)
+            elif grad and t.requires_grad:
+                return None
+            else:
+                key.append((t.data_ptr(), t._version, t.dtype))
+    except RuntimeError:
+        # An inference tensor (made under torch.inference_mode) has no version counter: its
+        # in-place changes could not be seen, so such a module runs the op path.
+        return None
     return tuple(key)
 
 
