@@ -4,8 +4,6 @@
 //! whose `s * gs` is 0 gives 0. The torch reference spends ~15 ops (and their temporaries) on it
 //! per call; here it is one pass.
 
-use rayon::prelude::*;
-
 use super::arg;
 use super::round;
 use crate::error::Result;
@@ -13,31 +11,42 @@ use crate::error::Result;
 const BLOCK: usize = 16;
 
 /// Nearest E2M1 value of `t` (saturating, ties to even mantissa), as `e2m1_codes` +
-/// `round_e2m1` of the reference compute it (the comparisons are false for NaN: 0).
+/// `round_e2m1` of the reference compute it (the comparisons are false for NaN: 0). Written as
+/// a chain of selects over rising bounds (the last one passed wins), which LLVM vectorises; the
+/// `>` / `>=` of each bound are the reference's ties.
 #[inline(always)]
-fn e2m1(t: f32) -> f32 {
+pub(super) fn e2m1(t: f32) -> f32 {
     let a = t.abs();
-    let mag = if a > 5.0 {
-        6.0
-    } else if a >= 3.5 {
-        4.0
-    } else if a > 2.5 {
-        3.0
-    } else if a >= 1.75 {
-        2.0
-    } else if a > 1.25 {
-        1.5
-    } else if a >= 0.75 {
-        1.0
-    } else if a > 0.25 {
-        0.5
-    } else {
-        0.0
-    };
+    let mut mag = 0.0;
+    mag = if a > 0.25 { 0.5 } else { mag };
+    mag = if a >= 0.75 { 1.0 } else { mag };
+    mag = if a > 1.25 { 1.5 } else { mag };
+    mag = if a >= 1.75 { 2.0 } else { mag };
+    mag = if a > 2.5 { 3.0 } else { mag };
+    mag = if a >= 3.5 { 4.0 } else { mag };
+    mag = if a > 5.0 { 6.0 } else { mag };
     if t < 0.0 {
         -mag
     } else {
         mag
+    }
+}
+
+/// One 16-element block: `y = (e2m1(x / (s g)) * s) * g`, `s = e4m3(amax / (6 g))`.
+#[inline(always)]
+fn block(xb: &[f32; BLOCK], yb: &mut [f32; BLOCK], g: f32, six_g: f32) {
+    // torch's amax propagates NaN; f32::max drops it, so NaN is looked for apart.
+    let nan = xb.iter().fold(false, |n, v| n | v.is_nan());
+    let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let amax = if nan { f32::NAN } else { amax };
+    let s = round::e4m3(amax / six_g);
+    let denom = s * g;
+    if denom == 0.0 {
+        *yb = [0.0; BLOCK];
+        return;
+    }
+    for (y, v) in yb.iter_mut().zip(xb) {
+        *y = (e2m1((v / denom).clamp(-6.0, 6.0)) * s) * g;
     }
 }
 
@@ -53,29 +62,20 @@ pub fn nvfp4_fake_quant(x: &[f32], k: usize, gs: &[f32], out: &mut [f32]) -> Res
     if gs.len() != 1 && gs.len() != rows {
         return Err(arg(format!("NVFP4 fake-quant: {} global scales for {rows} rows", gs.len())));
     }
-    crate::fill::num_threads();
-    let work = |(r, (src, dst)): (usize, (&[f32], &mut [f32]))| {
-        let g = if gs.len() == 1 { gs[0] } else { gs[r] };
-        let six_g = 6.0 * g;
-        for (xb, yb) in src.chunks_exact(BLOCK).zip(dst.chunks_exact_mut(BLOCK)) {
-            // torch's amax propagates NaN; f32::max would drop it.
-            let amax = xb.iter().fold(0f32, |m, v| if m.is_nan() || v.is_nan() { f32::NAN } else { m.max(v.abs()) });
-            let s = round::e4m3(amax / six_g);
-            let denom = s * g;
-            if denom == 0.0 {
-                yb.fill(0.0);
-                continue;
-            }
-            for (y, v) in yb.iter_mut().zip(xb) {
-                *y = (e2m1((v / denom).clamp(-6.0, 6.0)) * s) * g;
+    // Whole rows per task, about 64 Ki elements each; small inputs (decode) on the calling thread.
+    let rows_per_task = ((1usize << 16) / k).max(1);
+    let parallel = x.len() >= 1 << 16;
+    super::run_tasks(out, rows_per_task * k, parallel, || (), |_, (t, dst)| {
+        let r0 = t * rows_per_task;
+        for (i, (src, dst)) in x[r0 * k..r0 * k + dst.len()].chunks_exact(k).zip(dst.chunks_exact_mut(k)).enumerate() {
+            let g = if gs.len() == 1 { gs[0] } else { gs[r0 + i] };
+            let six_g = 6.0 * g;
+            for (xb, yb) in src.chunks_exact(BLOCK).zip(dst.chunks_exact_mut(BLOCK)) {
+                if let (Ok(xb), Ok(yb)) = (<&[f32; BLOCK]>::try_from(xb), <&mut [f32; BLOCK]>::try_from(yb)) {
+                    block(xb, yb, g, six_g);
+                }
             }
         }
-    };
-    // Small inputs (decode) are not worth waking the pool.
-    if x.len() < 1 << 16 {
-        x.chunks_exact(k).zip(out.chunks_exact_mut(k)).enumerate().for_each(work);
-    } else {
-        crate::pool::install(|| x.par_chunks_exact(k).zip(out.par_chunks_exact_mut(k)).enumerate().for_each(work));
-    }
+    });
     Ok(())
 }

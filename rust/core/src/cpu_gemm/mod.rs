@@ -373,7 +373,7 @@ fn parallel(w: &Weight, m: usize) -> bool {
 /// (`pool.rs`: rebuilt after a fork) taking pieces from one counter. The caller starts at once
 /// and a worker joins when it wakes (a sleeping worker takes ~10-20 us to, which a decode step
 /// pays once per layer), so a late worker costs nothing; each thread builds `init` once.
-fn run_tasks<T, S, I, F>(target: &mut [T], chunk: usize, parallel: bool, init: I, f: F)
+pub(crate) fn run_tasks<T, S, I, F>(target: &mut [T], chunk: usize, parallel: bool, init: I, f: F)
 where
     T: Send,
     I: Fn() -> S + Sync + Send,
