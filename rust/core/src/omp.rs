@@ -95,14 +95,20 @@ extern "C" fn trampoline(data: *mut c_void) {
     }
 }
 
+/// The team size: `MOTENSOR_NUM_THREADS` where set (as for motensor's pool), else 0, the size
+/// the runtime would use (`torch.set_num_threads` sets it).
+fn team_size() -> c_uint {
+    static N: OnceLock<c_uint> = OnceLock::new();
+    *N.get_or_init(|| std::env::var("MOTENSOR_NUM_THREADS").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0))
+}
+
 /// Runs `work` on every thread of the OpenMP team (the caller included) and returns true, or
 /// returns false without running it where there is no team (then the caller uses its pool).
 pub fn run(work: &(dyn Fn() + Sync)) -> bool {
     let Some(o) = omp() else { return false };
     let job = Job { work, panic: Mutex::new(None) };
-    // SAFETY: `trampoline` has the C signature GOMP_parallel calls; `job` outlives the call;
-    // num_threads 0 = the team size the runtime would use (torch.set_num_threads sets it).
-    unsafe { (o.parallel)(trampoline, &job as *const Job as *mut c_void, 0, 0) };
+    // SAFETY: `trampoline` has the C signature GOMP_parallel calls; `job` outlives the call.
+    unsafe { (o.parallel)(trampoline, &job as *const Job as *mut c_void, team_size(), 0) };
     if let Some(p) = job.panic.into_inner().unwrap_or_else(|e| e.into_inner()) {
         resume_unwind(p);
     }

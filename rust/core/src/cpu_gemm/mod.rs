@@ -369,10 +369,10 @@ fn parallel(w: &Weight, m: usize) -> bool {
 }
 
 /// `f(state, (task index, chunk))` over `chunk`-sized pieces of `target`: in order on the calling
-/// thread, or, when `parallel`, by the calling thread and the workers of motensor's pool
-/// (`pool.rs`: rebuilt after a fork) taking pieces from one counter. The caller starts at once
-/// and a worker joins when it wakes (a sleeping worker takes ~10-20 us to, which a decode step
-/// pays once per layer), so a late worker costs nothing; each thread builds `init` once.
+/// thread, or, when `parallel`, by every thread of torch's OpenMP team (`omp.rs`; threads that are
+/// awake between torch ops) or else of motensor's pool (`pool.rs`: rebuilt after a fork), the
+/// calling thread included, taking pieces from one counter: the caller starts at once and a
+/// late-waking worker costs nothing. Each thread builds `init` once, when it takes a piece.
 pub(crate) fn run_tasks<T, S, I, F>(target: &mut [T], chunk: usize, parallel: bool, init: I, f: F)
 where
     T: Send,
@@ -383,13 +383,11 @@ where
     use std::sync::Mutex;
 
     let chunk = chunk.max(1);
-    let pool = if parallel && target.len() > chunk { Some(crate::pool::pool()) } else { None };
-    let threads = pool.as_ref().map_or(1, |p| p.current_num_threads());
-    let Some(pool) = pool.filter(|_| threads > 1) else {
+    if !parallel || target.len() <= chunk {
         let mut state = init();
         target.chunks_mut(chunk).enumerate().for_each(|t| f(&mut state, t));
         return;
-    };
+    }
     // One lock per piece, each taken exactly once (the counter hands every index out once).
     let parts: Vec<Mutex<&mut [T]>> = target.chunks_mut(chunk).map(Mutex::new).collect();
     let next = AtomicUsize::new(0);
@@ -404,6 +402,12 @@ where
     };
     // Torch's OpenMP team where the process has one (`omp.rs`), else motensor's pool.
     if crate::omp::run(&work) {
+        return;
+    }
+    let pool = crate::pool::pool();
+    let threads = pool.current_num_threads();
+    if threads < 2 {
+        work();
         return;
     }
     pool.in_place_scope(|s| {
