@@ -35,6 +35,11 @@ impl View {
         if have != dtype {
             return Err(argument_error(format!("{what} must be {dtype}, got {have}")));
         }
+        View::storage(obj, elem, what)
+    }
+
+    /// Contiguity, pointer and length (device and dtype checked by the caller).
+    fn storage(obj: &Bound<'_, PyAny>, elem: usize, what: &str) -> PyResult<View> {
         if !obj.call_method0("is_contiguous")?.extract::<bool>()? {
             return Err(argument_error(format!("{what} must be contiguous")));
         }
@@ -396,15 +401,7 @@ fn act_view(py: Python<'_>, obj: &Bound<'_, PyAny>, want: Option<Dtype>, what: &
     if !obj.getattr("is_cpu")?.extract::<bool>()? {
         return Err(argument_error(format!("{what} must be a CPU tensor")));
     }
-    if !obj.call_method0("is_contiguous")?.extract::<bool>()? {
-        return Err(argument_error(format!("{what} must be contiguous")));
-    }
-    let ptr: usize = obj.call_method0("data_ptr")?.extract()?;
-    let numel: usize = obj.call_method0("numel")?.extract()?;
-    if numel > 0 && (ptr == 0 || ptr & (elem - 1) != 0) {
-        return Err(argument_error(format!("{what} has no storage or a misaligned data pointer")));
-    }
-    Ok((View { ptr, numel, elem, _owner: obj.clone().unbind() }, dtype))
+    Ok((View::storage(obj, elem, what)?, dtype))
 }
 
 #[pymethods]
@@ -444,16 +441,9 @@ impl CpuLinear {
         // Validate the weight and the epilogue once (the same checks run again per call, cheaply).
         // SAFETY: the views were checked and are kept alive by `lin`.
         let weight = unsafe { lin.w.weight() }?;
-        let check = Linear { weight, act, operand, pre_scale: None, a: Factor::One, b: factor(&lin.b), bias: None };
-        let mut probe = vec![0f32; n];
-        let x0 = vec![0f32; k];
-        if !matches!(act, ActQuant::Fp8PerToken) && lin.a.as_ref().is_some_and(|v| v.numel != 1) {
-            return Err(argument_error("the row scale of a prepared linear must be one value"));
-        }
-        if lin.bias.as_ref().is_some_and(|v| v.numel != n) || lin.pre.as_ref().is_some_and(|v| v.numel != k) {
-            return Err(argument_error(format!("bias must have {n} values and pre_quant_scale {k}")));
-        }
-        core_gemm::linear(&check, Acts::F32(&x0), Dtype::F32, 1, ActsMut::F32(&mut probe), Isa::Scalar).map_err(to_py)?;
+        let (pre, bias) = unsafe { (lin.pre.as_ref().map(|v| v.slice()), lin.bias.as_ref().map(|v| v.slice())) };
+        let a = if matches!(act, ActQuant::Fp8PerToken) { Factor::One } else { factor(&lin.a) };
+        Linear { weight, act, operand, pre_scale: pre, a, b: factor(&lin.b), bias }.validate().map_err(to_py)?;
         let scale_rows = match weight {
             Weight::W4(W4Weight { scales: Scales4::E4M3(s), group, .. }) if group > 0 => core_gemm::e4m3_rows(s, n, k / group),
             _ => None,

@@ -108,6 +108,28 @@ pub struct Linear<'a> {
     pub bias: Option<&'a [f32]>,
 }
 
+impl Linear<'_> {
+    /// The checks of [`linear`] that do not depend on the activations: the weight, the
+    /// pre-quant scale and the epilogue against its shape (a prepared layer runs them once).
+    pub fn validate(&self) -> Result<()> {
+        let (n, k) = (self.weight.n(), self.weight.k());
+        self.weight.validate()?;
+        if let Some(p) = self.pre_scale {
+            if p.len() != k {
+                return Err(arg(format!("pre_quant_scale has {} values, expected {k}", p.len())));
+            }
+        }
+        if matches!(self.a, Factor::Each(_)) {
+            return Err(arg("a prepared linear's row scale must be one value".into()));
+        }
+        self.b.check(n, "per-channel scale")?;
+        match self.bias {
+            Some(b) if b.len() != n => Err(arg(format!("bias has {} values, expected {n}", b.len()))),
+            _ => Ok(()),
+        }
+    }
+}
+
 const FP8_MAX: f32 = 448.0;
 
 /// `out[m, n] = linear(x[m, k])` with `x` and `out` in `dtype` (`Bits16` for bf16 / fp16).
@@ -124,11 +146,7 @@ pub fn linear(lin: &Linear, x: Acts, dtype: Dtype, m: usize, out: ActsMut, isa: 
     if x.len() != mk || out.len() != mn {
         return Err(arg(format!("activations have {} values and output {}, expected {m} x {k} and {m} x {n}", x.len(), out.len())));
     }
-    if let Some(p) = lin.pre_scale {
-        if p.len() != k {
-            return Err(arg(format!("pre_quant_scale has {} values, expected {k}", p.len())));
-        }
-    }
+    lin.validate()?;
     // The activations in fp32, through the dtype-rounded pre-quant scale multiply.
     let mut xf: Vec<f32> = match &x {
         Acts::F32(v) => v.to_vec(),
